@@ -1,0 +1,76 @@
+"""The project's own generator format: one safetensors file whose metadata holds the JSON config."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from gani_core.checkpoints.nvidia import load_state
+from gani_core.errors import CheckpointError
+from gani_core.networks import Generator, GeneratorConfig
+
+FORMAT_TAG = "gani-generator/1"
+
+
+def generator_to_bytes(G: Generator, extra: dict[str, str] | None = None) -> bytes:
+    """Serialise ``G`` (weights and config) to the bytes of a ``.safetensors`` file."""
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in G.state_dict().items()}
+    meta = {"format": FORMAT_TAG, "config": json.dumps(G.cfg.to_dict(), sort_keys=True), **(extra or {})}
+    return st_save(tensors, metadata=meta)
+
+
+def save_generator(G: Generator, path: str | Path, extra: dict[str, str] | None = None) -> Path:
+    """Write ``G`` atomically to ``path`` (a ``.safetensors`` file readable by ``load_generator``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = generator_to_bytes(G, extra)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The safetensors metadata (the JSON header's ``__metadata__``) without reading the tensors."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    return header.get("__metadata__") or {}
+
+
+def is_safetensors(data: bytes) -> bool:
+    if len(data) < 10:
+        return False
+    n = int.from_bytes(data[:8], "little")
+    return 2 <= n <= len(data) - 8 and data[8:9] == b"{"
+
+
+def load_native(data: bytes, source: str) -> Generator:
+    try:
+        meta = read_metadata(data)
+        tensors = st_load(data)
+    except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{source}: corrupt safetensors file ({exc})") from exc
+    if meta.get("format") != FORMAT_TAG or "config" not in meta:
+        raise CheckpointError(f"{source}: a safetensors file without a gani generator config "
+                              f"(format {meta.get('format')!r}); export generators with `gani export`")
+    try:
+        cfg = GeneratorConfig.from_dict(json.loads(meta["config"]))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{source}: invalid generator config ({exc})") from exc
+    G = Generator(cfg)
+    load_state(G, tensors, source)
+    return G.eval().requires_grad_(False)

@@ -1,0 +1,21 @@
+"""Typed errors raised by gani_core. The orchestration layers turn them into failed rows."""
+
+
+class GaniError(Exception):
+    """Base class of every error gani_core raises on purpose."""
+
+
+class CheckpointError(GaniError):
+    """A checkpoint could not be read: missing, truncated, or not a StyleGAN2 generator."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint asked to run code (an unknown global, a ``__reduce__`` to a callable) and was refused."""
+
+
+class ImageError(GaniError):
+    """An image could not be read: empty, truncated, not an image, or too large."""
+
+
+class LpipsWeightsError(GaniError):
+    """The pretrained LPIPS backbone weights are not installed; LPIPS is never computed without them."""

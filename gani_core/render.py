@@ -1,0 +1,69 @@
+"""Rendering seeded samples and writing captioned image grids (previews, the demo)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
+
+from gani_core.networks import Generator, NoiseMode
+
+
+def to_unit(img: torch.Tensor) -> torch.Tensor:
+    """A generator render (about [-1, 1]) as RGB in [0, 1], clamped: the scale metrics compare."""
+    return (img.clamp(-1, 1) + 1) / 2
+
+
+@torch.no_grad()
+def render_samples(
+    G: Generator,
+    seeds: Iterable[int],
+    truncation_psi: float = 1.0,
+    noise_mode: NoiseMode = "const",
+) -> torch.Tensor:
+    """Render one sample per seed (z drawn from ``torch.Generator().manual_seed(seed)``): [N, 3, R, R] in [0, 1]."""
+    device = next(G.parameters()).device
+    z = torch.stack([torch.randn([G.z_dim], generator=torch.Generator().manual_seed(s)) for s in seeds])
+    c = torch.zeros([len(z), G.c_dim], device=device) if G.c_dim else None
+    ws = G.mapping(z.to(device), c, truncation_psi=truncation_psi)
+    return to_unit(G.synthesis(ws, noise_mode=noise_mode)).cpu()
+
+
+def save_grid(images: torch.Tensor, path: str | Path, caption: str = "", columns: int | None = None) -> Path:
+    """Tile images [N, 3, H, W] in [0, 1] into one PNG, with ``caption`` drawn under them and stored as text."""
+    n, _, h, w = images.shape
+    cols = columns or n
+    rows = -(-n // cols)
+    grid = np.ones((rows * h, cols * w, 3), dtype=np.uint8) * 255
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for i in range(n):
+        r, c = divmod(i, cols)
+        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = pixels[i]
+    img = Image.fromarray(grid)
+    info = PngInfo()
+    if caption:
+        font = ImageFont.load_default()
+        bar = Image.new("RGB", (img.width, 14), "white")
+        ImageDraw.Draw(bar).text((2, 1), caption, fill="black", font=font)
+        canvas = Image.new("RGB", (img.width, img.height + bar.height), "white")
+        canvas.paste(img, (0, 0))
+        canvas.paste(bar, (0, img.height))
+        img = canvas
+        info.add_text("Description", caption)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        img.save(tmp, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
