@@ -94,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GaniError as exc:
         print(f"gani {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
+        # ValueError: inputs the metrics or the generator cannot take (too small, wrong shape).
         print(f"gani {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

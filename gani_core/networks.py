@@ -28,7 +28,7 @@ RESAMPLE_TAPS = (1.0, 3.0, 3.0, 1.0)
 
 def assert_shape(tensor: torch.Tensor, shape: list[int | None], name: str) -> None:
     """Raise a ValueError naming ``name`` unless ``tensor`` has ``shape`` (``None`` matches any size)."""
-    if tensor.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, tensor.shape)):
+    if tensor.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, tensor.shape, strict=True)):
         want = "[" + ", ".join("N" if s is None else str(s) for s in shape) + "]"
         raise ValueError(f"{name} has shape {list(tensor.shape)}, expected {want}")
 

@@ -12,12 +12,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
+from gani_core.metrics import to_unit
 from gani_core.networks import Generator, NoiseMode
-
-
-def to_unit(img: torch.Tensor) -> torch.Tensor:
-    """A generator render (about [-1, 1]) as RGB in [0, 1], clamped: the scale metrics compare."""
-    return (img.clamp(-1, 1) + 1) / 2
 
 
 @torch.no_grad()

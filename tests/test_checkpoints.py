@@ -157,7 +157,7 @@ def test_reduce_to_os_system_is_refused(tmp_path):
 def test_unknown_global_is_refused(tmp_path):
     path = tmp_path / "evil.pkl"
     path.write_bytes(b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93\x8c\x041+1)\x85R.")
-    with pytest.raises(UnsafeCheckpointError, match="builtins.eval"):
+    with pytest.raises(UnsafeCheckpointError, match=r"builtins\.eval"):
         load_generator(path)
 
 
@@ -253,7 +253,7 @@ def test_rosinality_discriminator_is_not_a_generator(tmp_path):
     with pytest.raises(CheckpointError, match=r"expected rosinality's 'g_ema', found \['args', 'd'\]"):
         load_generator(tmp_path / "d.pt")
     torch.save({"g_ema": {"convs.0.0.weight": torch.zeros(1)}}, tmp_path / "g.pt")
-    with pytest.raises(CheckpointError, match="no style.N mapping layers"):
+    with pytest.raises(CheckpointError, match=r"no style\.N mapping layers"):
         load_generator(tmp_path / "g.pt")
 
 

@@ -16,7 +16,7 @@ from gani_core.checkpoints.rosinality import load_rosinality
 from gani_core.errors import CheckpointError, UnsafeCheckpointError
 from gani_core.networks import Generator
 
-__all__ = ["load_generator", "save_generator", "build_builtin"]
+__all__ = ["build_builtin", "load_generator", "save_generator"]
 
 _ZIP_MAGIC = b"PK\x03\x04"
 # torch.save's legacy (non-zip) format starts with this pickled magic number.

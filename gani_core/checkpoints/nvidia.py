@@ -37,7 +37,7 @@ def _flatten(record: PersistentRecord, prefix: str = "") -> dict[str, torch.Tens
 def _init_kwargs(record: PersistentRecord) -> dict[str, Any]:
     args = list(record.state.get("_init_args") or ())
     kwargs = dict(record.state.get("_init_kwargs") or {})
-    kwargs.update(dict(zip(_GENERATOR_ARGS, args)))
+    kwargs.update(dict(zip(_GENERATOR_ARGS, args, strict=False)))
     return kwargs
 
 

@@ -130,4 +130,5 @@ def safe_unpickle(data: bytes, source: str) -> Any:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             RuntimeError, MemoryError) as exc:
-        raise CheckpointError(f"cannot read {source}: the pickle is truncated or corrupt ({type(exc).__name__}: {exc})") from exc
+        why = f"{type(exc).__name__}: {exc}"
+        raise CheckpointError(f"cannot read {source}: the pickle is truncated or corrupt ({why})") from exc

@@ -1,0 +1,19 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv/ first.
+.PHONY: setup demo test lint
+
+export DO_NOT_TRACK = true
+export PREFECT_SERVER_ANALYTICS_ENABLED = false
+export MLFLOW_DISABLE_TELEMETRY = true
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/gani render builtin --count 8 --out out/demo/samples.png
+	.venv/bin/gani metrics examples/photos/astronaut.jpg examples/photos/coffee.jpg --json
+
+test: setup
+	.venv/bin/python -m pytest
+
+lint: setup
+	.venv/bin/ruff check .

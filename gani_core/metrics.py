@@ -1,0 +1,169 @@
+"""Image metrics, one definition used everywhere (docs: method.md, "Metrics").
+
+All functions compare float RGB images in [0, 1], shape [N, 3, H, W], pairwise along N, and return one
+value per image, shape [N]. Renders get there through `to_unit`. `image_metrics` gives all five as rows.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from gani_core.lpips import lpips_distance
+
+METRIC_NAMES = ("mse", "psnr", "ms_ssim", "lpips", "lpips_vgg")
+
+# MS-SSIM as Wang et al. 2003 define it and pytorch_msssim implements it.
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+_WIN_SIZE = 11
+_WIN_SIGMA = 1.5
+_K1, _K2 = 0.01, 0.03
+_DATA_RANGE = 1.0
+
+_sizes_warned: set[int] = set()
+
+
+def to_unit(render: torch.Tensor) -> torch.Tensor:
+    """Map a generator render (about [-1, 1]) to [0, 1] for metrics, clamping first. Any shape."""
+    return (render.clamp(-1.0, 1.0) + 1.0) / 2.0
+
+
+def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per image on [0, 1] values: [N, 3, H, W] x 2 -> [N]."""
+    _check_pair(a, b)
+    return (a.float() - b.float()).pow(2).flatten(1).mean(1)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB, 10 * log10(1 / mse), per image: [N] (inf for identical images).
+
+    JSON has no infinity: write values through `finite_or_none`.
+    """
+    return 10.0 * torch.log10(1.0 / mse(a, b))
+
+
+def ms_ssim_scales(size: int) -> int:
+    """How many MS-SSIM scales an image whose smaller side is `size` px supports (at most 5).
+
+    The coarsest of L scales is the image downsampled 2^(L-1) times and must be larger than the 11-tap
+    window's reach, as pytorch_msssim requires: size > 10 * 2^(L-1). So 161 px and up get all 5 scales,
+    64 px gets 3, 32 px gets 2, 11..20 px gets 1 (plain SSIM), and below 11 px there is none.
+    """
+    scales = 0
+    while scales < len(MS_SSIM_WEIGHTS) and size > (_WIN_SIZE - 1) * 2**scales:
+        scales += 1
+    return scales
+
+
+def ms_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Multi-scale SSIM per image on [0, 1] values: [N, 3, H, W] x 2 -> [N] in [0, 1], 1 = identical.
+
+    Gaussian window 11 px, sigma 1.5, data range 1, K = (0.01, 0.03), weights `MS_SSIM_WEIGHTS`.
+    At 161 px and above this is exactly pytorch_msssim's `ms_ssim`. Smaller images use the first
+    `ms_ssim_scales(min(H, W))` scales with their weights rescaled to sum to 1, and warn once per size:
+    such values are comparable with each other, not with 5-scale values.
+    """
+    _check_pair(a, b)
+    side = min(a.shape[-2:])
+    scales = ms_ssim_scales(side)
+    if scales == 0:
+        raise ValueError(f"MS-SSIM needs images larger than {_WIN_SIZE - 1} px, got {tuple(a.shape[-2:])}")
+    if scales < len(MS_SSIM_WEIGHTS) and side not in _sizes_warned:
+        _sizes_warned.add(side)
+        warnings.warn(
+            f"MS-SSIM at {side} px uses {scales} of {len(MS_SSIM_WEIGHTS)} scales (weights renormalised); "
+            "values are not comparable with 5-scale MS-SSIM",
+            stacklevel=2,
+        )
+    x, y = a.float(), b.float()
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=x.dtype, device=x.device)
+    if scales < len(MS_SSIM_WEIGHTS):
+        # The standard weights sum to 1.0001; they are used as published, only truncated ones are rescaled.
+        weights = weights / weights.sum()
+    window = _gaussian_window(x.device, x.dtype)
+
+    factors = []
+    for scale in range(scales):
+        ssim_per_channel, cs_per_channel = _ssim_and_cs(x, y, window)
+        if scale < scales - 1:
+            # Negative contrast-structure terms would make the fractional powers below undefined.
+            factors.append(torch.relu(cs_per_channel))
+            # Odd sizes are padded by one so no row or column is dropped (pytorch_msssim does the same).
+            padding = [s % 2 for s in x.shape[2:]]
+            x = F.avg_pool2d(x, kernel_size=2, padding=padding)
+            y = F.avg_pool2d(y, kernel_size=2, padding=padding)
+    factors.append(torch.relu(ssim_per_channel))
+    per_channel = torch.prod(torch.stack(factors) ** weights.view(-1, 1, 1), dim=0)  # [N, 3]
+    return per_channel.mean(1)
+
+
+def lpips(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """LPIPS v0.1, AlexNet backbone, per image: [0, 1] inputs [N, 3, H, W] x 2 -> [N], 0 = identical."""
+    _check_pair(a, b)
+    return lpips_distance(a * 2 - 1, b * 2 - 1, net="alex")
+
+
+def lpips_vgg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """LPIPS v0.1, VGG16 backbone, per image: [0, 1] inputs [N, 3, H, W] x 2 -> [N], 0 = identical."""
+    _check_pair(a, b)
+    return lpips_distance(a * 2 - 1, b * 2 - 1, net="vgg")
+
+
+_METRICS = {"mse": mse, "psnr": psnr, "ms_ssim": ms_ssim, "lpips": lpips, "lpips_vgg": lpips_vgg}
+
+
+def image_metrics(a: torch.Tensor, b: torch.Tensor, device: str | torch.device | None = None) -> list[dict[str, float]]:
+    """All of `METRIC_NAMES` for each image pair: [0, 1] inputs [N, 3, H, W] x 2 -> N rows of floats.
+
+    Computed on `device` (default: a's device), without gradients. `psnr` is inf for identical images
+    (see `finite_or_none`).
+    """
+    _check_pair(a, b)
+    if device is not None:
+        a, b = a.to(device), b.to(device)
+    with torch.no_grad():
+        columns = {name: _METRICS[name](a, b).cpu().tolist() for name in METRIC_NAMES}
+    return [{name: float(columns[name][i]) for name in METRIC_NAMES} for i in range(a.shape[0])]
+
+
+def finite_or_none(value: float) -> float | None:
+    """`value`, or None where it is inf or nan (JSON and MLflow take no infinities)."""
+    return value if math.isfinite(value) else None
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.ndim != 4 or a.shape[1] != 3 or a.shape != b.shape:
+        raise ValueError(f"metrics expect two [N, 3, H, W] RGB tensors, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if not (a.is_floating_point() and b.is_floating_point()):
+        raise ValueError(f"metrics expect float images in [0, 1], got {a.dtype} and {b.dtype}")
+
+
+def _gaussian_window(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Normalised 1-D Gaussian, shape [11]."""
+    coords = torch.arange(_WIN_SIZE, dtype=torch.float32) - _WIN_SIZE // 2
+    g = torch.exp(-(coords**2) / (2 * _WIN_SIGMA**2))
+    return (g / g.sum()).to(device=device, dtype=dtype)
+
+
+def _blur(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur without padding ('valid'), per channel: [N, C, H, W] -> [N, C, H-10, W-10]."""
+    channels = x.shape[1]
+    rows = window.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
+    cols = window.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+    return F.conv2d(F.conv2d(x, rows, groups=channels), cols, groups=channels)
+
+
+def _ssim_and_cs(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean SSIM and mean contrast-structure term per image and channel, each [N, C]."""
+    c1 = (_K1 * _DATA_RANGE) ** 2
+    c2 = (_K2 * _DATA_RANGE) ** 2
+    mu_x, mu_y = _blur(x, window), _blur(y, window)
+    var_x = _blur(x * x, window) - mu_x**2
+    var_y = _blur(y * y, window) - mu_y**2
+    cov = _blur(x * y, window) - mu_x * mu_y
+    cs_map = (2 * cov + c2) / (var_x + var_y + c2)
+    ssim_map = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * cs_map
+    return ssim_map.flatten(2).mean(-1), cs_map.flatten(2).mean(-1)
