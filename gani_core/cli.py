@@ -60,6 +60,126 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_invert(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from gani_core.checkpoints import load_generator
+    from gani_core.editing import load_directions
+    from gani_core.invert import method_config
+    from gani_core.runs import RunContext, checkpoint_sha256, run_inversions
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    G = load_generator(args.checkpoint, device=device)
+    overrides = {}
+    if args.locality_weight is not None:
+        overrides["locality_weight"] = args.locality_weight
+    if args.tune_lr is not None:
+        overrides["lr"] = args.tune_lr
+    configs = {m: method_config(m, args.pivot_steps, args.tune_steps, seed=args.seed,
+                                **(overrides if m in ("gani", "pti") else {})) for m in args.method}
+    directions = load_directions(args.directions, G.w_dim, G.num_ws).to(device) if args.directions else None
+    ctx = RunContext(out=args.out, checkpoint=args.checkpoint, checkpoint_sha256=checkpoint_sha256(args.checkpoint, G),
+                     generator_label=G.label or args.checkpoint, device=str(device))
+    print(f"gani invert: {len(args.images)} image(s) x {', '.join(args.method)} with {ctx.generator_label} "
+          f"({G.img_resolution} px) on {device}", file=sys.stderr)
+    bars: list[tqdm] = []
+
+    def on_image(image_id: str, method: str):
+        for bar in bars:
+            bar.close()
+        bars.clear()
+        bar = tqdm(total=1, desc=f"{image_id} [{method}]", unit="step", leave=True, disable=args.quiet,
+                   dynamic_ncols=True)
+        bars.append(bar)
+
+        def progress(step: int, total: int, loss: float) -> None:
+            bar.total = total
+            bar.n = step
+            if step % 10 == 0 or step == total:
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                bar.refresh()
+
+        return progress
+
+    rows, summary = run_inversions(G, args.images, configs, ctx, directions=directions, on_image=on_image)
+    for bar in bars:
+        bar.close()
+    _print_rows(rows)
+    failed = summary["failed"]
+    print(f"wrote {args.out}/metrics.parquet, deltas/, previews/, summary.json "
+          f"({len(rows) - failed} ok, {failed} failed)", file=sys.stderr)
+    return 1 if failed and failed == len(rows) else 0
+
+
+_SHOW_COLUMNS = ("image_id", "method", "status", "lpips", "mse", "psnr", "ms_ssim", "locality",
+                 "edit_consistency", "seconds", "delta_bytes")
+
+
+def _print_rows(rows: list[dict]) -> None:
+    def fmt(v: object) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    table = [[fmt(r.get(c)) for c in _SHOW_COLUMNS] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(_SHOW_COLUMNS)]
+    print("  ".join(c.ljust(w) for c, w in zip(_SHOW_COLUMNS, widths, strict=True)))
+    for t in table:
+        print("  ".join(v.ljust(w) for v, w in zip(t, widths, strict=True)))
+    for r in rows:
+        if r.get("status") != "ok":
+            print(f"failed: {r['image_id']} [{r['method']}]: {r.get('error')}")
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from gani_core import storage
+
+    uri = storage.join(args.run, "metrics.parquet")
+    if not storage.exists(uri):
+        raise GaniError(f"{args.run}: no metrics.parquet here; is it the --out of a `gani invert` run?")
+    rows = storage.read_parquet(uri).to_pylist()
+    summary = json.loads(storage.read_bytes(storage.join(args.run, "summary.json")))
+    print(f"run {args.run}: {summary['generator_label']} ({summary['checkpoint']}), {summary['images']} image(s), "
+          f"{summary['failed']} failed row(s)")
+    _print_rows(rows)
+    print()
+    print("means over ok images:")
+    names = ("lpips", "mse", "psnr", "ms_ssim", "locality", "edit_consistency", "seconds", "delta_bytes")
+    print("  ".join(["method".ljust(8), *(n.rjust(16) for n in names)]))
+    for method, info in summary["methods"].items():
+        vals = [info["mean"].get(n) for n in names]
+        print("  ".join([method.ljust(8), *("-".rjust(16) if v is None else f"{v:16.4g}" for v in vals)]))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from gani_core import storage
+    from gani_core.checkpoints import load_generator, save_generator
+    from gani_core.deltas import apply_deltas, decode_deltas, rows_from_table
+
+    summary = json.loads(storage.read_bytes(storage.join(args.run, "summary.json")))
+    methods = [m for m in summary["methods"] if m in ("gani", "pti")] if args.method is None else [args.method]
+    rows = [r for r in storage.read_parquet(storage.join(args.run, "metrics.parquet")).to_pylist()
+            if r["image_id"] == args.image_id and r["method"] in methods and r["status"] == "ok"]
+    if not rows:
+        raise GaniError(f"{args.run}: no successful tuned result for image {args.image_id!r} "
+                        f"(methods {methods}); see `gani show {args.run}`")
+    row = rows[0]
+    G = load_generator(summary["checkpoint"])
+    table = storage.read_parquet(storage.join(args.run, "deltas", f"{row['image_id']}.{row['method']}.parquet"))
+    tuned = apply_deltas(G, decode_deltas(rows_from_table(table, image_id=args.image_id)))
+    tuned.cfg.label = f"{G.label} tuned to {args.image_id} by {row['method']}"
+    out = save_generator(tuned, args.out, extra={
+        "w_pivot": json.dumps(row["w_pivot"]), "num_ws": str(G.num_ws), "source_run": str(args.run),
+        "image_id": args.image_id, "method": row["method"],
+    })
+    print(f"wrote {out}: {tuned.cfg.label}; its pivot latent is in the file's metadata ('w_pivot')")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gani", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +200,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-mode", default="const", choices=["const", "none", "random"])
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_render)
+
+    p = sub.add_parser("invert", help="invert images into a generator (gani, pti, wplus, w), writing a run")
+    p.add_argument("images", nargs="+", help="image files (png, jpg, ...; local paths or fsspec URIs)")
+    p.add_argument("--checkpoint", default="builtin", help="builtin, builtin:RES or a checkpoint file")
+    p.add_argument("--method", nargs="+", default=["gani"], choices=["gani", "pti", "wplus", "w"],
+                   help="one or more methods, each run on every image (default: gani)")
+    p.add_argument("--out", required=True, help="output folder or URI (s3://bucket/prefix)")
+    p.add_argument("--pivot-steps", type=int, default=None, help="pivot optimisation steps (default: 450)")
+    p.add_argument("--tune-steps", type=int, default=None, help="generator tuning steps (default: 350)")
+    p.add_argument("--tune-lr", type=float, default=None, help="tuning learning rate (default: per method)")
+    p.add_argument("--locality-weight", type=float, default=None,
+                   help="weight of the locality regulariser (default: gani 0.1, pti 0 as in PTI)")
+    p.add_argument("--directions", default=None, help=".npy of edit directions in W (default: seeded random)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_invert)
+
+    p = sub.add_parser("show", help="print a run's table")
+    p.add_argument("run", help="the --out of a run")
+    p.set_defaults(func=_cmd_show)
+
+    p = sub.add_parser("export", help="write one image's tuned generator in gani's .safetensors format")
+    p.add_argument("run", help="the --out of a run")
+    p.add_argument("image_id", help="the image's id (see `gani show`)")
+    p.add_argument("--method", default=None, help="which method's result (default: gani, else pti)")
+    p.add_argument("--out", required=True, help=".safetensors file to write")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("info", help="describe a checkpoint as JSON")
     p.add_argument("checkpoint")

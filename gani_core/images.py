@@ -32,6 +32,7 @@ def load_image(
     source: str | Path | bytes,
     resolution: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
 ) -> torch.Tensor:
     """Read an image file (or its bytes) as float32 RGB in [0, 1], shape [3, H, W].
 
@@ -41,12 +42,14 @@ def load_image(
     to [3, resolution, resolution]; without it, the image keeps its own size and aspect.
 
     Raises `ImageError` for a missing, empty, truncated or non-image file, and for images with more than
-    `max_pixels` pixels (checked from the header, before decoding). Pillow's own hard limit,
+    `max_pixels` pixels (checked from the header, before decoding). `name` is what error messages call
+    the image when `source` is bytes (e.g. the URI they were read from). Pillow's own hard limit,
     2 * `PIL.Image.MAX_IMAGE_PIXELS`, still applies above that.
     """
     if resolution is not None and resolution < 1:
         raise ValueError(f"resolution must be a positive number of pixels, got {resolution}")
-    name, data = _read_source(source)
+    default_name, data = _read_source(source)
+    name = name or default_name
     img = _open_decoded(name, data, max_pixels)
     rgb = _to_rgb_array(name, img)
     if resolution is not None:

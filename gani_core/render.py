@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
+from gani_core import storage
 from gani_core.metrics import to_unit
 from gani_core.networks import Generator, NoiseMode
 
@@ -31,12 +31,12 @@ def render_samples(
     return to_unit(G.synthesis(ws, noise_mode=noise_mode)).cpu()
 
 
-def save_grid(images: torch.Tensor, path: str | Path, caption: str = "", columns: int | None = None) -> Path:
-    """Tile images [N, 3, H, W] in [0, 1] into one PNG, with ``caption`` drawn under them and stored as text."""
+def grid_png(images: torch.Tensor, caption: str = "", columns: int | None = None) -> bytes:
+    """Tile images [N, 3, H, W] in [0, 1] into PNG bytes, with ``caption`` drawn under them and stored as text."""
     n, _, h, w = images.shape
     cols = columns or n
     rows = -(-n // cols)
-    grid = np.ones((rows * h, cols * w, 3), dtype=np.uint8) * 255
+    grid = np.full((rows * h, cols * w, 3), 255, dtype=np.uint8)
     pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     for i in range(n):
         r, c = divmod(i, cols)
@@ -44,22 +44,19 @@ def save_grid(images: torch.Tensor, path: str | Path, caption: str = "", columns
     img = Image.fromarray(grid)
     info = PngInfo()
     if caption:
-        font = ImageFont.load_default()
         bar = Image.new("RGB", (img.width, 14), "white")
-        ImageDraw.Draw(bar).text((2, 1), caption, fill="black", font=font)
+        ImageDraw.Draw(bar).text((2, 1), caption, fill="black", font=ImageFont.load_default())
         canvas = Image.new("RGB", (img.width, img.height + bar.height), "white")
         canvas.paste(img, (0, 0))
         canvas.paste(bar, (0, img.height))
         img = canvas
         info.add_text("Description", caption)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        img.save(tmp, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def save_grid(images: torch.Tensor, uri: str | Path, caption: str = "", columns: int | None = None) -> str:
+    """Write :func:`grid_png` atomically to ``uri`` (a path or an fsspec URI); returns the URI."""
+    storage.write_bytes(uri, grid_png(images, caption, columns))
+    return str(uri)

@@ -1,0 +1,288 @@
+"""Latent directions in W, and the two metrics that say whether a tuned generator still edits like the original.
+
+Definitions (docs: method.md, "Metrics"):
+
+- `locality`: mean LPIPS (alex) between the tuned and the original generator's renderings of a fixed,
+  seeded set of latents (`probe_latents`: half mapped from random z, half between the pivot and mapped
+  z). 0 = the tuning changed nothing away from the image; lower is better.
+- `edit_consistency`: for each direction d, LPIPS(G_t(w_p + s d), G_o(w_p + s d)) minus
+  LPIPS(G_t(w_p), G_o(w_p)), averaged over directions. 0 = editing the tuned generator changes the image
+  exactly as editing the original does; lower is better.
+
+Distances in W are measured in units of `w_spread(G)` (the RMS distance of mapped latents from
+`G.mapping.w_avg`), which is what makes edit strengths and probe radii comparable across generators whose
+W spaces have different scales. Every function keeps its tensors on G's device; random draws come from a
+seeded CPU `torch.Generator` (never the global RNG), so results do not depend on the device or on RNG
+calls made elsewhere.
+
+Shapes: ws [N, num_ws, w_dim]; a pivot w_p [num_ws, w_dim]; a direction [w_dim] (the same at every layer)
+or [num_ws, w_dim] (per layer); a set of directions [K, w_dim] or [K, num_ws, w_dim].
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gani_core.errors import GaniError
+from gani_core.lpips import lpips_distance
+from gani_core.networks import Generator, assert_shape
+
+# Share of the probe latents drawn around the pivot; the rest are plain mapped latents.
+PROBE_AROUND_PIVOT = 0.5
+# Default edit strength in units of w_spread (see `default_edit_strength`).
+DEFAULT_EDIT_SPREADS = 0.5
+
+
+class DirectionsError(GaniError, ValueError):
+    """A directions file could not be used: missing, not a plain .npy array, wrong shape or non-finite."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Latents and directions
+
+
+def w_spread(G: Generator, num_samples: int = 1000, seed: int = 0) -> float:
+    """RMS Euclidean distance of mapped latents from `G.mapping.w_avg`, in W units (a float > 0).
+
+    sqrt(mean_i ||w_i - w_avg||^2) over `num_samples` latents mapped from seeded z (psi 1; zero labels
+    for a conditional generator). The scale of a generator's W space: edit strengths and probe distances
+    are expressed as fractions of it so that they mean the same on generators of different scales.
+    """
+    ws = _mapped_ws(G, num_samples, torch.Generator().manual_seed(seed))[:, 0]
+    return float((ws - G.mapping.w_avg).square().sum(dim=1).mean().sqrt())
+
+
+def default_edit_strength(G: Generator) -> float:
+    """The edit strength `edit_consistency` uses when none is given: 0.5 * `w_spread(G)`, in W units.
+
+    Half the typical distance of a latent from the average one: a clearly visible edit that stays in the
+    region the mapping network populates. Along a unit direction roughly orthogonal to w - w_avg it moves
+    a typical latent from 1.0 to about 1.12 spreads from w_avg, well inside the spread of mapped latents.
+    """
+    return DEFAULT_EDIT_SPREADS * w_spread(G)
+
+
+def random_directions(w_dim: int, count: int, seed: int, device: str | torch.device = "cpu") -> torch.Tensor:
+    """`count` seeded random unit directions in W: float32 [count, w_dim], each of L2 norm 1.
+
+    Drawn from an isotropic Gaussian with a `torch.Generator` seeded with `seed` (the global RNG is
+    neither used nor advanced), so the same seed gives the same directions everywhere.
+    """
+    if w_dim < 1 or count < 1:
+        raise ValueError(f"random_directions needs w_dim >= 1 and count >= 1, got w_dim={w_dim}, count={count}")
+    d = torch.randn([count, w_dim], generator=torch.Generator().manual_seed(seed))
+    return (d / d.norm(dim=1, keepdim=True)).to(device)
+
+
+def load_directions(path: str | Path, w_dim: int, num_ws: int) -> torch.Tensor:
+    """Read latent directions from a `.npy` file, as data only (a pickled array is refused, never loaded).
+
+    Accepted arrays: [w_dim] (one direction), [K, w_dim], or [K, num_ws, w_dim] (per-layer directions;
+    a single one is saved as [1, num_ws, w_dim], since a 2-D array always means K directions in W).
+    Returns float32 [K, w_dim] or [K, num_ws, w_dim] on the CPU, values as stored (not renormalised: a
+    direction's length multiplies the edit strength). Raises `DirectionsError` (a `ValueError`) naming
+    the file when it is missing, not a plain numeric .npy array, of another shape, all-zero in some
+    direction, or not finite.
+    """
+    path = Path(path)
+    expected = f"expected [{w_dim}], [K, {w_dim}] or [K, {num_ws}, {w_dim}]"
+    if not path.is_file():
+        raise DirectionsError(f"directions file not found: {path}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        # numpy raises ValueError for object arrays and for anything that is not .npy/.npz (both would
+        # need unpickling), OSError/EOFError for truncated headers.
+        raise DirectionsError(f"{path}: not a plain .npy array of directions ({exc})") from exc
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        names = list(loaded.files)
+        loaded.close()
+        raise DirectionsError(f"{path}: an .npz archive ({names}); save one array with np.save, {expected}")
+    array = loaded
+    if array.dtype.kind not in "fiu":
+        raise DirectionsError(f"{path}: directions must be real numbers, got dtype {array.dtype}; {expected}")
+    shape = tuple(array.shape)
+    if array.ndim == 1 and shape == (w_dim,):
+        array = array[None]
+    elif not (array.ndim == 2 and shape[1] == w_dim) and not (array.ndim == 3 and shape[1:] == (num_ws, w_dim)):
+        raise DirectionsError(f"{path}: directions of shape {list(shape)}, {expected}")
+    if array.shape[0] == 0:
+        raise DirectionsError(f"{path}: holds no directions (shape {list(shape)}), {expected}")
+    with np.errstate(over="ignore"):  # values beyond float32 become inf and are refused just below
+        directions = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if not torch.isfinite(directions).all():
+        raise DirectionsError(f"{path}: directions contain NaN or infinite values (as float32)")
+    zero = (directions.flatten(1).abs().amax(dim=1) == 0).nonzero().flatten().tolist()
+    if zero:
+        raise DirectionsError(f"{path}: directions {zero} are all zeros and would edit nothing")
+    return directions
+
+
+def apply_direction(ws: torch.Tensor, direction: torch.Tensor, strength: float) -> torch.Tensor:
+    """Edit latents: `ws + strength * direction`, ws [N, num_ws, w_dim] -> [N, num_ws, w_dim].
+
+    `direction` is [w_dim] (added at every layer) or [num_ws, w_dim] (per layer); `strength` is in W
+    units for a unit direction (see `default_edit_strength`). Differentiable in ws and direction.
+    """
+    assert_shape(ws, [None, None, None], "ws")
+    num_ws, w_dim = ws.shape[1:]
+    if direction.shape not in ((w_dim,), (num_ws, w_dim)):
+        raise ValueError(f"direction has shape {list(direction.shape)}, expected [{w_dim}] or [{num_ws}, {w_dim}]")
+    return ws + strength * direction.to(device=ws.device, dtype=ws.dtype)
+
+
+def probe_latents(G: Generator, w_pivot: torch.Tensor, count: int = 16, seed: int = 0) -> torch.Tensor:
+    """The fixed set of latents `locality` renders: float32 [count, num_ws, w_dim] on G's device.
+
+    z = randn([count, z_dim]) from `torch.Generator().manual_seed(seed)` (CPU; the global RNG is not
+    touched), mapped with psi 1 (zero labels for a conditional generator) to w_z. Then:
+    - the first `count - h` are the mapped w_z themselves: the generator's domain at large;
+    - the last h = count // 2 lie between the pivot and their own w_z: w_p + alpha_i (w_z - w_p) with
+      alpha_i = i / h, i = 1..h, evenly over (0, 1]: from next to the image out to a plain mapped latent,
+      so that changes made close to the pivot, where edits of the image land, weigh as much as far ones.
+    The pivot itself is left out: its rendering is what the tuning is meant to change.
+    """
+    if count < 1:
+        raise ValueError(f"probe_latents needs count >= 1, got {count}")
+    w_pivot = _as_pivot(G, w_pivot)
+    ws = _mapped_ws(G, count, torch.Generator().manual_seed(seed))
+    around = int(count * PROBE_AROUND_PIVOT)
+    if around:
+        alphas = torch.arange(1, around + 1, device=ws.device, dtype=ws.dtype) / around
+        ws[count - around :] = w_pivot + alphas.view(-1, 1, 1) * (ws[count - around :] - w_pivot)
+    return ws
+
+
+def sample_regulariser_latents(
+    G: Generator,
+    w_pivot: torch.Tensor,
+    count: int,
+    generator: torch.Generator,
+    alpha: float,
+    truncation_psi: float = 1.0,
+) -> torch.Tensor:
+    """Latents for the tuning loss's locality term: float32 [count, num_ws, w_dim] on G's device, no grad.
+
+    w_p + alpha * (w_z - w_p), with fresh z = randn([count, z_dim]) drawn from `generator` at each call
+    (on the generator's own device, so a fixed seed gives a fixed sequence) and mapped with
+    `truncation_psi` (PTI maps them with 0.5) to w_z. PTI instead steps an absolute 30 W units along
+    the normalised direction (w_z - w_p), a value tuned to FFHQ's W scale; a fraction `alpha` in (0, 1]
+    of the distance to a mapped latent is generator-agnostic and never leaves the segment between the
+    pivot and the generator's domain. The result is detached: the regulariser moves weights, not latents.
+    """
+    if not 0 < alpha <= 1:
+        raise ValueError(
+            f"alpha is a fraction of the distance from the pivot to a mapped latent, in (0, 1]; got {alpha}"
+        )
+    if count < 1:
+        raise ValueError(f"sample_regulariser_latents needs count >= 1, got {count}")
+    w_pivot = _as_pivot(G, w_pivot).detach()
+    ws = _mapped_ws(G, count, generator, truncation_psi)
+    return w_pivot + alpha * (ws - w_pivot)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metrics
+
+
+@torch.no_grad()
+def locality(G_orig: Generator, G_tuned: Generator, probe_ws: torch.Tensor, batch_size: int = 8) -> float:
+    """Mean LPIPS (alex) between G_tuned's and G_orig's renderings of `probe_ws` [N, num_ws, w_dim].
+
+    Renders use noise_mode "const" and are clamped to [-1, 1] (the metrics definition); images must be
+    at least 32 px. Computed on G_tuned's device, `batch_size` latents at a time, without gradients.
+    0 = identical everywhere on the probes; lower = a more local tuning.
+    """
+    assert_shape(probe_ws, [None, G_orig.num_ws, G_orig.w_dim], "probe_ws")
+    if probe_ws.shape[0] == 0:
+        raise ValueError("locality needs at least one probe latent")
+    distances = [_render_distance(G_orig, G_tuned, batch) for batch in probe_ws.split(batch_size)]
+    return float(torch.cat(distances).mean())
+
+
+@torch.no_grad()
+def edit_gaps(
+    G_orig: Generator,
+    G_tuned: Generator,
+    w_pivot: torch.Tensor,
+    directions: torch.Tensor,
+    strength: float | None = None,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """Per-direction edit inconsistency e_d, float32 [K] on the CPU (`edit_consistency` is its mean).
+
+    e_d = LPIPS(G_t(w_p + s d), G_o(w_p + s d)) - LPIPS(G_t(w_p), G_o(w_p)): how much further apart the
+    two generators are after the edit than before it. `directions` [K, w_dim], [K, num_ws, w_dim] or one
+    [w_dim] (a single per-layer direction is [1, num_ws, w_dim]: a 2-D tensor is always K W directions).
+    `strength` s in W units; None = `default_edit_strength(G_orig)`. Renders as in `locality` (const
+    noise, clamped, LPIPS alex). Can be negative: an edit that moves the image away from what the tuning
+    changed brings the two generators closer than they are at the pivot.
+    """
+    if strength is None:
+        strength = default_edit_strength(G_orig)
+    w_pivot = _as_pivot(G_orig, w_pivot)
+    directions = directions.to(device=w_pivot.device, dtype=w_pivot.dtype)
+    if directions.ndim == 1:
+        directions = directions[None]
+    if directions.shape[0] == 0 or directions.shape[1:] not in ((G_orig.w_dim,), tuple(w_pivot.shape)):
+        raise ValueError(
+            f"directions have shape {list(directions.shape)}, expected [K, {G_orig.w_dim}] or "
+            f"[K, {G_orig.num_ws}, {G_orig.w_dim}] with K >= 1"
+        )
+    unedited = _render_distance(G_orig, G_tuned, w_pivot[None])  # [1]
+    # Each direction applied to the pivot, as `apply_direction` does: a W direction at every layer.
+    per_layer = directions if directions.ndim == 3 else directions[:, None].expand(-1, G_orig.num_ws, -1)
+    edited = [_render_distance(G_orig, G_tuned, w_pivot + strength * batch) for batch in per_layer.split(batch_size)]
+    return (torch.cat(edited) - unedited).cpu()
+
+
+def edit_consistency(
+    G_orig: Generator,
+    G_tuned: Generator,
+    w_pivot: torch.Tensor,
+    directions: torch.Tensor,
+    strength: float | None = None,
+    batch_size: int = 8,
+) -> float:
+    """Mean over directions of `edit_gaps`: the extra LPIPS gap between tuned and original generator that
+    editing the pivot along each direction opens. 0 = edits behave as on the original; lower is better;
+    negative values are possible (see `edit_gaps`). `strength` None = `default_edit_strength(G_orig)`.
+    No gradients.
+    """
+    return float(edit_gaps(G_orig, G_tuned, w_pivot, directions, strength, batch_size).mean())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _device(G: Generator) -> torch.device:
+    return G.mapping.w_avg.device
+
+
+def _as_pivot(G: Generator, w_pivot: torch.Tensor) -> torch.Tensor:
+    """The pivot as float32 [num_ws, w_dim] on G's device ([1, num_ws, w_dim] is accepted too)."""
+    if w_pivot.ndim == 3 and w_pivot.shape[0] == 1:
+        w_pivot = w_pivot[0]
+    assert_shape(w_pivot, [G.num_ws, G.w_dim], "w_pivot")
+    return w_pivot.to(device=_device(G), dtype=torch.float32)
+
+
+def _mapped_ws(G: Generator, count: int, generator: torch.Generator, truncation_psi: float = 1.0) -> torch.Tensor:
+    """Map `count` z drawn from `generator` (on its own device): [count, num_ws, w_dim] on G's device."""
+    z = torch.randn([count, G.z_dim], generator=generator, device=generator.device).to(_device(G))
+    # A conditional generator gets zero labels, as `Generator.mean_w` does.
+    c = torch.zeros([count, G.c_dim], device=z.device) if G.c_dim > 0 else None
+    with torch.no_grad():
+        return G.mapping(z, c, truncation_psi=truncation_psi)
+
+
+def _render_distance(G_orig: Generator, G_tuned: Generator, ws: torch.Tensor) -> torch.Tensor:
+    """LPIPS (alex) per latent between the two generators' clamped const-noise renders: [N] on G_tuned's device."""
+    tuned = G_tuned.synthesis(ws.to(_device(G_tuned)), noise_mode="const").clamp(-1.0, 1.0)
+    orig = G_orig.synthesis(ws.to(_device(G_orig)), noise_mode="const").clamp(-1.0, 1.0)
+    return lpips_distance(tuned, orig.to(tuned.device), net="alex")

@@ -1,0 +1,185 @@
+"""Inverting one image with one method: pivot, tuning, compact deltas, and every metric of method.md.
+
+    cfg = method_config("gani", pivot_steps=450, tune_steps=350)
+    result = invert_image(G, image, "astronaut", cfg)      # image: [3, R, R] in [0, 1]
+    result.row()                                          # the metrics.parquet row
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+import torch
+
+from gani_core import deltas as deltas_mod
+from gani_core.editing import default_edit_strength, edit_consistency, locality, probe_latents, random_directions
+from gani_core.lpips import lpips_distance
+from gani_core.metrics import image_metrics, to_unit
+from gani_core.networks import Generator
+from gani_core.pivot import PivotConfig, Progress, find_pivot
+from gani_core.tuning import TuneConfig, render_with, tune
+
+Method = Literal["gani", "pti", "wplus", "w"]
+METHODS: tuple[str, ...] = ("gani", "pti", "wplus", "w")
+
+# GANI's default GMM form and learning rate: see docs/method.md for the ablation behind them.
+GANI_TUNE = TuneConfig(kind="lowrank", lr=1e-2, rank=8, locality_weight=0.1)
+# PTI as in its public code: Adam on all synthesis weights, lr 3e-4, 350 steps, no regulariser by default.
+PTI_TUNE = TuneConfig(kind="full", lr=3e-4, layers="all", locality_weight=0.0)
+
+
+@dataclass(frozen=True)
+class InvertConfig:
+    method: Method = "gani"
+    pivot: PivotConfig = field(default_factory=PivotConfig)
+    tune: TuneConfig | None = GANI_TUNE         # None: pivot only (w, wplus)
+    seed: int = 0
+    probe_count: int = 16                       # latents for `locality`
+    num_directions: int = 4                     # seeded random W directions for `edit_consistency`
+    edit_strength: float | None = None          # None: default_edit_strength(G)
+    delta_encoding: str = "lowrank"             # deltas.encode_delta encoding
+    delta_max_rel_error: float = 0.02           # per-layer relative error allowed by the encoding
+
+    def config_hash(self) -> str:
+        """A short hash of everything that changes a result (keys reruns and resumes)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def method_config(
+    method: Method,
+    pivot_steps: int | None = None,
+    tune_steps: int | None = None,
+    seed: int = 0,
+    **tune_overrides: float | int | str,
+) -> InvertConfig:
+    """The default configuration of a method, with the step budgets and tuning options overridden."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    pivot = PivotConfig(space="wplus" if method == "wplus" else "w")
+    if pivot_steps is not None:
+        pivot = replace(pivot, steps=pivot_steps)
+    tune_cfg = {"gani": GANI_TUNE, "pti": PTI_TUNE}.get(method)
+    if tune_cfg is not None:
+        tune_cfg = replace(tune_cfg, **tune_overrides)
+        if tune_steps is not None:
+            tune_cfg = replace(tune_cfg, steps=tune_steps)
+    elif tune_overrides:
+        raise ValueError(f"method {method!r} has no tuning stage; options {sorted(tune_overrides)} do not apply")
+    return InvertConfig(method=method, pivot=pivot, tune=tune_cfg, seed=seed)
+
+
+@dataclass
+class InversionResult:
+    image_id: str
+    method: str
+    w_pivot: torch.Tensor                       # [num_ws, w_dim]
+    encoded: list[deltas_mod.EncodedDelta]      # the stored deltas
+    metrics: dict[str, float]                   # mse, psnr, ms_ssim, lpips, lpips_vgg, locality, edit_consistency
+    seconds: dict[str, float]                   # pivot, tune, metrics, total
+    steps: dict[str, int]                       # pivot, tune
+    peak_memory_mb: float
+    delta_bytes: int
+    delta_lpips_change: float                   # LPIPS between renders with stored and in-memory deltas
+    previews: torch.Tensor                      # [4, 3, R, R] in [0, 1]: input, pivot, tuned, edit
+    losses: list[float] = field(default_factory=list)
+
+    def row(self) -> dict:
+        """The metrics.parquet row of this result (without the run-level columns)."""
+        tune_steps = self.steps.get("tune", 0)
+        return {
+            "image_id": self.image_id, "method": self.method, "status": "ok", "error": None,
+            **self.metrics,
+            "seconds": self.seconds["total"], "seconds_pivot": self.seconds["pivot"],
+            "seconds_tune": self.seconds["tune"], "seconds_metrics": self.seconds["metrics"],
+            "pivot_steps": self.steps["pivot"], "tune_steps": tune_steps,
+            "seconds_per_tune_step": self.seconds["tune"] / tune_steps if tune_steps else None,
+            "delta_bytes": self.delta_bytes, "delta_lpips_change": self.delta_lpips_change,
+            "peak_memory_mb": self.peak_memory_mb,
+            "w_pivot": self.w_pivot.flatten().tolist(),
+        }
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated since the last reset (this image). CPU: the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def invert_image(
+    G: Generator,
+    image: torch.Tensor,
+    image_id: str,
+    cfg: InvertConfig = InvertConfig(),
+    directions: torch.Tensor | None = None,
+    progress: Progress | None = None,
+    w_pivot: torch.Tensor | None = None,
+) -> InversionResult:
+    """Invert ``image`` [3, R, R] in [0, 1] (at G's resolution) with ``cfg.method``; G is left unchanged.
+
+    ``directions`` [K, w_dim] are the edit directions for ``edit_consistency`` and the preview edit
+    (default: ``cfg.num_directions`` seeded random unit directions). ``progress(step, total, loss)``
+    is called after every optimisation step of both stages. A precomputed ``w_pivot`` [num_ws, w_dim]
+    skips the pivot stage (so that methods compared on one image share their pivot exactly).
+    """
+    device = G.mapping.w_avg.device
+    if image.shape != (3, G.img_resolution, G.img_resolution):
+        raise ValueError(f"image must be [3, {G.img_resolution}, {G.img_resolution}], got {list(image.shape)}")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    target = image.to(device).unsqueeze(0) * 2 - 1
+    t0 = time.perf_counter()
+    total_steps = (cfg.pivot.steps if w_pivot is None else 0) + (cfg.tune.steps if cfg.tune else 0)
+
+    def stage_progress(offset: int) -> Progress | None:
+        return None if progress is None else (lambda s, _n, loss: progress(offset + s, total_steps, loss))
+
+    pivot_steps = 0 if w_pivot is not None else cfg.pivot.steps
+    if w_pivot is None:
+        w_pivot = find_pivot(G, target, cfg.pivot, seed=cfg.seed, progress=stage_progress(0))
+    w_pivot = w_pivot.to(device)
+    t_pivot = time.perf_counter()
+
+    deltas: dict[str, torch.Tensor] = {}
+    losses: list[float] = []
+    if cfg.tune is not None and cfg.tune.steps > 0:
+        tuned = tune(G, w_pivot, target, cfg.tune, seed=cfg.seed, progress=stage_progress(pivot_steps))
+        deltas, losses = tuned.deltas, tuned.losses
+    t_tune = time.perf_counter()
+
+    encoded = deltas_mod.encode_deltas(deltas, encoding=cfg.delta_encoding, max_rel_error=cfg.delta_max_rel_error)
+    stored = {n: d.to(device) for n, d in deltas_mod.decode_deltas(encoded).items()}
+    ws = w_pivot.unsqueeze(0)
+    if directions is None:
+        directions = random_directions(G.w_dim, cfg.num_directions, seed=cfg.seed).to(device)
+    strength = cfg.edit_strength if cfg.edit_strength is not None else default_edit_strength(G)
+    with torch.no_grad():
+        pivot_render = G.synthesis(ws, noise_mode="const")
+        in_memory = render_with(G, deltas, ws) if deltas else pivot_render
+        tuned_render = render_with(G, stored, ws) if stored else pivot_render
+        edited_ws = ws + strength * directions[0]  # a W direction [w_dim] or a per-layer one [num_ws, w_dim]
+        edit_render = render_with(G, stored, edited_ws) if stored else G.synthesis(edited_ws, noise_mode="const")
+        delta_change = lpips_distance(in_memory.clamp(-1, 1), tuned_render.clamp(-1, 1)).item() if deltas else 0.0
+    metrics = image_metrics(to_unit(tuned_render), image.to(device).unsqueeze(0))[0]
+    if stored:
+        G_tuned = deltas_mod.apply_deltas(G, stored)
+        metrics["locality"] = locality(G, G_tuned, probe_latents(G, w_pivot, cfg.probe_count, seed=cfg.seed))
+        metrics["edit_consistency"] = edit_consistency(G, G_tuned, w_pivot, directions, strength)
+    else:  # the generator is unchanged: nothing moved elsewhere
+        metrics["locality"] = 0.0
+        metrics["edit_consistency"] = 0.0
+    t_end = time.perf_counter()
+    previews = torch.cat([image.unsqueeze(0).to(device), to_unit(pivot_render), to_unit(tuned_render),
+                          to_unit(edit_render)]).cpu()
+    return InversionResult(
+        image_id=image_id, method=cfg.method, w_pivot=w_pivot.cpu(), encoded=encoded, metrics=metrics,
+        seconds={"pivot": t_pivot - t0, "tune": t_tune - t_pivot, "metrics": t_end - t_tune, "total": t_end - t0},
+        steps={"pivot": pivot_steps, "tune": cfg.tune.steps if cfg.tune else 0},
+        peak_memory_mb=_peak_memory_mb(device), delta_bytes=deltas_mod.delta_bytes(encoded),
+        delta_lpips_change=delta_change, previews=previews, losses=losses,
+    )

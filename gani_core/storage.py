@@ -1,0 +1,73 @@
+"""Reading and writing run outputs by URI: a local folder or anything fsspec reads (``s3://`` via s3fs).
+
+Writes are atomic: on a local disk the bytes go to a temporary file in the same folder that is renamed
+into place; on object stores a PUT is all-or-nothing. A reader or a crash never sees half an object.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+
+def resolve(uri: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and path of ``uri`` (plain paths are local)."""
+    fs, path = fsspec.core.url_to_fs(str(uri))
+    return fs, path
+
+
+def join(uri: str | Path, *parts: str) -> str:
+    return "/".join([str(uri).rstrip("/"), *parts])
+
+
+def write_bytes(uri: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``uri`` atomically, creating parent folders."""
+    fs, path = resolve(uri)
+    if isinstance(fs, LocalFileSystem):
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    else:
+        with fs.open(path, "wb") as f:
+            f.write(data)
+
+
+def read_bytes(uri: str | Path) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def exists(uri: str | Path) -> bool:
+    fs, path = resolve(uri)
+    return fs.exists(path)
+
+
+def table_to_parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def write_parquet(uri: str | Path, table: pa.Table) -> None:
+    write_bytes(uri, table_to_parquet_bytes(table))
+
+
+def read_parquet(uri: str | Path) -> pa.Table:
+    return pq.read_table(io.BytesIO(read_bytes(uri)))

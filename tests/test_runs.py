@@ -1,0 +1,97 @@
+"""`gani invert` / `show` / `export`: the run's tables, a bad image as a failed row, the exported generator."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors import safe_open
+
+from gani_core import load_generator
+from gani_core.cli import main as cli_main
+from gani_core.images import load_image
+from gani_core.metrics import mse
+from gani_core.runs import METRICS_SCHEMA
+
+from .conftest import EXAMPLES
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One small run: two photos and a corrupt file, gani and wplus, on the 32 px built-in generator."""
+    root = tmp_path_factory.mktemp("run")
+    images = root / "images"
+    images.mkdir()
+    for name in ("astronaut.jpg", "coffee.jpg"):
+        shutil.copy(EXAMPLES / name, images / name)
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    out = root / "out"
+    argv = ["invert", *sorted(str(p) for p in images.iterdir()), "--checkpoint", "builtin:32",
+            "--method", "gani", "wplus", "--pivot-steps", "8", "--tune-steps", "8", "--out", str(out), "--quiet"]
+    assert cli_main(argv) == 0
+    return out
+
+
+def test_metrics_table_has_a_row_per_image_and_method(run):
+    table = pq.read_table(run / "metrics.parquet")
+    assert table.schema.equals(METRICS_SCHEMA)
+    rows = table.to_pylist()
+    assert sorted((r["image_id"], r["method"]) for r in rows) == [
+        ("astronaut", "gani"), ("astronaut", "wplus"), ("broken", "gani"), ("broken", "wplus"),
+        ("coffee", "gani"), ("coffee", "wplus")]
+    ok = [r for r in rows if r["image_id"] != "broken"]
+    assert all(r["status"] == "ok" and r["error"] is None and 0 < r["lpips"] < 1 for r in ok)
+    assert all(len(r["image_sha256"]) == 64 and r["checkpoint"] == "builtin:32" for r in ok)
+
+
+def test_bad_image_is_a_failed_row_with_its_reason(run):
+    rows = [r for r in pq.read_table(run / "metrics.parquet").to_pylist() if r["image_id"] == "broken"]
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert all("broken.png" in r["error"] and "ImageError" in r["error"] for r in rows)
+    assert rows[0]["image_sha256"] is not None and rows[0]["lpips"] is None
+
+
+def test_deltas_previews_and_summary_are_written(run):
+    assert sorted(p.name for p in (run / "deltas").iterdir()) == [
+        "astronaut.gani.parquet", "astronaut.wplus.parquet", "coffee.gani.parquet", "coffee.wplus.parquet"]
+    assert (run / "previews" / "astronaut.gani.png").stat().st_size > 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["images"] == 3 and summary["failed"] == 2
+    assert summary["methods"]["gani"]["ok"] == 2 and "broken" in summary["methods"]["gani"]["failures"]
+    assert summary["generator_label"].startswith("built-in, untrained")
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_show_prints_the_table(run, capsys):
+    assert cli_main(["show", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "astronaut  gani" in out and "failed: broken [wplus]" in out and "means over ok images" in out
+
+
+def test_export_writes_a_loadable_tuned_generator(run, tmp_path):
+    path = tmp_path / "astronaut.safetensors"
+    assert cli_main(["export", str(run), "astronaut", "--out", str(path)]) == 0
+    tuned = load_generator(path)
+    assert "tuned to astronaut by gani" in tuned.label
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    w = torch.tensor(json.loads(meta["w_pivot"])).reshape(tuned.num_ws, tuned.w_dim)
+    row = next(r for r in pq.read_table(run / "metrics.parquet").to_pylist()
+               if (r["image_id"], r["method"]) == ("astronaut", "gani"))
+    with torch.no_grad():
+        render = (tuned.synthesis(w[None]).clamp(-1, 1) + 1) / 2
+    target = load_image(EXAMPLES / "astronaut.jpg", resolution=32)
+    assert mse(render, target[None]).item() == pytest.approx(row["mse"], rel=1e-3)
+
+
+def test_export_of_unknown_image_is_a_clear_error(run, tmp_path, capsys):
+    assert cli_main(["export", str(run), "nope", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "no successful tuned result for image 'nope'" in capsys.readouterr().err
+
+
+def test_show_of_a_folder_without_a_run(tmp_path, capsys):
+    assert cli_main(["show", str(tmp_path)]) == 2
+    assert "no metrics.parquet" in capsys.readouterr().err
