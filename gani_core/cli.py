@@ -158,7 +158,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from gani_core import storage
     from gani_core.checkpoints import load_generator, save_generator
-    from gani_core.deltas import apply_deltas, decode_deltas, rows_from_table
+    from gani_core.deltas import apply_deltas, decode_deltas, read_deltas_parquet, rows_from_table
 
     summary = json.loads(storage.read_bytes(storage.join(args.run, "summary.json")))
     methods = [m for m in summary["methods"] if m in ("gani", "pti")] if args.method is None else [args.method]
@@ -169,7 +169,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
                         f"(methods {methods}); see `gani show {args.run}`")
     row = rows[0]
     G = load_generator(summary["checkpoint"])
-    table = storage.read_parquet(storage.join(args.run, "deltas", f"{row['image_id']}.{row['method']}.parquet"))
+    table = read_deltas_parquet(storage.join(args.run, "deltas", f"{row['image_id']}.{row['method']}.parquet"))
     tuned = apply_deltas(G, decode_deltas(rows_from_table(table, image_id=args.image_id)))
     tuned.cfg.label = f"{G.label} tuned to {args.image_id} by {row['method']}"
     out = save_generator(tuned, args.out, extra={

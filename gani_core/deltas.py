@@ -28,27 +28,19 @@ nothing but the numbers.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
-import tempfile
-import threading
-import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
-import fsspec
-import fsspec.core
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
-from fsspec.implementations.local import LocalFileSystem
 
+from gani_core import storage
 from gani_core.networks import Generator
 
 Encoding = Literal["fp32", "fp16", "lowrank"]
@@ -70,7 +62,6 @@ DELTAS_SCHEMA = pa.schema([
 # Small columns get dictionaries and statistics; the payload gets neither: its values are unique, and
 # min/max statistics of multi-megabyte binaries would copy them into the footer.
 _SMALL_COLUMNS = ["image_id", "layer", "dtype", "encoding"]
-
 
 @dataclass(frozen=True)
 class EncodedDelta:
@@ -127,35 +118,6 @@ def _rel_error(decoded: torch.Tensor, reference: torch.Tensor) -> float:
     return diff / norm
 
 
-_threads_lock = threading.Lock()
-_threads_users = 0
-_threads_saved = 1
-
-
-@contextlib.contextmanager
-def _single_threaded() -> Iterator[None]:
-    """Run torch's CPU ops on one thread for the duration (process-wide; nested and concurrent uses safe).
-
-    Multithreaded LAPACK QR / SVD (MKL, OpenMP) collapses when the cores are shared with other busy
-    processes, as on a Dask worker or a CI runner: on 2 busy cores a 128 x 128 SVD took 0.58 s on 2
-    threads and 0.005 s on one; QR + SVD of 512 x 4608, 7.5 s against 0.32 s. Idle, one thread costs
-    1.5x (0.32 s against 0.21 s), a price worth a bounded time.
-    """
-    global _threads_users, _threads_saved
-    with _threads_lock:
-        if _threads_users == 0:
-            _threads_saved = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _threads_users += 1
-    try:
-        yield
-    finally:
-        with _threads_lock:
-            _threads_users -= 1
-            if _threads_users == 0:
-                torch.set_num_threads(_threads_saved)
-
-
 def _svd(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Thin SVD ``d = U diag(S) Vh`` of a float64 [m, n] matrix.
 
@@ -164,14 +126,13 @@ def _svd(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     (512 x 4608: 0.32 s against 1.3 s on one thread) and is as accurate (Householder QR is backward stable).
     """
     m, n = d.shape
-    with _single_threaded():
-        if n > m:
-            q, r = torch.linalg.qr(d.T)                       # d.T = q r: q [n, m], r [m, m]
-            u, s, wh = torch.linalg.svd(r.T)                  # d = r.T q.T = u s (wh q.T)
-            return u, s, wh @ q.T
-        q, r = torch.linalg.qr(d)                             # d = q r: q [m, n], r [n, n]
-        u, s, vh = torch.linalg.svd(r)
-        return q @ u, s, vh
+    if n > m:
+        q, r = torch.linalg.qr(d.T)                       # d.T = q r: q [n, m], r [m, m]
+        u, s, wh = torch.linalg.svd(r.T)                  # d = r.T q.T = u s (wh q.T)
+        return u, s, wh @ q.T
+    q, r = torch.linalg.qr(d)                             # d = q r: q [m, n], r [n, n]
+    u, s, vh = torch.linalg.svd(r)
+    return q @ u, s, vh
 
 
 def _lowrank_factors(d: torch.Tensor, max_rel_error: float, max_rank: int | None
@@ -377,80 +338,16 @@ def rows_from_table(table: pa.Table, image_id: str | None = None) -> list[Encode
     ]
 
 
-def _resolve(path_or_uri: str | os.PathLike, filesystem: fsspec.AbstractFileSystem | None
-             ) -> tuple[fsspec.AbstractFileSystem, str]:
-    if filesystem is None:
-        return fsspec.core.url_to_fs(os.fspath(path_or_uri))
-    return filesystem, filesystem._strip_protocol(os.fspath(path_or_uri))
-
-
-def _write_table(table: pa.Table, f: IO[bytes]) -> None:
-    # Looked up on the module at call time (not imported by name) so tests can make the write fail midway.
-    pq.write_table(table, f, compression="zstd", use_dictionary=_SMALL_COLUMNS, write_statistics=_SMALL_COLUMNS)
-
-
-def write_deltas_parquet(
-    table: pa.Table,
-    path_or_uri: str | os.PathLike,
-    filesystem: fsspec.AbstractFileSystem | None = None,
-) -> str:
-    """Write a deltas table as one zstd Parquet file, atomically: a reader sees the old file or the new
-    one, never half of one, and a failed write leaves nothing behind.
-
-    ``path_or_uri`` is a local path or an fsspec URI (``file://``, ``memory://``, ``s3://``...), or a path
-    inside ``filesystem`` when one is given. Locally the file is written to a hidden temporary name in the
-    destination folder, fsynced, then ``os.replace``d over the destination. On other filesystems it is
-    written to a temporary key next to the destination and moved with ``fs.mv`` (on S3 a copy: the
-    destination object appears whole). Returns the path written, without protocol.
-    """
+def write_deltas_parquet(table: pa.Table, uri: str | os.PathLike) -> None:
+    """Write a deltas table as one zstd Parquet file at ``uri`` (a path or fsspec URI), atomically."""
     _check_schema(table, "write_deltas_parquet")
-    fs, path = _resolve(path_or_uri, filesystem)
-    parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
-    if isinstance(fs, LocalFileSystem):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=Path(path).parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                _write_table(table, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
-    # The temporary key starts with a dot and does not end in .parquet, so listings of results skip it.
-    tmp = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp" if parent else f".{name}.{uuid.uuid4().hex}.tmp"
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    try:
-        with fs.open(tmp, "wb") as f:
-            _write_table(table, f)
-        fs.mv(tmp, path)
-    except BaseException:
-        if fs.exists(tmp):
-            fs.rm(tmp)
-        raise
-    return path
+    storage.write_parquet(os.fspath(uri), table, use_dictionary=_SMALL_COLUMNS, write_statistics=_SMALL_COLUMNS)
 
 
-def read_deltas_parquet(
-    path_or_uri: str | os.PathLike,
-    filesystem: fsspec.AbstractFileSystem | None = None,
-) -> pa.Table:
-    """Read a file written by ``write_deltas_parquet`` (local path, fsspec URI, or path in ``filesystem``).
-
-    Raises ValueError if the file is not a deltas table (a column of ``DELTAS_SCHEMA`` is missing).
-    """
-    fs, path = _resolve(path_or_uri, filesystem)
-    with fs.open(path, "rb") as f:
-        table = pq.read_table(f)
-    _check_schema(table, str(path_or_uri))
+def read_deltas_parquet(uri: str | os.PathLike) -> pa.Table:
+    table = storage.read_parquet(os.fspath(uri))
+    _check_schema(table, os.fspath(uri))
     return table
-
-
-# --------------------------------------------------------------------------------------------------------
-# Applying deltas to a generator.
 
 
 def apply_deltas(G: Generator, deltas: Mapping[str, torch.Tensor], scale: float = 1.0) -> Generator:

@@ -120,8 +120,8 @@ def process_image(
         image_sha = hashlib.sha256(data).hexdigest()
         image = load_image(data, resolution=G.img_resolution, name=source)
         result = invert_image(G, image, image_id, cfg, directions=directions, progress=progress)
-        storage.write_parquet(storage.join(ctx.out, "deltas", f"{key}.parquet"),
-                              deltas_mod.deltas_table(image_id, result.encoded))
+        deltas_mod.write_deltas_parquet(deltas_mod.deltas_table(image_id, result.encoded),
+                                        storage.join(ctx.out, "deltas", f"{key}.parquet"))
         caption = f"{image_id} | {cfg.method} | input, pivot, tuned, edit | {ctx.generator_label}"
         save_grid(result.previews, storage.join(ctx.out, "previews", f"{key}.png"), caption=caption)
         row = {**result.row(), "image_sha256": image_sha}

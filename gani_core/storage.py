@@ -59,14 +59,11 @@ def exists(uri: str | Path) -> bool:
     return fs.exists(path)
 
 
-def table_to_parquet_bytes(table: pa.Table) -> bytes:
+def write_parquet(uri: str | Path, table: pa.Table, **options: object) -> None:
+    """Write ``table`` as zstd Parquet, atomically (``options`` go to ``pyarrow.parquet.write_table``)."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
-
-
-def write_parquet(uri: str | Path, table: pa.Table) -> None:
-    write_bytes(uri, table_to_parquet_bytes(table))
+    pq.write_table(table, buf, compression="zstd", **options)
+    write_bytes(uri, buf.getvalue())
 
 
 def read_parquet(uri: str | Path) -> pa.Table:
