@@ -9,8 +9,10 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
+	.venv/bin/gani invert examples/photos/astronaut.jpg examples/photos/coffee.jpg --checkpoint builtin \
+		--method gani pti --pivot-steps 200 --tune-steps 150 --out out/demo
+	.venv/bin/gani show out/demo
 	.venv/bin/gani render builtin --count 8 --out out/demo/samples.png
-	.venv/bin/gani metrics examples/photos/astronaut.jpg examples/photos/coffee.jpg --json
 
 test: setup
 	.venv/bin/python -m pytest

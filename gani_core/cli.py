@@ -76,7 +76,7 @@ def _cmd_invert(args: argparse.Namespace) -> int:
         overrides["locality_weight"] = args.locality_weight
     if args.tune_lr is not None:
         overrides["lr"] = args.tune_lr
-    configs = {m: method_config(m, args.pivot_steps, args.tune_steps, seed=args.seed,
+    configs = {m: method_config(m, args.pivot_steps, args.tune_steps, seed=args.seed, precision=args.precision,
                                 **(overrides if m in ("gani", "pti") else {})) for m in args.method}
     directions = load_directions(args.directions, G.w_dim, G.num_ws).to(device) if args.directions else None
     ctx = RunContext(out=args.out, checkpoint=args.checkpoint, checkpoint_sha256=checkpoint_sha256(args.checkpoint, G),
@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--directions", default=None, help=".npy of edit directions in W (default: seeded random)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: mixed precision (autocast) for the optimisation, for GPUs (default: fp32)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_invert)
 

@@ -22,6 +22,7 @@ from gani_core.lpips import lpips_distance
 from gani_core.metrics import image_metrics, to_unit
 from gani_core.networks import Generator
 from gani_core.pivot import PivotConfig, Progress, find_pivot
+from gani_core.precision import Precision
 from gani_core.tuning import TuneConfig, render_with, tune
 
 Method = Literal["gani", "pti", "wplus", "w"]
@@ -55,17 +56,21 @@ def method_config(
     pivot_steps: int | None = None,
     tune_steps: int | None = None,
     seed: int = 0,
+    precision: Precision = "fp32",
     **tune_overrides: float | int | str,
 ) -> InvertConfig:
-    """The default configuration of a method, with the step budgets and tuning options overridden."""
+    """The default configuration of a method, with the step budgets and tuning options overridden.
+
+    ``precision="bf16"`` runs both stages' renders and losses under bf16 autocast (for GPUs).
+    """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    pivot = PivotConfig(space="wplus" if method == "wplus" else "w")
+    pivot = PivotConfig(space="wplus" if method == "wplus" else "w", precision=precision)
     if pivot_steps is not None:
         pivot = replace(pivot, steps=pivot_steps)
     tune_cfg = {"gani": GANI_TUNE, "pti": PTI_TUNE}.get(method)
     if tune_cfg is not None:
-        tune_cfg = replace(tune_cfg, **tune_overrides)
+        tune_cfg = replace(tune_cfg, precision=precision, **tune_overrides)
         if tune_steps is not None:
             tune_cfg = replace(tune_cfg, steps=tune_steps)
     elif tune_overrides:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from gani_core.losses import reconstruction_loss
 from gani_core.networks import Generator
+from gani_core.precision import Precision, autocast
 
 Progress = Callable[[int, int, float], None]  # (step, total, loss)
 
@@ -35,6 +36,7 @@ class PivotConfig:
     lpips_weight: float = 1.0           # weight of the LPIPS term
     optimize_noise: bool = False        # also optimise the noise maps (then rendered with them)
     noise_regularize: float = 1e5       # weight of the noise autocorrelation regulariser
+    precision: Precision = "fp32"       # "bf16": renders and losses under bf16 autocast
 
 
 def lr_at(step: int, steps: int, peak: float, rampup: float, rampdown: float) -> float:
@@ -100,8 +102,9 @@ def find_pivot(
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.lr_rampup, cfg.lr_rampdown)
         w_noise = torch.randn(w_opt.shape, generator=gen).to(device) * w_noise_scale
         ws = (w_opt + w_noise).expand(1, G.num_ws, -1) if num == 1 else w_opt + w_noise
-        render = G.synthesis(ws, noise_mode="const")
-        loss = reconstruction_loss(render, target, cfg.l2_weight, cfg.lpips_weight)
+        with autocast(device, cfg.precision):
+            render = G.synthesis(ws, noise_mode="const")
+            loss = reconstruction_loss(render.float(), target, cfg.l2_weight, cfg.lpips_weight)
         if noises:
             loss = loss + cfg.noise_regularize * _noise_regularizer(noises)
         opt.zero_grad(set_to_none=True)

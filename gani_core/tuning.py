@@ -18,6 +18,7 @@ from gani_core.gmm import GMMKind, GMMSet
 from gani_core.losses import reconstruction_loss
 from gani_core.lpips import lpips_distance
 from gani_core.networks import Generator
+from gani_core.precision import Precision, autocast
 
 Progress = Callable[[int, int, float], None]  # (step, total, loss)
 
@@ -36,6 +37,7 @@ class TuneConfig:
     locality_interval: int = 1          # apply the locality term every this many steps
     locality_alpha: float = 0.5         # how far from the pivot toward random latents it looks (fraction)
     locality_samples: int = 1           # latents per locality evaluation
+    precision: Precision = "fp32"       # "bf16": renders and losses under bf16 autocast
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -96,15 +98,17 @@ def tune(
     losses: list[float] = []
     for step in range(cfg.steps):
         deltas = gmms.deltas()
-        loss = reconstruction_loss(render_with(G, deltas, ws), target, cfg.l2_weight, cfg.lpips_weight)
-        losses.append(loss.item())
-        if cfg.locality_weight and step % cfg.locality_interval == 0:
-            w_loc = sample_regulariser_latents(G, w_pivot, cfg.locality_samples, gen, cfg.locality_alpha)
-            with torch.no_grad():
-                original = G.synthesis(w_loc, noise_mode="const")
-            tuned = render_with(G, deltas, w_loc)
-            loc = torch.nn.functional.mse_loss(tuned, original) + lpips_distance(tuned, original).mean()
-            loss = loss + cfg.locality_weight * loc
+        with autocast(ws.device, cfg.precision):
+            render = render_with(G, deltas, ws).float()
+            loss = reconstruction_loss(render, target, cfg.l2_weight, cfg.lpips_weight)
+            losses.append(loss.item())
+            if cfg.locality_weight and step % cfg.locality_interval == 0:
+                w_loc = sample_regulariser_latents(G, w_pivot, cfg.locality_samples, gen, cfg.locality_alpha)
+                with torch.no_grad():
+                    original = G.synthesis(w_loc, noise_mode="const").float()
+                tuned = render_with(G, deltas, w_loc).float()
+                loc = torch.nn.functional.mse_loss(tuned, original) + lpips_distance(tuned, original).mean()
+                loss = loss + cfg.locality_weight * loc
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -140,3 +140,11 @@ def test_progress_reports_every_step_of_both_stages(G, image):
     assert seen == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
 
 
+
+
+def test_bf16_mixed_precision_runs_and_still_fits(G, image, pivot):
+    cfg = method_config("gani", tune_steps=6, precision="bf16", locality_weight=0.0)
+    assert cfg.pivot.precision == cfg.tune.precision == "bf16"
+    result = tune(G, pivot, image[None] * 2 - 1, cfg.tune, seed=0)
+    assert all(d.dtype == torch.float32 for d in result.deltas.values())
+    assert result.losses[-1] < result.losses[0]
