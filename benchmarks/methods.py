@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/methods.py --pivot-steps 200 --tune-steps 200 --images 3
 
 Each image gets one W pivot, shared by every tuning method (W+ finds its own). Variants are
-``NAME=KIND,LR,LOCALITY_WEIGHT[,RANK]`` (e.g. ``gani-param=param,3e-3,0.1``); the defaults are GANI's
+``NAME=KIND,LR,LOCALITY_WEIGHT[,RANK[,LOCALITY_INTERVAL]]`` (e.g. ``gani-param=param,3e-3,0.1``); the defaults are GANI's
 default, PTI as published (all synthesis weights, lr 3e-4, no regulariser), PTI with its regulariser, and
 W+. Prints a markdown table of the means over images, then GANI/PTI ratios. Writes nothing else unless
 ``--json`` is given.
@@ -41,9 +41,11 @@ def parse_variant(spec: str) -> tuple[str, InvertConfig]:
         return name, replace(method_config("pti"), tune=replace(PTI_TUNE, locality_weight=0.1))
     if name == "gani" and not rest:
         return name, method_config("gani")
-    kind, lr, locw, *rank = rest.split(",")
+    kind, lr, locw, *more = rest.split(",")
     base = PTI_TUNE if kind == "full" else GANI_TUNE
-    tune = replace(base, kind=kind, lr=float(lr), locality_weight=float(locw), rank=int(rank[0]) if rank else base.rank)
+    tune = replace(base, kind=kind, lr=float(lr), locality_weight=float(locw),
+                   rank=int(more[0]) if more else base.rank,
+                   locality_interval=int(more[1]) if len(more) > 1 else base.locality_interval)
     return name, replace(method_config("gani"), method=name, tune=tune)
 
 
@@ -53,7 +55,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3, help="how many of examples/photos (sorted) to use")
     parser.add_argument("--pivot-steps", type=int, default=200)
     parser.add_argument("--tune-steps", type=int, default=200)
-    parser.add_argument("--variant", action="append", default=None, help="NAME or NAME=KIND,LR,LOCW[,RANK]")
+    parser.add_argument("--variant", action="append", default=None, help="NAME or NAME=KIND,LR,LOCW[,RANK[,INTERVAL]]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None, help="also write every per-image row to this JSON file")

@@ -151,7 +151,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
     print("  ".join(["method".ljust(8), *(n.rjust(16) for n in names)]))
     for method, info in summary["methods"].items():
         vals = [info["mean"].get(n) for n in names]
-        print("  ".join([method.ljust(8), *("-".rjust(16) if v is None else f"{v:16.4g}" for v in vals)]))
+        cells = ["-".rjust(16) if v is None else f"{v:16.0f}" if n == "delta_bytes" else f"{v:16.4g}"
+                 for n, v in zip(names, vals, strict=True)]
+        print("  ".join([method.ljust(8), *cells]))
     return 0
 
 

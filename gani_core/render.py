@@ -44,8 +44,10 @@ def grid_png(images: torch.Tensor, caption: str = "", columns: int | None = None
     img = Image.fromarray(grid)
     info = PngInfo()
     if caption:
-        bar = Image.new("RGB", (img.width, 14), "white")
-        ImageDraw.Draw(bar).text((2, 1), caption, fill="black", font=ImageFont.load_default())
+        font = ImageFont.load_default()
+        lines = _wrap(caption, font, img.width - 4)
+        bar = Image.new("RGB", (img.width, 12 * len(lines) + 2), "white")
+        ImageDraw.Draw(bar).multiline_text((2, 1), "\n".join(lines), fill="black", font=font, spacing=1)
         canvas = Image.new("RGB", (img.width, img.height + bar.height), "white")
         canvas.paste(img, (0, 0))
         canvas.paste(bar, (0, img.height))
@@ -54,6 +56,17 @@ def grid_png(images: torch.Tensor, caption: str = "", columns: int | None = None
     buf = io.BytesIO()
     img.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
+
+
+def _wrap(text: str, font: ImageFont.ImageFont, width: int) -> list[str]:
+    """Break ``text`` at spaces into lines no wider than ``width`` pixels (a long word keeps its line)."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
 
 
 def save_grid(images: torch.Tensor, uri: str | Path, caption: str = "", columns: int | None = None) -> str:
