@@ -28,8 +28,8 @@ from gani_core.tuning import TuneConfig, render_with, tune
 Method = Literal["gani", "pti", "wplus", "w"]
 METHODS: tuple[str, ...] = ("gani", "pti", "wplus", "w")
 
-# GANI's default GMM form and learning rate: see docs/method.md for the ablation behind them.
-GANI_TUNE = TuneConfig(kind="lowrank", lr=1e-2, rank=8, locality_weight=0.1)
+# GANI's default GMM form, learning rate and locality weight: docs/method.md has the ablation behind them.
+GANI_TUNE = TuneConfig(kind="lowrank", lr=1e-2, rank=8, locality_weight=1.0)
 # PTI as in its public code: Adam on all synthesis weights, lr 3e-4, 350 steps, no regulariser by default.
 PTI_TUNE = TuneConfig(kind="full", lr=3e-4, layers="all", locality_weight=0.0)
 

@@ -33,7 +33,7 @@ class TuneConfig:
     layers: str = "conv+torgb"          # "conv+torgb": every synthesis conv and ToRGB weight; "all": PTI's
     l2_weight: float = 1.0              # reconstruction MSE weight
     lpips_weight: float = 1.0           # reconstruction LPIPS weight
-    locality_weight: float = 0.1        # weight of the L2 and LPIPS locality terms (0: off)
+    locality_weight: float = 1.0        # weight of the L2 and LPIPS locality terms (0: off)
     locality_interval: int = 1          # apply the locality term every this many steps
     locality_alpha: float = 0.5         # how far from the pivot toward random latents it looks (fraction)
     locality_samples: int = 1           # latents per locality evaluation

@@ -1,0 +1,196 @@
+"""`prefect deployment run invert-dataset/default` through a real local Prefect server and process worker.
+
+The path of deployments/README.md, on a free port and a temporary PREFECT_HOME: `prefect server start`, a process
+work pool, `prefect deploy --all` from prefect.yaml, `prefect deployment run ... --watch`, and a worker started
+with `--run-once` (it polls once, runs what it found to the end, and exits). Every process is started in its own
+session and its whole process group is stopped at teardown, with bounded waits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import EXAMPLES, REPO
+
+BIN = Path(sys.executable).parent           # the venv running the tests: prefect is installed next to python
+PREFECT = str(BIN / "prefect")
+POOL = "gani-local"                         # the work pool named in prefect.yaml
+FLOW_FILE = REPO / "flows" / "invert_dataset.py"
+
+pytestmark = pytest.mark.skipif(not FLOW_FILE.exists(), reason=f"{FLOW_FILE} does not exist yet")
+
+
+@dataclass
+class Server:
+    api: str                # http://127.0.0.1:PORT/api
+    env: dict[str, str]     # the environment of every prefect command that talks to it
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> subprocess.Popen:
+    """Start cmd in its own session (its children share its process group), output to log."""
+    with log.open("wb") as f:
+        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=f, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _stop(proc: subprocess.Popen, steps: list[tuple[signal.Signals, bool, float]]) -> None:
+    """Stop proc and its process group: each step is (signal, to the whole group?, seconds to wait); then SIGKILL."""
+    for sig, whole_group, seconds in [*steps, (signal.SIGKILL, True, 10.0)]:
+        if proc.poll() is not None and _group_gone(proc.pid):
+            return
+        try:
+            if whole_group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and _group_gone(proc.pid):
+                return
+            time.sleep(0.2)
+    proc.wait(timeout=1)
+
+
+# A Prefect worker ignores SIGTERM; the first SIGINT asks it to stop, the second insists.
+STOP_WORKER = [(signal.SIGINT, False, 3.0), (signal.SIGINT, False, 15.0), (signal.SIGTERM, True, 5.0)]
+STOP_SERVER = [(signal.SIGTERM, True, 20.0)]
+
+
+def _api(server: Server, path: str, body: dict | None = None) -> object:
+    req = urllib.request.Request(server.api + path, method="POST" if body is not None else "GET",
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.load(resp)
+
+
+def _wait_until(what: str, ready, seconds: float, alive: subprocess.Popen | None = None, log: Path | None = None):
+    """Poll ready() until it returns something truthy (returned), or fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            value = ready()
+        except OSError:
+            value = None
+        if value:
+            return value
+        if alive is not None and alive.poll() is not None:
+            pytest.fail(f"{what}: process exited with {alive.returncode}\n{log.read_text()[-3000:] if log else ''}")
+        time.sleep(0.5)
+    pytest.fail(f"{what}: not within {seconds} s\n{log.read_text()[-3000:] if log else ''}")
+
+
+def _prefect(server: Server, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    result = subprocess.run([PREFECT, *args], env=server.env, cwd=REPO, capture_output=True, text=True,
+                            timeout=timeout, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, f"prefect {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update({
+        "PREFECT_HOME": str(home),
+        "DO_NOT_TRACK": "true",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "GANI_REPO": str(REPO),                         # prefect.yaml's pull step: flow runs start in the repo
+        "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    })
+    log = home / "server.log"
+    proc = _start([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log)
+    srv = Server(api=f"http://127.0.0.1:{port}/api", env={**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"},
+                 log=log)
+    try:
+        _wait_until("prefect server /api/health", lambda: _api(srv, "/health") is True, 120, proc, log)
+        yield srv
+    finally:
+        _stop(proc, STOP_SERVER)
+
+
+def test_deployment_run_through_server_and_process_worker(server: Server, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("astronaut.jpg", "coffee.jpg"):
+        (photos / name).write_bytes((EXAMPLES / name).read_bytes())
+    out = tmp_path / "run"
+
+    _prefect(server, "work-pool", "create", POOL, "--type", "process")
+    _prefect(server, "deploy", "--all", "--no-prompt", timeout=300)
+
+    deployments = {f"{d['name']}": d for d in _api(server, "/deployments/filter", {})}
+    assert set(deployments) == {"default", "nightly"}
+    nightly = deployments["nightly"]
+    assert [s["schedule"].get("cron") for s in nightly["schedules"]] == ["0 2 * * *"]
+    assert nightly["schedules"][0]["schedule"]["timezone"] == "UTC"
+    assert deployments["default"]["work_pool_name"] == POOL
+
+    run_log, worker_log = tmp_path / "deployment-run.log", tmp_path / "worker.log"
+    params = {
+        "input_uri": str(photos), "output_uri": str(out), "checkpoint": "builtin:32",
+        "pivot_steps": "3", "tune_steps": "3", "n_workers": "1",
+        "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    run_cmd = [PREFECT, "deployment", "run", "invert-dataset/default", "--watch", "--watch-timeout", "400"]
+    for k, v in params.items():
+        run_cmd += ["--param", f"{k}={v}"]
+    watcher = _start(run_cmd, server.env, run_log)
+    worker = None
+    try:
+        # The worker polls once: start it when the flow run is scheduled, so that the one poll finds it.
+        runs = _wait_until("flow run scheduled", lambda: _api(server, "/flow_runs/filter", {}), 120, watcher, run_log)
+        assert len(runs) == 1
+        worker = _start([PREFECT, "worker", "start", "--pool", POOL, "--run-once", "--prefetch-seconds", "0"],
+                        server.env, worker_log)
+        worker.wait(timeout=420)
+        watcher.wait(timeout=60)
+    finally:
+        for proc, steps in ((worker, STOP_WORKER), (watcher, STOP_WORKER)):
+            if proc is not None:
+                _stop(proc, steps)
+
+    logs = f"--- prefect deployment run:\n{run_log.read_text()[-4000:]}\n--- worker:\n{worker_log.read_text()[-6000:]}"
+    run = _api(server, f"/flow_runs/{runs[0]['id']}")
+    assert run["state_type"] == "COMPLETED", logs
+    assert watcher.returncode == 0, logs
+    assert worker.returncode == 0, logs
+    assert {k: run["parameters"][k] for k in ("checkpoint", "pivot_steps", "n_workers")} == {
+        "checkpoint": "builtin:32", "pivot_steps": 3, "n_workers": 1}
+
+    table = pq.read_table(out / "metrics.parquet").to_pydict()
+    assert sorted(table["image_id"]) == ["astronaut", "coffee"]
+    assert table["status"] == ["ok", "ok"], table.get("error")
+    assert (tmp_path / "mlflow.db").is_file()
