@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -12,6 +10,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from gani_core import storage
 from gani_core.checkpoints.nvidia import load_state
 from gani_core.errors import CheckpointError
 from gani_core.networks import Generator, GeneratorConfig
@@ -28,20 +27,8 @@ def generator_to_bytes(G: Generator, extra: dict[str, str] | None = None) -> byt
 
 def save_generator(G: Generator, path: str | Path, extra: dict[str, str] | None = None) -> Path:
     """Write ``G`` atomically to ``path`` (a ``.safetensors`` file readable by ``load_generator``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = generator_to_bytes(G, extra)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    storage.write_bytes(path, generator_to_bytes(G, extra))
+    return Path(path)
 
 
 def read_metadata(data: bytes) -> dict[str, str]:
