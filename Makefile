@@ -9,10 +9,8 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/gani invert examples/photos/astronaut.jpg examples/photos/coffee.jpg --checkpoint builtin \
-		--method gani pti --pivot-steps 200 --tune-steps 150 --out out/demo
+	.venv/bin/python -m flows.invert_dataset --limit 3 --pivot-steps 200 --tune-steps 150 --output-uri out/demo
 	.venv/bin/gani show out/demo
-	.venv/bin/gani render builtin --count 8 --out out/demo/samples.png
 
 test: setup
 	.venv/bin/python -m pytest

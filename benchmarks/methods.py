@@ -3,10 +3,10 @@
     .venv/bin/python benchmarks/methods.py --pivot-steps 200 --tune-steps 200 --images 3
 
 Each image gets one W pivot, shared by every tuning method (W+ finds its own). Variants are
-``NAME=KIND,LR,LOCALITY_WEIGHT[,RANK[,LOCALITY_INTERVAL]]`` (e.g. ``gani-param=param,3e-3,0.1``); the defaults are GANI's
-default, PTI as published (all synthesis weights, lr 3e-4, no regulariser), PTI with its regulariser, and
-W+. Prints a markdown table of the means over images, then GANI/PTI ratios. Writes nothing else unless
-``--json`` is given.
+``NAME=KIND,LR,LOCALITY_WEIGHT[,RANK[,LOCALITY_INTERVAL]]`` (e.g. ``gani-param=param,3e-3,0.1``); the
+defaults are GANI's default, PTI as published (all synthesis weights, lr 3e-4, no regulariser), PTI with
+its regulariser, and W+. Prints a markdown table of the means over images, then GANI/PTI ratios.
+Writes nothing else unless ``--json`` is given.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ import torch
 import gani_core
 from gani_core import deltas as deltas_mod
 from gani_core import storage
+from gani_core.checkpoints.builtin import BUILTIN_SEED
 from gani_core.checkpoints.native import generator_to_bytes
 from gani_core.errors import GaniError
 from gani_core.images import load_image
@@ -63,10 +64,17 @@ class RunContext:
 
 
 def checkpoint_sha256(spec: str, G: Generator) -> str:
-    """The hash of the checkpoint file; for the built-in generator, of its serialised weights."""
+    """The hash of the checkpoint file; for the built-in generator, of its definition (resolution and seed).
+
+    Not of the built-in generator's weights: they are computed, and their last bits change with the number
+    of threads that computed them, so the same ``builtin:RES`` would get different hashes in different
+    processes (a flow and its Dask workers) and results keyed by it would never be found again.
+    """
     path = Path(spec)
     digest = hashlib.sha256()
-    if path.is_file():
+    if re.fullmatch(r"builtin(?::\d+)?", spec):
+        digest.update(f"gani-builtin:{G.img_resolution}:seed={BUILTIN_SEED}".encode())
+    elif path.is_file():
         with path.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)

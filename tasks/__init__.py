@@ -1,0 +1,1 @@
+"""Prefect tasks: the thin layer between the flows and gani_core (inversion, storage, MLflow tracking)."""

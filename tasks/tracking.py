@@ -1,0 +1,142 @@
+"""MLflow: one evaluation run per flow run (and, for the nightly benchmark, a child run per method).
+
+Every run logs the same metric names, whatever the method, so runs compare side by side in the MLflow UI:
+``{metric}_mean``, ``{metric}_p50``, ``{metric}_p90`` for each of :data:`RUN_METRICS` over the images that
+succeeded, plus ``images``, ``ok``, ``failed``, ``skipped`` and ``seconds_per_image`` (wall time of the
+images computed in this flow run, per image). The client is explicit (``MlflowClient``): no global MLflow
+state is touched, so flows in one process never see each other's active runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from fsspec.implementations.local import LocalFileSystem
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+import gani_core
+from gani_core import storage
+from gani_core.invert import InvertConfig
+from gani_core.runs import RESULT_METRICS
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_METRICS = (*RESULT_METRICS, "seconds", "delta_bytes")   # mse psnr ms_ssim lpips lpips_vgg locality ...
+LOCAL_DATA = REPO / "out"                                   # the sqlite store when the output is not local
+
+
+@functools.cache
+def code_version() -> str:
+    """gani_core's version, plus the git commit of this checkout when there is one (``0.1.0+g1a2b3c4``)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return gani_core.__version__
+    return f"{gani_core.__version__}+g{sha}{'.dirty' if dirty else ''}"
+
+
+def tracking_uri(given: str | None, data_folder: str) -> str:
+    """The parameter, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///DATA/mlflow.db`` with DATA the run's data
+    folder when it is local, else ``<repo>/out`` (an S3 output has no place for a sqlite file)."""
+    if given:
+        return given
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    fs, path = storage.resolve(data_folder)
+    folder = Path(path) if isinstance(fs, LocalFileSystem) else LOCAL_DATA
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder.resolve() / 'mlflow.db'}"
+
+
+def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):        # artifacts next to the database, not in the current directory
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:                 # created meanwhile by a concurrent flow run
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def start_run(uri: str, experiment: str, run_name: str, tags: dict[str, str] | None = None,
+              parent_run_id: str | None = None) -> str:
+    """Create a run (a child of ``parent_run_id`` when given) in ``experiment``; return its id."""
+    client = MlflowClient(tracking_uri=uri)
+    all_tags = {"code_version": code_version(), "gani_version": gani_core.__version__, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(_experiment_id(client, uri, experiment), run_name=run_name, tags=all_tags)
+    return run.info.run_id
+
+
+def end_run(uri: str, run_id: str, ok: bool = True) -> None:
+    MlflowClient(tracking_uri=uri).set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+def config_params(cfg: InvertConfig) -> dict[str, object]:
+    """The parameters of one method's configuration, with flat names (``pivot_lr``, ``tune_lr``, ...)."""
+    params: dict[str, object] = {"method": cfg.method, "config_hash": cfg.config_hash(), "seed": cfg.seed}
+    params.update({f"pivot_{k}": v for k, v in asdict(cfg.pivot).items()})
+    if cfg.tune is not None:
+        params.update({f"tune_{k}": v for k, v in asdict(cfg.tune).items() if k != "extra"})
+    else:
+        params["tune_steps"] = 0
+    params.update(probe_count=cfg.probe_count, num_directions=cfg.num_directions,
+                  delta_encoding=cfg.delta_encoding, delta_max_rel_error=cfg.delta_max_rel_error)
+    return params
+
+
+def aggregate(rows: list[dict], skipped: int = 0, wall_seconds: float | None = None,
+              computed: int = 0) -> dict[str, float]:
+    """The run's metrics: mean, median and 90th percentile of each metric over the ok rows, and counts."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    metrics: dict[str, float] = {"images": len(rows), "ok": len(ok), "failed": len(rows) - len(ok),
+                                 "skipped": skipped}
+    for name in RUN_METRICS:
+        values = np.array([r[name] for r in ok if r.get(name) is not None], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if len(values):
+            metrics[f"{name}_mean"] = float(values.mean())
+            metrics[f"{name}_p50"] = float(np.quantile(values, 0.5))
+            metrics[f"{name}_p90"] = float(np.quantile(values, 0.9))
+    if computed and wall_seconds is not None:
+        metrics["seconds_per_image"] = wall_seconds / computed
+    return metrics
+
+
+def log_results(uri: str, run_id: str, params: dict[str, object], metrics: dict[str, float],
+                artifacts: Iterable[str] = ()) -> None:
+    """Log params, metrics and artifacts (local paths or URIs: remote ones are copied to a temp folder first)."""
+    client = MlflowClient(tracking_uri=uri)
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(v)],
+        params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+        tags=[RunTag("code_version", code_version())],
+    )
+    with tempfile.TemporaryDirectory(prefix="gani-mlflow-") as tmp:
+        for artifact in artifacts:
+            fs, path = storage.resolve(artifact)
+            if isinstance(fs, LocalFileSystem):
+                client.log_artifact(run_id, path)
+            else:
+                local = Path(tmp) / Path(path).name
+                local.write_bytes(storage.read_bytes(artifact))
+                client.log_artifact(run_id, str(local))

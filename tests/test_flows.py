@@ -1,0 +1,156 @@
+"""The invert-dataset and nightly-benchmark flows with the real components on 127.0.0.1.
+
+Prefect: a temporary local API (prefect_test_harness). Dask: one 2-worker LocalCluster (processes) shared by
+these tests through ``dask_address``. MLflow: a sqlite store in tmp_path. Generator: ``builtin:32``, 3 + 3 steps.
+
+The run sequence mirrors an interrupted and resumed run: first the first two images only (astronaut and the
+corrupt broken.png; as if the run died there), then all three (only coffee is computed), then all three again
+(nothing is computed).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import prefect.settings
+import pyarrow.parquet as pq
+import pytest
+from distributed import LocalCluster
+from mlflow.tracking import MlflowClient
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.invert_dataset import invert_dataset
+from flows.nightly_benchmark import nightly_benchmark
+from gani_core.runs import METRICS_SCHEMA
+from tasks.tracking import RUN_METRICS
+
+from .conftest import EXAMPLES
+
+SMALL = {"checkpoint": "builtin:32", "pivot_steps": 3, "tune_steps": 3, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> str:
+    with prefect_test_harness(server_startup_timeout=None):
+        yield prefect.settings.PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="module")
+def cluster(prefect_api: str) -> str:
+    """A 2-worker LocalCluster whose workers report to the test Prefect API; its scheduler address."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      env={"PREFECT_API_URL": prefect_api}) as lc:
+        yield lc.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut.jpg", "coffee.jpg"):
+        shutil.copy(EXAMPLES / name, folder / name)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (folder / "notes.txt").write_text("not an image: not listed")
+    return folder
+
+
+def _mtimes(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for sub in ("rows", "deltas", "previews")
+            for p in (out / sub).iterdir()}
+
+
+@pytest.fixture(scope="module")
+def runs(photos: Path, cluster: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("invert-dataset")
+    out, db = root / "out", f"sqlite:///{root / 'mlflow.db'}"
+    common = {**SMALL, "input_uri": str(photos), "output_uri": str(out), "dask_address": cluster,
+              "mlflow_tracking_uri": db}
+    interrupted = invert_dataset(**common, limit=2)
+    resumed = invert_dataset(**common)
+    before = _mtimes(out)
+    finished = invert_dataset(**common)
+    return {"photos": photos, "out": out, "db": db, "interrupted": interrupted, "resumed": resumed,
+            "finished": finished, "mtimes": (before, _mtimes(out))}
+
+
+def test_one_row_per_image_and_the_corrupt_one_failed_with_its_reason(runs):
+    table = pq.read_table(runs["out"] / "metrics.parquet")
+    assert table.schema.equals(METRICS_SCHEMA)
+    rows = {r["image_id"]: r for r in table.to_pylist()}
+    assert sorted(rows) == ["astronaut", "broken", "coffee"]
+    assert rows["broken"]["status"] == "failed"
+    assert rows["broken"]["error"].startswith("ImageError:") and "broken.png" in rows["broken"]["error"]
+    for image_id in ("astronaut", "coffee"):
+        assert rows[image_id]["status"] == "ok" and rows[image_id]["error"] is None
+        assert 0 < rows[image_id]["lpips"] < 1 and rows[image_id]["checkpoint"] == "builtin:32"
+        assert (runs["out"] / "deltas" / f"{image_id}.gani.parquet").stat().st_size > 0
+        assert (runs["out"] / "previews" / f"{image_id}.gani.png").stat().st_size > 0
+    assert (runs["out"] / "preview_grid.png").stat().st_size > 0
+    summary = json.loads((runs["out"] / "summary.json").read_text())
+    assert (summary["images"], summary["ok"], summary["failed"]) == (3, 2, 1)
+    assert summary["methods"]["gani"]["failures"].keys() == {"broken"}
+
+
+def test_returned_counts_report_partial_success(runs):
+    s = runs["resumed"]
+    assert {k: s[k] for k in ("images", "ok", "failed")} == {"images": 3, "ok": 2, "failed": 1}
+    assert s["written"]["metrics.parquet"] == str(runs["out"] / "metrics.parquet")
+
+
+def test_an_interrupted_run_resumes_with_only_the_missing_images(runs):
+    first, second = runs["interrupted"], runs["resumed"]
+    assert (first["images"], first["computed"], first["skipped"]) == (2, 2, 0)     # astronaut, broken
+    assert (second["images"], second["computed"], second["skipped"]) == (3, 1, 2)  # coffee only
+
+
+def test_a_rerun_of_a_finished_run_computes_nothing(runs):
+    s = runs["finished"]
+    assert (s["images"], s["computed"], s["skipped"], s["ok"], s["failed"]) == (3, 0, 3, 2, 1)
+    before, after = runs["mtimes"]
+    assert before == after and len(before) == 3 + 2 + 2     # rows (incl. the failed one), deltas, previews
+
+
+def test_mlflow_run_holds_metrics_params_and_artifacts(runs):
+    client = MlflowClient(tracking_uri=runs["db"])
+    experiment = client.get_experiment_by_name("invert-dataset")
+    logged = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    assert [r.info.run_id for r in logged] == [runs[k]["mlflow_run_id"] for k in ("interrupted", "resumed",
+                                                                                   "finished")]
+    run = client.get_run(runs["resumed"]["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    for name in RUN_METRICS:
+        assert {f"{name}_mean", f"{name}_p50", f"{name}_p90"} <= m.keys(), name
+    assert (m["images"], m["ok"], m["failed"], m["skipped"]) == (3, 2, 1, 2)
+    assert m["seconds_per_image"] > 0 and 0 < m["lpips_mean"] < 1
+    p = run.data.params
+    assert p["method"] == "gani" and p["pivot_steps"] == "3" and p["tune_steps"] == "3" and p["tune_lr"] == "0.01"
+    assert p["dataset_uri"] == str(runs["photos"]) and p["output_uri"] == str(runs["out"])
+    assert len(p["checkpoint_sha256"]) == 64 and p["code_version"].startswith("0.1.0")
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
+        "metrics.parquet", "preview_grid.png", "summary.json"}
+
+
+def test_nightly_benchmark_parent_run_with_a_child_per_method(photos, cluster, tmp_path):
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    s = nightly_benchmark(**SMALL, input_uri=str(photos), output_uri=str(tmp_path / "nightly"), limit=1,
+                          date="2026-01-02", dask_address=cluster, mlflow_tracking_uri=db)
+    table = pq.read_table(tmp_path / "nightly" / "2026-01-02" / "metrics.parquet").to_pylist()
+    assert sorted(r["method"] for r in table) == ["gani", "pti", "wplus"]
+    assert all(r["status"] == "ok" for r in table)
+    comparison = pq.read_table(tmp_path / "nightly" / "2026-01-02" / "comparison.parquet").to_pylist()
+    assert [r["method"] for r in comparison] == ["gani", "pti", "wplus", "gani/pti"]
+    by = {r["method"]: r for r in comparison}
+    assert by["gani/pti"]["lpips_mean"] == pytest.approx(by["gani"]["lpips_mean"] / by["pti"]["lpips_mean"])
+
+    client = MlflowClient(tracking_uri=db)
+    parent = client.get_run(s["mlflow_run_id"])
+    assert parent.info.run_name == "nightly-2026-01-02" and parent.data.tags["date"] == "2026-01-02"
+    assert "code_version" in parent.data.tags and "gani_pti_lpips_mean" in parent.data.metrics
+    assert "comparison.parquet" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.data.params["method"] for c in children) == ["gani", "pti", "wplus"]
+    names = {frozenset(k for k in c.data.metrics if k.endswith(("_mean", "_p50", "_p90"))) for c in children}
+    assert len(names) == 1      # every method logs the same metric names

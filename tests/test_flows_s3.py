@@ -1,0 +1,105 @@
+"""invert-dataset reading from and writing to S3: moto's S3 server on 127.0.0.1, s3fs, the flow's own LocalCluster.
+
+The flow is given nothing but ``s3://`` URIs: credentials, region and endpoint come from the environment as for
+any s3fs / boto user (``AWS_ENDPOINT_URL`` points botocore at the local server). They are set before the flow
+starts its LocalCluster, whose worker processes inherit them.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+
+import boto3
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+from mlflow.tracking import MlflowClient
+from moto.server import ThreadedMotoServer
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.invert_dataset import invert_dataset
+from gani_core import build_builtin, save_generator
+
+from .conftest import EXAMPLES
+
+BUCKET = "gani-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_env(tmp_path_factory: pytest.TempPathFactory):
+    """moto's S3 server with the bucket: input images under in/, a generator under models/."""
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                            "GANI_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}.items():
+            mp.setenv(name, value)
+        mp.delenv("AWS_PROFILE", raising=False)
+        s3fs.S3FileSystem.clear_instance_cache()
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        for name in ("astronaut.jpg", "coffee.jpg"):
+            s3.put_object(Bucket=BUCKET, Key=f"in/{name}", Body=(EXAMPLES / name).read_bytes())
+        s3.put_object(Bucket=BUCKET, Key="in/broken.png", Body=b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+        model = tmp_path_factory.mktemp("model") / "g32.safetensors"
+        save_generator(build_builtin(32), model)
+        s3.put_object(Bucket=BUCKET, Key="models/g32.safetensors", Body=model.read_bytes())
+        try:
+            yield s3
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def runs(s3_env, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    db = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    params = {"input_uri": f"s3://{BUCKET}/in", "output_uri": f"s3://{BUCKET}/out",
+              "checkpoint": f"s3://{BUCKET}/models/g32.safetensors", "pivot_steps": 3, "tune_steps": 3,
+              "n_workers": 2, "mlflow_tracking_uri": db}
+    with prefect_test_harness(server_startup_timeout=None):
+        first = invert_dataset(**params)
+        again = invert_dataset(**params)
+    return {"db": db, "first": first, "again": again}
+
+
+def _keys(s3, prefix: str) -> set[str]:
+    return {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])}
+
+
+def test_tables_read_back_from_s3_with_pyarrow(s3_env, runs):
+    fs = s3fs.S3FileSystem()
+    rows = {r["image_id"]: r for r in pq.read_table(f"{BUCKET}/out/metrics.parquet", filesystem=fs).to_pylist()}
+    assert sorted(rows) == ["astronaut", "broken", "coffee"]
+    assert [rows[i]["status"] for i in ("astronaut", "broken", "coffee")] == ["ok", "failed", "ok"]
+    error = rows["broken"]["error"]
+    assert error.startswith("ImageError:") and f"s3://{BUCKET}/in/broken.png" in error
+    assert rows["astronaut"]["checkpoint"] == f"s3://{BUCKET}/models/g32.safetensors"
+    deltas = pq.read_table(io.BytesIO(s3_env.get_object(Bucket=BUCKET, Key="out/deltas/coffee.gani.parquet")
+                                      ["Body"].read()))
+    assert deltas.num_rows > 0
+    assert _keys(s3_env, "out/previews/") == {"out/previews/astronaut.gani.png", "out/previews/coffee.gani.png"}
+    assert {"out/summary.json", "out/preview_grid.png", "out/rows/broken.gani.json"} <= _keys(s3_env, "out/")
+
+
+def test_counts_and_a_rerun_on_s3_computes_nothing(runs):
+    first, again = runs["first"], runs["again"]
+    assert (first["images"], first["ok"], first["failed"], first["computed"]) == (3, 2, 1, 3)
+    assert (again["computed"], again["skipped"], again["ok"], again["failed"]) == (0, 3, 2, 1)
+
+
+def test_mlflow_artifacts_are_copied_from_s3(runs):
+    client = MlflowClient(tracking_uri=runs["db"])
+    run = client.get_run(runs["first"]["mlflow_run_id"])
+    assert run.data.params["dataset_uri"] == f"s3://{BUCKET}/in"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
+        "metrics.parquet", "preview_grid.png", "summary.json"}
