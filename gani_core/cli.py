@@ -182,6 +182,64 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_builtin(args: argparse.Namespace) -> int:
+    import torch
+
+    from gani_core.training.loop import TrainConfig, train
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = TrainConfig(
+        resolution=args.resolution, batch=args.batch, total_kimg=args.kimg, r1_gamma=args.r1_gamma,
+        pl_weight=args.pl_weight, seed=args.seed,
+    )
+    if args.fit_minutes:
+        from dataclasses import replace
+
+        from gani_core.training.loop import measure_rate
+
+        rate = measure_rate(cfg, device)
+        kimg = max(math.floor(rate * args.fit_minutes * 60 / 1000 / 10) * 10, 10)
+        print(f"measured {rate:.0f} images/s on {device}: training to {kimg} kimg to fit {args.fit_minutes:g} minutes "
+              f"(rerun with --kimg {kimg} to reproduce)", flush=True)
+        cfg = replace(cfg, total_kimg=float(kimg))
+    print(f"gani train-builtin: {cfg.resolution} px shapes on {device}, batch {cfg.batch}, to {cfg.total_kimg:g} kimg "
+          f"in {args.out} (resumes if it holds a run)", flush=True)
+
+    def log(line: dict) -> None:
+        losses = "  ".join(f"{k} {v:.3f}" for k, v in line.items() if k not in ("kimg", "step", "seconds"))
+        print(f"kimg {line['kimg']:8.1f}  {line['seconds']:7.0f} s  {losses}", flush=True)
+
+    max_seconds = args.max_minutes * 60 if args.max_minutes else None
+    tr = train(cfg, args.out, device=device, max_seconds=max_seconds, log=log)
+    state = "finished" if tr.kimg >= cfg.total_kimg else "stopped by --max-minutes (run again to resume)"
+    print(f"{state}: {tr.kimg:.1f} kimg after {tr.seconds:.0f} s of training; {args.out}/G_ema.safetensors, "
+          "samples.png")
+    if tr.kimg >= cfg.total_kimg and not args.no_finish:
+        from gani_core.shapes.build import finish_builtin
+
+        finish_builtin(args.out, device=device, install=args.install, log=print)
+    return 0
+
+
+def _cmd_shapes(args: argparse.Namespace) -> int:
+    import torch
+
+    from gani_core import storage
+    from gani_core.render import grid_png
+    from gani_core.shapes.domain import FACTOR_NAMES, sample_images, to_physical
+
+    images, t = sample_images(args.count, args.resolution, torch.Generator().manual_seed(args.seed))
+    factors = {}
+    for i in range(args.count):
+        name = f"shapes-{args.seed}-{i:03d}.png"
+        storage.write_bytes(storage.join(args.out, name), grid_png((images[i : i + 1] + 1) / 2))
+        factors[name] = {"normalised": dict(zip(FACTOR_NAMES, t[i].tolist(), strict=True)),
+                         "physical": dict(zip(FACTOR_NAMES, to_physical(t[i : i + 1])[0].tolist(), strict=True))}
+    storage.write_bytes(storage.join(args.out, "factors.json"), json.dumps(factors, indent=2).encode())
+    print(f"wrote {args.count} images of the shapes domain ({args.resolution} px) and factors.json to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gani", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -232,6 +290,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=None, help="which method's result (default: gani, else pti)")
     p.add_argument("--out", required=True, help=".safetensors file to write")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("train-builtin", help="train the built-in generator on the procedural shapes domain")
+    p.add_argument("--out", default="runs/train-builtin", help="training folder; a rerun resumes from it")
+    p.add_argument("--resolution", type=int, default=64, help="image resolution (default: 64)")
+    p.add_argument("--batch", type=int, default=32, help="images per step (default: 32)")
+    p.add_argument("--kimg", type=float, default=400.0, help="training length in thousands of images (default: 400)")
+    p.add_argument("--r1-gamma", type=float, default=0.05, help="R1 regularisation weight (default: 0.05)")
+    p.add_argument("--pl-weight", type=float, default=2.0, help="path-length regularisation, 0 = off (default: 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this many minutes")
+    p.add_argument("--fit-minutes", type=float, default=None,
+                   help="measure the training speed first and set --kimg to what fits in this many minutes")
+    p.add_argument("--no-finish", action="store_true",
+                   help="skip the factor probe, edit directions and quality report after training")
+    p.add_argument("--install", action="store_true",
+                   help="copy the finished generator and probe into gani_core/weights/ (what `builtin` loads)")
+    p.set_defaults(func=_cmd_train_builtin)
+
+    p = sub.add_parser("shapes", help="write seeded images of the shapes domain with their true factors")
+    p.add_argument("out", help="folder or URI to write PNGs and factors.json to")
+    p.add_argument("--count", type=int, default=8)
+    p.add_argument("--seed", type=int, default=2026, help="the training data uses other seeds (default: 2026)")
+    p.add_argument("--resolution", type=int, default=64)
+    p.set_defaults(func=_cmd_shapes)
 
     p = sub.add_parser("info", help="describe a checkpoint as JSON")
     p.add_argument("checkpoint")

@@ -23,6 +23,7 @@ from gani_core.metrics import image_metrics, to_unit
 from gani_core.networks import Generator
 from gani_core.pivot import PivotConfig, Progress, find_pivot
 from gani_core.precision import Precision
+from gani_core.shapes.edits import edit_accuracy
 from gani_core.tuning import TuneConfig, render_with, tune
 
 Method = Literal["gani", "pti", "wplus", "w"]
@@ -84,7 +85,7 @@ class InversionResult:
     method: str
     w_pivot: torch.Tensor                       # [num_ws, w_dim]
     encoded: list[deltas_mod.EncodedDelta]      # the stored deltas
-    metrics: dict[str, float]                   # mse, psnr, ms_ssim, lpips, lpips_vgg, locality, edit_consistency
+    metrics: dict[str, float]                   # METRIC_NAMES, locality, edit_consistency, edit_accuracy (NaN: n/a)
     seconds: dict[str, float]                   # pivot, tune, metrics, total
     steps: dict[str, int]                       # pivot, tune
     peak_memory_mb: float
@@ -92,6 +93,7 @@ class InversionResult:
     delta_lpips_change: float                   # LPIPS between renders with stored and in-memory deltas
     previews: torch.Tensor                      # [4, 3, R, R] in [0, 1]: input, pivot, tuned, edit
     losses: list[float] = field(default_factory=list)
+    edit_ratios: dict[str, float] = field(default_factory=dict)  # per factor: tuned / original edit response
 
     def row(self) -> dict:
         """The metrics.parquet row of this result (without the run-level columns)."""
@@ -175,9 +177,17 @@ def invert_image(
         G_tuned = deltas_mod.apply_deltas(G, stored)
         metrics["locality"] = locality(G, G_tuned, probe_latents(G, w_pivot, cfg.probe_count, seed=cfg.seed))
         metrics["edit_consistency"] = edit_consistency(G, G_tuned, w_pivot, directions, strength)
+        if G.factor_edits is not None:
+            metrics["edit_accuracy"], edit_ratios = edit_accuracy(G, G_tuned, w_pivot, G.factor_edits)
     else:  # the generator is unchanged: nothing moved elsewhere
         metrics["locality"] = 0.0
         metrics["edit_consistency"] = 0.0
+        if G.factor_edits is not None:
+            metrics["edit_accuracy"] = 1.0
+            edit_ratios = dict.fromkeys(G.factor_edits.names, 1.0)
+    if G.factor_edits is None:  # no edit directions with ground truth for this generator
+        metrics["edit_accuracy"] = float("nan")
+        edit_ratios = {}
     t_end = time.perf_counter()
     previews = torch.cat([image.unsqueeze(0).to(device), to_unit(pivot_render), to_unit(tuned_render),
                           to_unit(edit_render)]).cpu()
@@ -186,5 +196,5 @@ def invert_image(
         seconds={"pivot": t_pivot - t0, "tune": t_tune - t_pivot, "metrics": t_end - t_tune, "total": t_end - t0},
         steps={"pivot": pivot_steps, "tune": cfg.tune.steps if cfg.tune else 0},
         peak_memory_mb=_peak_memory_mb(device), delta_bytes=deltas_mod.delta_bytes(encoded),
-        delta_lpips_change=delta_change, previews=previews, losses=losses,
+        delta_lpips_change=delta_change, previews=previews, losses=losses, edit_ratios=edit_ratios,
     )

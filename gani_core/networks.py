@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -162,8 +162,15 @@ def modulated_conv2d(
     padding: int = 0,           # padding of the plain convolution
     resample_filter: torch.Tensor | None = None,  # the FIR filter [4, 4] used when up == 2
     demodulate: bool = True,    # normalise each output channel's effective weight to unit norm
+    fused: bool = True,         # one grouped convolution over the batch; else scale activations around a shared conv
 ) -> torch.Tensor:
-    """StyleGAN2's modulated convolution, as one grouped convolution over the batch."""
+    """StyleGAN2's modulated convolution.
+
+    ``fused`` (inference, as the official code) modulates the weights per sample and runs one grouped
+    convolution; unfused (training) scales the activations by the styles before and by the demodulation
+    coefficients after a plain convolution with the shared weight, which is much faster for large batches.
+    Both compute the same function.
+    """
     n = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
     assert_shape(styles, [n, in_ch], "styles")
@@ -174,23 +181,33 @@ def modulated_conv2d(
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
 
     w = weight.unsqueeze(0) * styles.reshape(n, 1, -1, 1, 1)  # [N, O, I, k, k]
-    if demodulate:
-        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
-        w = w * dcoefs.reshape(n, -1, 1, 1, 1)
+    dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt() if demodulate else None  # [N, O]
 
-    x = x.reshape(1, -1, *x.shape[2:])
-    w = w.to(x.dtype)
-    if up == 1:
-        x = F.conv2d(x, w.reshape(-1, in_ch, kh, kw), padding=padding, groups=n)
+    if fused:
+        if dcoefs is not None:
+            w = w * dcoefs.reshape(n, -1, 1, 1, 1)
+        x = x.reshape(1, -1, *x.shape[2:])
+        w = w.to(x.dtype)
+        if up == 1:
+            x = F.conv2d(x, w.reshape(-1, in_ch, kh, kw), padding=padding, groups=n)
+        else:
+            # Transposed convolution with stride 2, then the FIR filter removes the aliasing.
+            w = w.transpose(1, 2).reshape(n * in_ch, out_ch, kh, kw)
+            x = F.conv_transpose2d(x, w, stride=up, groups=n)
+        x = x.reshape(n, out_ch, *x.shape[2:])
     else:
-        # Transposed convolution with stride 2, then the FIR filter removes the aliasing.
-        w = w.transpose(1, 2).reshape(n * in_ch, out_ch, kh, kw)
-        x = F.conv_transpose2d(x, w, stride=up, groups=n)
+        x = x * styles.to(x.dtype).reshape(n, -1, 1, 1)
+        if up == 1:
+            x = F.conv2d(x, weight.to(x.dtype), padding=padding)
+        else:
+            x = F.conv_transpose2d(x, weight.transpose(0, 1).to(x.dtype), stride=up)
+        if dcoefs is not None:
+            x = x * dcoefs.to(x.dtype).reshape(n, -1, 1, 1)
+    if up != 1:
         k = resample_filter.shape[-1]
         p0 = padding + (k + up - 1) // 2 - (kw - 1)
         p1 = padding + (k - up) // 2 - (kw - up)
         x = upfirdn2d(x, resample_filter, pad=(p0, p1, p0, p1), gain=up * up)
-    x = x.reshape(n, out_ch, *x.shape[2:])
     if noise is not None:
         x = x + noise.to(x.dtype)
     return x
@@ -300,7 +317,7 @@ class SynthesisLayer(nn.Module):
             noise = self.noise_const * self.noise_strength
         x = modulated_conv2d(
             x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
-            resample_filter=self.resample_filter,
+            resample_filter=self.resample_filter, fused=not self.training,
         )
         return bias_act(x, self.bias, act="lrelu", gain=LRELU_GAIN, clamp=self.conv_clamp)
 
@@ -322,7 +339,7 @@ class ToRGBLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
-        x = modulated_conv2d(x, self.weight, styles, demodulate=False)
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused=not self.training)
         return bias_act(x, self.bias, clamp=self.conv_clamp)
 
 
@@ -425,6 +442,8 @@ class Generator(nn.Module):
         self.synthesis = SynthesisNetwork(cfg)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(cfg, self.num_ws)
+        # Edit directions with ground truth (gani_core.shapes.edits.FactorEdits), when the checkpoint has them.
+        self.factor_edits: Any = None
 
     @property
     def label(self) -> str:

@@ -27,7 +27,7 @@ import torch
 import gani_core
 from gani_core import deltas as deltas_mod
 from gani_core import storage
-from gani_core.checkpoints.builtin import BUILTIN_SEED
+from gani_core.checkpoints.builtin import BUILTIN_SEED, TRAINED_FILE
 from gani_core.checkpoints.native import generator_to_bytes
 from gani_core.errors import GaniError
 from gani_core.images import load_image
@@ -37,7 +37,8 @@ from gani_core.networks import Generator
 from gani_core.pivot import Progress
 from gani_core.render import save_grid
 
-RESULT_METRICS = (*METRIC_NAMES, "locality", "edit_consistency")
+# edit_accuracy is null for generators without factor edit directions (all but the built-in one).
+RESULT_METRICS = (*METRIC_NAMES, "locality", "edit_consistency", "edit_accuracy")
 
 METRICS_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("image_sha256", pa.string()), ("method", pa.string()),
@@ -64,16 +65,19 @@ class RunContext:
 
 
 def checkpoint_sha256(spec: str, G: Generator) -> str:
-    """The hash of the checkpoint file; for the built-in generator, of its definition (resolution and seed).
+    """The hash of the checkpoint file; for the random built-in generator, of its definition.
 
-    Not of the built-in generator's weights: they are computed, and their last bits change with the number
-    of threads that computed them, so the same ``builtin:RES`` would get different hashes in different
-    processes (a flow and its Dask workers) and results keyed by it would never be found again.
+    ``builtin`` is the shipped weights file. ``builtin-random:RES`` is hashed by its definition (resolution,
+    seed and code version), not its weights: they are computed, and their last bits change with the number
+    of threads that computed them, so the same generator would get different hashes in different processes
+    (a flow and its Dask workers) and results keyed by it would never be found again.
     """
+    if re.fullmatch(r"builtin(?::\d+)?", spec):
+        spec = str(TRAINED_FILE)
     path = Path(spec)
     digest = hashlib.sha256()
-    if re.fullmatch(r"builtin(?::\d+)?", spec):
-        digest.update(f"gani-builtin:{G.img_resolution}:seed={BUILTIN_SEED}".encode())
+    if re.fullmatch(r"builtin-random(?::\d+)?", spec):
+        digest.update(f"gani-builtin-random:{G.img_resolution}:seed={BUILTIN_SEED}:{gani_core.__version__}".encode())
     elif path.is_file():
         with path.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):

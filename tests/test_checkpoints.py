@@ -86,7 +86,7 @@ def to_rosinality(G: Generator) -> dict:
 
 
 def test_rosinality_checkpoint_round_trip(tmp_path):
-    G = load_generator("builtin:32")
+    G = load_generator("builtin-random:32")
     torch.save(to_rosinality(G), tmp_path / "g.pt")
     H = load_generator(tmp_path / "g.pt")
     assert H.cfg.channels == {r: G.cfg.channels_at(r) for r in G.cfg.block_resolutions}
@@ -94,7 +94,7 @@ def test_rosinality_checkpoint_round_trip(tmp_path):
 
 
 def test_rosinality_without_latent_avg_estimates_it(tmp_path):
-    G = load_generator("builtin:32")
+    G = load_generator("builtin-random:32")
     ckpt = to_rosinality(G)
     del ckpt["latent_avg"]
     torch.save(ckpt, tmp_path / "g.pt")
@@ -105,7 +105,7 @@ def test_rosinality_without_latent_avg_estimates_it(tmp_path):
 
 
 def test_own_format_round_trip(tmp_path):
-    G = load_generator("builtin:32")
+    G = load_generator("builtin-random:32")
     path = save_generator(G, tmp_path / "sub" / "g.safetensors")
     H = load_generator(path)
     assert H.cfg == G.cfg
@@ -122,14 +122,14 @@ def test_nvlabs_to_own_format_keeps_renders(tmp_path):
     torch.testing.assert_close(render(H), render(G), atol=0, rtol=0)
 
 
-def test_builtin_is_deterministic_and_looks_trained():
-    a, b = load_generator("builtin:32"), load_generator("builtin:32")
+def test_random_builtin_is_deterministic_and_has_trained_statistics():
+    a, b = load_generator("builtin-random:32"), load_generator("builtin-random:32")
     torch.testing.assert_close(render(a), render(b), atol=0, rtol=0)
-    img = render(load_generator("builtin"), seed=3)
+    img = render(load_generator("builtin-random"), seed=3)
     assert img.shape[-1] == 64
     assert 0.3 < img.std().item() < 0.7
     assert (img.abs() <= 1).float().mean() > 0.9
-    G = load_generator("builtin")
+    G = load_generator("builtin-random")
     assert all(G.state_dict()[n].abs().min() > 0 for n in G.state_dict() if n.endswith("noise_strength"))
 
 
@@ -176,7 +176,7 @@ def test_embedded_module_source_is_never_run(tmp_path, monkeypatch):
 def test_whole_pickled_module_is_refused(tmp_path):
     # What PTI saves per image: torch.save of the nn.Module itself.
     path = tmp_path / "model_pti.pt"
-    torch.save(load_generator("builtin:8"), path)
+    torch.save(load_generator("builtin-random:8"), path)
     with pytest.raises(UnsafeCheckpointError, match=r"refused an unsafe checkpoint .*gani_core\.networks\.Generator"):
         load_generator(path)
 
@@ -258,7 +258,7 @@ def test_rosinality_discriminator_is_not_a_generator(tmp_path):
 
 
 def test_mismatched_weights_are_listed(tmp_path):
-    ckpt = to_rosinality(load_generator("builtin:32"))
+    ckpt = to_rosinality(load_generator("builtin-random:32"))
     ckpt["g_ema"]["convs.1.conv.weight"] = ckpt["g_ema"]["convs.1.conv.weight"][:, :, :, :1]
     torch.save(ckpt, tmp_path / "g.pt")
     with pytest.raises(CheckpointError, match=r"wrong shape: synthesis\.b8\.conv1\.weight"):
@@ -278,7 +278,7 @@ def test_foreign_safetensors_and_other_files(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_generator(tmp_path / "missing.pkl")
     with pytest.raises(CheckpointError, match="power of two"):
-        load_generator("builtin:48")
+        load_generator("builtin-random:48")
 
 
 def test_cli_refuses_unsafe_checkpoint_in_one_line(tmp_path, capsys):
@@ -292,7 +292,7 @@ def test_cli_refuses_unsafe_checkpoint_in_one_line(tmp_path, capsys):
 
 def test_legacy_torch_serialisation_is_read_too(tmp_path):
     buf = io.BytesIO()
-    torch.save(to_rosinality(load_generator("builtin:16")), buf, _use_new_zipfile_serialization=False)
+    torch.save(to_rosinality(load_generator("builtin-random:16")), buf, _use_new_zipfile_serialization=False)
     (tmp_path / "old.pt").write_bytes(buf.getvalue())
-    torch.testing.assert_close(render(load_generator(tmp_path / "old.pt")), render(load_generator("builtin:16")),
+    torch.testing.assert_close(render(load_generator(tmp_path / "old.pt")), render(load_generator("builtin-random:16")),
                                atol=1e-5, rtol=1e-5)

@@ -47,7 +47,7 @@ def low_rank(shape: list[int], rank: int, seed: int, scale: float = 1.0) -> torc
 
 @pytest.fixture(scope="module")
 def G() -> Generator:
-    return load_generator("builtin:32")
+    return load_generator("builtin-random:32")
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from gani_core.networks import Generator
 
 @pytest.fixture(scope="module")
 def G() -> Generator:
-    return load_generator("builtin:32")
+    return load_generator("builtin-random:32")
 
 
 @pytest.fixture(scope="module")

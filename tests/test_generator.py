@@ -161,7 +161,7 @@ def test_conditional_mapping_needs_labels():
 
 
 def test_gradients_reach_latents_and_every_tunable_weight():
-    G = load_generator("builtin:32")
+    G = load_generator("builtin-random:32")
     ws = G.mapping.w_avg.expand(1, G.num_ws, -1).clone().requires_grad_(True)
     for p in G.tunable_layers().values():
         p.requires_grad_(True)
@@ -171,7 +171,7 @@ def test_gradients_reach_latents_and_every_tunable_weight():
 
 
 def test_tunable_layers_are_the_conv_and_torgb_weights():
-    G = load_generator("builtin:32")
+    G = load_generator("builtin-random:32")
     names = sorted(G.tunable_layers())
     # 32 px: b4 has conv1, b8..b32 have conv0 and conv1; every block has a ToRGB.
     assert len(names) == 1 + 2 * 3 + 4

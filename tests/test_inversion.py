@@ -21,7 +21,7 @@ from .conftest import EXAMPLES
 
 @pytest.fixture(scope="module")
 def G():
-    return load_generator("builtin:32")
+    return load_generator("builtin-random:32")
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ def run(tmp_path_factory):
         shutil.copy(EXAMPLES / name, images / name)
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     out = root / "out"
-    argv = ["invert", *sorted(str(p) for p in images.iterdir()), "--checkpoint", "builtin:32",
+    argv = ["invert", *sorted(str(p) for p in images.iterdir()), "--checkpoint", "builtin-random:32",
             "--method", "gani", "wplus", "--pivot-steps", "8", "--tune-steps", "8", "--out", str(out), "--quiet"]
     assert cli_main(argv) == 0
     return out
@@ -44,7 +44,7 @@ def test_metrics_table_has_a_row_per_image_and_method(run):
         ("coffee", "gani"), ("coffee", "wplus")]
     ok = [r for r in rows if r["image_id"] != "broken"]
     assert all(r["status"] == "ok" and r["error"] is None and 0 < r["lpips"] < 1 for r in ok)
-    assert all(len(r["image_sha256"]) == 64 and r["checkpoint"] == "builtin:32" for r in ok)
+    assert all(len(r["image_sha256"]) == 64 and r["checkpoint"] == "builtin-random:32" for r in ok)
 
 
 def test_bad_image_is_a_failed_row_with_its_reason(run):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from gani_core.checkpoints.builtin import BUILTIN_RESOLUTION, build_builtin
+from gani_core.checkpoints.builtin import BUILTIN_RESOLUTION, TRAINED_FILE, TRAINED_RESOLUTION, build_builtin
 from gani_core.checkpoints.native import is_safetensors, load_native, save_generator
 from gani_core.checkpoints.nvidia import load_nvidia_pickle
 from gani_core.checkpoints.rosinality import load_rosinality
@@ -26,9 +26,10 @@ _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 def load_generator(path: str | Path, device: str | torch.device = "cpu", lr_mlp: float = 0.01) -> Generator:
     """Load a StyleGAN2 generator in evaluation mode, without running code stored in the file.
 
-    ``path`` is ``builtin`` / ``builtin:RES``, an NVIDIA network pickle (``G_ema``), a rosinality ``.pt``
-    (``g_ema``, ``latent_avg``; its mapping lr multiplier ``lr_mlp`` is not stored) or the project's own
-    ``.safetensors``. Raises :class:`CheckpointError` (or :class:`UnsafeCheckpointError`) with one line
+    ``path`` is ``builtin`` (the generator trained on the shapes domain, 64 px), ``builtin-random`` /
+    ``builtin-random:RES`` (seeded, untrained, any resolution), an NVIDIA network pickle (``G_ema``), a
+    rosinality ``.pt`` (``g_ema``, ``latent_avg``; its mapping lr multiplier ``lr_mlp`` is not stored) or
+    the project's own ``.safetensors``. Raises :class:`CheckpointError` (or :class:`UnsafeCheckpointError`) with one line
     saying what is wrong.
     """
     G = _load(str(path), lr_mlp)
@@ -37,6 +38,11 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", lr_mlp:
 
 def _load(spec: str, lr_mlp: float) -> Generator:
     if m := re.fullmatch(r"builtin(?::(\d+))?", spec):
+        if m.group(1) and int(m.group(1)) != TRAINED_RESOLUTION:
+            raise CheckpointError(f"{spec}: the trained built-in generator is {TRAINED_RESOLUTION} px; "
+                                  f"builtin-random:{m.group(1)} is a seeded untrained one of that size")
+        return load_native(TRAINED_FILE.read_bytes(), str(TRAINED_FILE))
+    if m := re.fullmatch(r"builtin-random(?::(\d+))?", spec):
         res = int(m.group(1) or BUILTIN_RESOLUTION)
         try:
             return build_builtin(res)

@@ -1,11 +1,18 @@
-"""The built-in generator: seeded, deterministic, untrained. For tests and the demo, labelled as such.
+"""The built-in generators.
 
-Every path matters: noise strengths, biases, label-free affine offsets and ``w_avg`` are all non-trivial,
-so a loader or an inversion that drops one of them changes what it renders. The output layers are
+- ``builtin`` (``builtin:64``): a StyleGAN2 trained on the procedural `shapes` domain (gani_core.shapes),
+  shipped in ``gani_core/weights/`` with its factor edit directions; `gani train-builtin` reproduces it.
+- ``builtin-random`` / ``builtin-random:RES``: a seeded, deterministic, untrained generator of any
+  resolution, for fidelity tests and fast checks; labelled "built-in, untrained" wherever it appears.
+
+Random generator: every path matters: noise strengths, biases, label-free affine offsets and ``w_avg``
+are all non-trivial, so a loader or an inversion that drops one of them changes what it renders. The output layers are
 scaled so that renders have the statistics of a trained generator (mostly within [-1, 1]).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -14,6 +21,9 @@ from gani_core.networks import Generator, GeneratorConfig
 BUILTIN_SEED = 20230222
 BUILTIN_RESOLUTION = 64
 BUILTIN_LABEL = "built-in, untrained"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+TRAINED_RESOLUTION = 64
+TRAINED_FILE = WEIGHTS_DIR / f"shapes{TRAINED_RESOLUTION}.safetensors"
 TARGET_RENDER_STD = 0.5
 
 

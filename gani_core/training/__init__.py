@@ -1,0 +1,1 @@
+"""Training the built-in generator: StyleGAN2's discriminator, losses and loop, and sample quality."""

@@ -1,0 +1,115 @@
+"""The shapes domain, its factor probe, the trained built-in generator and its factor edit directions."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from gani_core import load_generator, save_generator
+from gani_core.checkpoints.builtin import TRAINED_FILE
+from gani_core.errors import CheckpointError
+from gani_core.shapes import FACTOR_NAMES, render, sample_factors
+from gani_core.shapes.edits import edit_accuracy, factor_changes
+from gani_core.shapes.probe import builtin_probe, evaluate_probe
+
+
+@pytest.fixture(scope="module")
+def G():
+    return load_generator("builtin")
+
+
+@pytest.fixture(scope="module")
+def probe():
+    return builtin_probe()
+
+
+def saturation(images: torch.Tensor) -> torch.Tensor:
+    """HSV saturation of [N, 3, H, W] images in [-1, 1]: [N, H, W]."""
+    x = (images.clamp(-1, 1) + 1) / 2
+    mx, mn = x.max(dim=1).values, x.min(dim=1).values
+    return (mx - mn) / mx.clamp_min(1e-3)
+
+
+def test_rendering_is_deterministic_and_follows_the_factors():
+    t = sample_factors(8, torch.Generator().manual_seed(0))
+    a, b = render(t, 64), render(t.clone(), 64)
+    assert torch.equal(a, b) and a.shape == (8, 3, 64, 64)
+    assert a.min() >= -1 and a.max() <= 1
+    # The square is the saturated region; its area grows with "size".
+    size = FACTOR_NAMES.index("size")
+    small, large = t.clone(), t.clone()
+    small[:, size], large[:, size] = 0.0, 1.0
+    area = [(saturation(render(x, 64)) > 0.4).float().mean(dim=[1, 2]) for x in (small, large)]
+    assert (area[1] > 2 * area[0]).all()
+    with pytest.raises(ValueError, match="factors must have shape"):
+        render(torch.zeros([2, 3]), 64)
+
+
+def test_shipped_probe_reads_every_factor(probe):
+    report = evaluate_probe(probe, seed=123, device="cpu", count=500)
+    assert min(report.r2.values()) > 0.9, report.r2
+
+
+def test_builtin_is_the_trained_generator(G):
+    assert G.img_resolution == 64 and "trained on shapes" in G.label
+    assert G.factor_edits is not None and G.factor_edits.names == FACTOR_NAMES
+    with pytest.raises(CheckpointError, match="builtin-random:32"):
+        load_generator("builtin:32")
+    assert load_generator("builtin:64").label == G.label
+
+
+def test_builtin_renders_images_of_the_domain(G):
+    """A saturated square over a grey background: the corners are grey, some pixels are strongly coloured."""
+    z = torch.randn([64, G.z_dim], generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        sat = saturation(G(z))
+        untrained = saturation(load_generator("builtin-random")(z))
+    corners = torch.stack([sat[:, :4, :4], sat[:, :4, -4:], sat[:, -4:, :4], sat[:, -4:, -4:]], 1).flatten(1)
+    looks_right = (corners.median(dim=1).values < 0.15) & (sat.flatten(1).quantile(0.99, dim=1) > 0.5)
+    assert looks_right.float().mean() > 0.85
+    corners_u = torch.stack([untrained[:, :4, :4], untrained[:, -4:, -4:]], 1).flatten(1)
+    looks_right_u = (corners_u.median(dim=1).values < 0.15) & (untrained.flatten(1).quantile(0.99, dim=1) > 0.5)
+    assert looks_right_u.float().mean() < 0.5      # the check can fail: an untrained generator does
+
+
+def test_factor_directions_move_their_factors(G, probe):
+    edits = G.factor_edits
+    ws = G.mapping(torch.randn([8, G.z_dim], generator=torch.Generator().manual_seed(11)))
+    changes = torch.stack([_all_changes(G, probe, w, edits) for w in ws]).mean(0)   # [K moved, K read]
+    target = changes.diagonal()
+    assert (target > 0.1).all(), dict(zip(FACTOR_NAMES, target.tolist(), strict=True))
+    off = (changes.abs().sum(dim=1) - target.abs()) / (len(FACTOR_NAMES) - 1)
+    assert (target > 2 * off).all(), (target, off)
+
+
+def _all_changes(G, probe, w_pivot, edits):
+    """[K, K]: reading of every factor after moving ±1 step along each direction."""
+    shift = edits.steps[:, None] * edits.directions
+    with torch.no_grad():
+        plus = probe(G.synthesis(w_pivot + shift[:, None]).clamp(-1, 1))
+        minus = probe(G.synthesis(w_pivot - shift[:, None]).clamp(-1, 1))
+    return plus - minus
+
+
+def test_edit_accuracy_is_one_for_an_unchanged_generator_and_low_when_edits_break(G, probe):
+    w = G.mapping(torch.randn([1, G.z_dim], generator=torch.Generator().manual_seed(3)))[0]
+    acc, ratios = edit_accuracy(G, copy.deepcopy(G), w, G.factor_edits, probe)
+    assert acc == pytest.approx(1.0) and all(r == pytest.approx(1.0) for r in ratios.values())
+    broken = copy.deepcopy(G)
+    with torch.no_grad():   # styles no longer depend on w: no edit changes anything
+        for name, p in broken.named_parameters():
+            if "affine.weight" in name:
+                p.zero_()
+    acc, ratios = edit_accuracy(G, broken, w, G.factor_edits, probe)
+    assert acc < 0.2 and max(abs(r) for r in ratios.values()) < 0.2
+    assert factor_changes(broken, probe, w, G.factor_edits).abs().max() < 1e-4
+
+
+def test_edit_directions_survive_a_round_trip(G, tmp_path):
+    path = save_generator(G, tmp_path / "g.safetensors")
+    again = load_generator(path)
+    torch.testing.assert_close(again.factor_edits.directions, G.factor_edits.directions)
+    assert again.factor_edits.names == G.factor_edits.names
+    assert TRAINED_FILE.stat().st_size < 8_000_000
