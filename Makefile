@@ -9,7 +9,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/python -m flows.invert_dataset --limit 2 --pivot-steps 200 --tune-steps 150 --output-uri out/demo
+	.venv/bin/python -m flows.invert_dataset --input-uri examples/shapes --limit 3 --pivot-steps 200 --tune-steps 150 --output-uri out/demo
 	.venv/bin/gani show out/demo
 
 test: setup

@@ -1,6 +1,10 @@
-"""GANI against its baselines (PTI, PTI with its regulariser, W+) on real photographs, same pivot, same seeds.
+"""GANI against its baselines (PTI, PTI with its regulariser, W+), same pivot, same seeds.
 
     .venv/bin/python benchmarks/methods.py --pivot-steps 200 --tune-steps 200 --images 3
+    .venv/bin/python benchmarks/methods.py --checkpoint builtin-random --input examples/photos
+
+By default: the trained built-in generator on held-out images of its own domain (examples/shapes), where
+`edit_accuracy` (and its per-factor ratios, tuned / original edit response) is measured too.
 
 Each image gets one W pivot, shared by every tuning method (W+ finds its own). Variants are
 ``NAME=KIND,LR,LOCALITY_WEIGHT[,RANK[,LOCALITY_INTERVAL]]`` (e.g. ``gani-param=param,3e-3,0.1``); the
@@ -27,8 +31,13 @@ from gani_core.invert import GANI_TUNE, PTI_TUNE, InvertConfig, invert_image, me
 from gani_core.pivot import find_pivot
 
 REPO = Path(__file__).resolve().parent.parent
-COLUMNS = ("lpips", "mse", "psnr", "ms_ssim", "lpips_vgg", "locality", "edit_consistency", "s_per_image",
+COLUMNS = ("lpips", "mse", "psnr", "ms_ssim", "lpips_vgg", "locality", "edit_consistency", "edit_accuracy",
+           "s_per_image",
            "s_per_tune_step", "delta_bytes", "delta_lpips_change")
+
+
+def _fmt3(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
 
 
 def parse_variant(spec: str) -> tuple[str, InvertConfig]:
@@ -52,7 +61,8 @@ def parse_variant(spec: str) -> tuple[str, InvertConfig]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="builtin")
-    parser.add_argument("--images", type=int, default=3, help="how many of examples/photos (sorted) to use")
+    parser.add_argument("--input", default=str(REPO / "examples" / "shapes"), help="folder of images")
+    parser.add_argument("--images", type=int, default=3, help="how many of its images (sorted) to use")
     parser.add_argument("--pivot-steps", type=int, default=200)
     parser.add_argument("--tune-steps", type=int, default=200)
     parser.add_argument("--variant", action="append", default=None, help="NAME or NAME=KIND,LR,LOCW[,RANK[,INTERVAL]]")
@@ -63,7 +73,7 @@ def main() -> None:
     variants = dict(parse_variant(v) for v in (args.variant or ["gani", "pti", "pti-reg", "wplus"]))
 
     G = load_generator(args.checkpoint, device=args.device)
-    photos = sorted((REPO / "examples" / "photos").glob("*.jpg"))[: args.images]
+    photos = sorted(p for p in Path(args.input).iterdir() if p.suffix.lower() in (".jpg", ".png"))[: args.images]
     print(f"{G.label} ({G.img_resolution} px, fp32 generator {generator_bytes(G)} bytes), {len(photos)} images, "
           f"pivot {args.pivot_steps} steps, tuning {args.tune_steps} steps, device {args.device}, "
           f"threads {torch.get_num_threads()}", flush=True)
@@ -81,6 +91,7 @@ def main() -> None:
             shared = w_pivot if cfg.pivot.space == "w" else None
             r = invert_image(G, image, photo.stem, cfg, w_pivot=shared)
             row = {**r.metrics, "delta_bytes": r.delta_bytes, "delta_lpips_change": r.delta_lpips_change,
+                   **{f"edit_ratio_{k}": v for k, v in r.edit_ratios.items()},
                    "s_per_image": r.seconds["total"] + (pivot_seconds if shared is not None else 0.0),
                    "s_per_tune_step": r.seconds["tune"] / r.steps["tune"] if r.steps["tune"] else None}
             rows[name].append(row)
@@ -88,7 +99,7 @@ def main() -> None:
                   f"{row['s_per_image']:.1f} s", flush=True)
 
     def mean(name: str, col: str) -> float | None:
-        vals = [r[col] for r in rows[name] if r.get(col) is not None]
+        vals = [r[col] for r in rows[name] if r.get(col) is not None and r[col] == r[col]]  # skip None, NaN
         return statistics.fmean(vals) if vals else None
 
     print()
@@ -100,13 +111,20 @@ def main() -> None:
             v = mean(name, col)
             cells.append("-" if v is None else (f"{v:.0f}" if col == "delta_bytes" else f"{v:.4g}"))
         print(f"| {name} | " + " | ".join(cells) + " |")
+    ratio_cols = sorted({k for rs in rows.values() for r in rs for k in r if k.startswith("edit_ratio_")})
+    if ratio_cols:
+        print("\nedit response after tuning / before (1 = intact), mean over images:")
+        print("| variant | " + " | ".join(c.removeprefix("edit_ratio_") for c in ratio_cols) + " |")
+        print("|---|" + "---|" * len(ratio_cols))
+        for name in variants:
+            print(f"| {name} | " + " | ".join(_fmt3(mean(name, c)) for c in ratio_cols) + " |")
     ganis = [n for n in variants if n.startswith("gani")]
     for base in ("pti", "pti-reg"):
         if base not in variants:
             continue
         for g in ganis:
             ratios = []
-            for col in ("lpips", "mse", "locality", "s_per_tune_step", "delta_bytes"):
+            for col in ("lpips", "mse", "locality", "edit_accuracy", "s_per_tune_step", "delta_bytes"):
                 a, b = mean(g, col), mean(base, col)
                 ratios.append(f"{col} {a / b:.3f}" if a is not None and b else f"{col} -")
             print(f"{g}/{base}: " + ", ".join(ratios))

@@ -188,6 +188,11 @@ def _cmd_train_builtin(args: argparse.Namespace) -> int:
     from gani_core.training.loop import TrainConfig, train
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.finish_only:
+        from gani_core.shapes.build import finish_builtin
+
+        finish_builtin(args.out, device=device, install=args.install, probe_steps=args.probe_steps, log=print)
+        return 0
     cfg = TrainConfig(
         resolution=args.resolution, batch=args.batch, total_kimg=args.kimg, r1_gamma=args.r1_gamma,
         pl_weight=args.pl_weight, seed=args.seed,
@@ -217,7 +222,7 @@ def _cmd_train_builtin(args: argparse.Namespace) -> int:
     if tr.kimg >= cfg.total_kimg and not args.no_finish:
         from gani_core.shapes.build import finish_builtin
 
-        finish_builtin(args.out, device=device, install=args.install, log=print)
+        finish_builtin(args.out, device=device, install=args.install, probe_steps=args.probe_steps, log=print)
     return 0
 
 
@@ -305,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure the training speed first and set --kimg to what fits in this many minutes")
     p.add_argument("--no-finish", action="store_true",
                    help="skip the factor probe, edit directions and quality report after training")
+    p.add_argument("--finish-only", action="store_true",
+                   help="do not train: run the finishing stages on the folder's G_ema.safetensors")
+    p.add_argument("--probe-steps", type=int, default=4000, help="training steps of the factor probe")
     p.add_argument("--install", action="store_true",
                    help="copy the finished generator and probe into gani_core/weights/ (what `builtin` loads)")
     p.set_defaults(func=_cmd_train_builtin)

@@ -111,6 +111,19 @@ class InversionResult:
         }
 
 
+PREVIEW_FACTOR = "size"      # the factor edit shown in previews of generators that have factor directions
+
+
+def _preview_edit(G: Generator, direction: torch.Tensor, strength: float) -> torch.Tensor:
+    """The latent offset of the preview's edit: +2 steps of "size" where G has factor directions, else the
+    first edit direction (a W direction [w_dim] or a per-layer one [num_ws, w_dim]) at ``strength``."""
+    edits = G.factor_edits
+    if edits is not None and PREVIEW_FACTOR in edits.names:
+        k = edits.names.index(PREVIEW_FACTOR)
+        return (2 * edits.steps[k] * edits.directions[k]).to(direction.device)
+    return strength * direction
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     """CUDA: peak allocated since the last reset (this image). CPU: the process's peak resident set."""
     if device.type == "cuda":
@@ -169,7 +182,7 @@ def invert_image(
         pivot_render = G.synthesis(ws, noise_mode="const")
         in_memory = render_with(G, deltas, ws) if deltas else pivot_render
         tuned_render = render_with(G, stored, ws) if stored else pivot_render
-        edited_ws = ws + strength * directions[0]  # a W direction [w_dim] or a per-layer one [num_ws, w_dim]
+        edited_ws = ws + _preview_edit(G, directions[0], strength)
         edit_render = render_with(G, stored, edited_ws) if stored else G.synthesis(edited_ws, noise_mode="const")
         delta_change = lpips_distance(in_memory.clamp(-1, 1), tuned_render.clamp(-1, 1)).item() if deltas else 0.0
     metrics = image_metrics(to_unit(tuned_render), image.to(device).unsqueeze(0))[0]

@@ -29,8 +29,8 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", lr_mlp:
     ``path`` is ``builtin`` (the generator trained on the shapes domain, 64 px), ``builtin-random`` /
     ``builtin-random:RES`` (seeded, untrained, any resolution), an NVIDIA network pickle (``G_ema``), a
     rosinality ``.pt`` (``g_ema``, ``latent_avg``; its mapping lr multiplier ``lr_mlp`` is not stored) or
-    the project's own ``.safetensors``. Raises :class:`CheckpointError` (or :class:`UnsafeCheckpointError`) with one line
-    saying what is wrong.
+    the project's own ``.safetensors``. Raises :class:`CheckpointError` (or :class:`UnsafeCheckpointError`)
+    with one line saying what is wrong.
     """
     G = _load(str(path), lr_mlp)
     return G.to(device)

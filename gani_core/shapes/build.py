@@ -2,7 +2,7 @@
 
 `finish_builtin(out)` works in the training folder ``out`` (each stage is skipped when its file exists):
     probe.safetensors        the factor probe, trained on rendered images (held-out R² in its metadata)
-    shapes64.safetensors     G_ema with its factor edit directions: what ``builtin`` loads once installed
+    shapesRES.safetensors    G_ema with its factor edit directions: what ``builtin`` loads once installed
     quality.json             sample quality (training.quality) of G_ema, and of the untrained generator
     curves.png               the training curves
 ``install=True`` copies the generator and the probe into gani_core/weights/.
@@ -19,8 +19,9 @@ import torch
 
 from gani_core import storage
 from gani_core.checkpoints import load_generator
-from gani_core.checkpoints.builtin import TRAINED_FILE, build_builtin
+from gani_core.checkpoints.builtin import TRAINED_FILE, TRAINED_RESOLUTION, build_builtin
 from gani_core.checkpoints.native import save_generator
+from gani_core.errors import GaniError
 from gani_core.shapes.edits import factor_changes, fit_factor_edits
 from gani_core.shapes.probe import PROBE_FILE, probe_from_bytes, probe_to_bytes, train_probe
 
@@ -28,7 +29,7 @@ Log = Callable[[str], None]
 
 
 def finish_builtin(out: str | Path, device: str | torch.device = "cpu", install: bool = False,
-                   probe_steps: int = 3000, log: Log = print) -> dict:
+                   probe_steps: int = 4000, quality_samples: int = 2000, log: Log = print) -> dict:
     out = Path(out)
     G = load_generator(out / "G_ema.safetensors", device=device)
     res = G.img_resolution
@@ -48,15 +49,16 @@ def finish_builtin(out: str | Path, device: str | torch.device = "cpu", install:
     response = factor_changes(G, probe, w_avg, G.factor_edits)
     log("linear R² of each factor in W: " + _fmt(G.factor_edits.names, G.factor_edits.linear_r2.tolist()))
     log("factor change for ±1 step at w_avg: " + _fmt(G.factor_edits.names, response.tolist()))
-    final = out / TRAINED_FILE.name
+    final = out / f"shapes{res}.safetensors"
     save_generator(G.cpu(), final, extra={"domain": "shapes"})
     G.to(device)
 
     from gani_core.training.quality import evaluate_quality
 
-    log("evaluating sample quality (2,000 samples)")
+    log(f"evaluating sample quality ({quality_samples} samples)")
     untrained = build_builtin(res).to(device)
-    quality = {"trained": evaluate_quality(G, probe), "untrained": evaluate_quality(untrained, probe),
+    quality = {"trained": evaluate_quality(G, probe, quality_samples),
+               "untrained": evaluate_quality(untrained, probe, quality_samples),
                "probe_r2": json.loads(_probe_meta(probe_path)["report"])["r2"],
                "edit_linear_r2": dict(zip(G.factor_edits.names, G.factor_edits.linear_r2.tolist(), strict=True)),
                "edit_response_at_w_avg": dict(zip(G.factor_edits.names, response.tolist(), strict=True)),
@@ -65,6 +67,8 @@ def finish_builtin(out: str | Path, device: str | torch.device = "cpu", install:
     log(json.dumps({k: quality[k] for k in ("trained", "untrained")}, indent=1))
     plot_curves(out / "curves.jsonl", out / "curves.png")
     if install:
+        if res != TRAINED_RESOLUTION:
+            raise GaniError(f"only a {TRAINED_RESOLUTION} px generator can be installed as `builtin`, not {res} px")
         TRAINED_FILE.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(final, TRAINED_FILE)
         shutil.copyfile(probe_path, PROBE_FILE)

@@ -31,7 +31,7 @@ PROBE_FILE = Path(__file__).resolve().parents[1] / "weights" / "shapes64-probe.s
 
 
 class FactorProbe(nn.Module):
-    def __init__(self, resolution: int = 64, width: int = 32) -> None:
+    def __init__(self, resolution: int = 64, width: int = 16) -> None:
         super().__init__()
         self.resolution = resolution
         layers: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1), nn.LeakyReLU(0.2)]
@@ -41,7 +41,7 @@ class FactorProbe(nn.Module):
             layers += [nn.Conv2d(ch, out, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
             ch, res = out, res // 2
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(ch * 16, 256), nn.LeakyReLU(0.2), nn.Linear(256, NUM_FACTORS))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(ch * 16, 128), nn.LeakyReLU(0.2), nn.Linear(128, NUM_FACTORS))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images [N, 3, R, R] in [-1, 1] → normalised factors [N, NUM_FACTORS] (about 0..1)."""
@@ -71,8 +71,8 @@ class ProbeReport:
 
 def train_probe(
     resolution: int = 64,
-    steps: int = 3000,
-    batch: int = 64,
+    steps: int = 4000,
+    batch: int = 128,
     lr: float = 2e-3,
     seed: int = 0,
     device: str | torch.device = "cpu",
