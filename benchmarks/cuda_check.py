@@ -101,7 +101,7 @@ def _render_step(G: Generator, ws: torch.Tensor, backward: bool) -> None:
 
 def throughput(dev: torch.device) -> None:
     configs = {
-        "builtin:64": build_builtin(64).cfg,
+        "builtin-random:64": build_builtin(64).cfg,
         "paper256": GeneratorConfig(z_dim=512, w_dim=512, img_resolution=256, channel_base=16384, channel_max=512),
     }
     for name, cfg in configs.items():

@@ -1,6 +1,6 @@
 """Forward and forward+backward time of the generator on this machine (CPU unless --device says otherwise).
 
-    .venv/bin/python benchmarks/generator_speed.py --checkpoint builtin:64 builtin:256 paper:256 --batch 1
+    .venv/bin/python benchmarks/generator_speed.py --checkpoint builtin-random:64 builtin-random:256 paper:256 --batch 1
 
 A checkpoint is anything ``load_generator`` reads, or ``paper:RES``: a randomly initialised generator of
 stylegan2-ada-pytorch's paper256 size (z/w 512, 8 mapping layers, channel_base 16384, channel_max 512),
@@ -47,7 +47,7 @@ def timed(fn, repeats: int, device: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", nargs="+", default=["builtin:64", "builtin:256", "paper:256"])
+    parser.add_argument("--checkpoint", nargs="+", default=["builtin-random:64", "builtin-random:256", "paper:256"])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")

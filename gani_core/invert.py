@@ -85,7 +85,7 @@ class InversionResult:
     method: str
     w_pivot: torch.Tensor                       # [num_ws, w_dim]
     encoded: list[deltas_mod.EncodedDelta]      # the stored deltas
-    metrics: dict[str, float]                   # METRIC_NAMES, locality, edit_consistency, edit_accuracy (NaN: n/a)
+    metrics: dict[str, float | None]            # METRIC_NAMES, locality, edit_consistency, edit_accuracy (None: n/a)
     seconds: dict[str, float]                   # pivot, tune, metrics, total
     steps: dict[str, int]                       # pivot, tune
     peak_memory_mb: float
@@ -142,8 +142,8 @@ def invert_image(
 ) -> InversionResult:
     """Invert ``image`` [3, R, R] in [0, 1] (at G's resolution) with ``cfg.method``; G is left unchanged.
 
-    ``directions`` [K, w_dim] are the edit directions for ``edit_consistency`` and the preview edit
-    (default: ``cfg.num_directions`` seeded random unit directions). ``progress(step, total, loss)``
+    ``directions`` [K, w_dim] are the edit directions for ``edit_consistency`` (default: the generator's
+    factor directions when it has them, else ``cfg.num_directions`` seeded random unit directions). ``progress(step, total, loss)``
     is called after every optimisation step of both stages. A precomputed ``w_pivot`` [num_ws, w_dim]
     skips the pivot stage (so that methods compared on one image share their pivot exactly).
     """
@@ -175,7 +175,9 @@ def invert_image(
     encoded = deltas_mod.encode_deltas(deltas, encoding=cfg.delta_encoding, max_rel_error=cfg.delta_max_rel_error)
     stored = {n: d.to(device) for n, d in deltas_mod.decode_deltas(encoded).items()}
     ws = w_pivot.unsqueeze(0)
-    if directions is None:
+    if directions is None and G.factor_edits is not None:   # directions with ground truth (the built-in G)
+        directions = G.factor_edits.directions.to(device)
+    elif directions is None:
         directions = random_directions(G.w_dim, cfg.num_directions, seed=cfg.seed).to(device)
     strength = cfg.edit_strength if cfg.edit_strength is not None else default_edit_strength(G)
     with torch.no_grad():
@@ -185,7 +187,7 @@ def invert_image(
         edited_ws = ws + _preview_edit(G, directions[0], strength)
         edit_render = render_with(G, stored, edited_ws) if stored else G.synthesis(edited_ws, noise_mode="const")
         delta_change = lpips_distance(in_memory.clamp(-1, 1), tuned_render.clamp(-1, 1)).item() if deltas else 0.0
-    metrics = image_metrics(to_unit(tuned_render), image.to(device).unsqueeze(0))[0]
+    metrics: dict[str, float | None] = {**image_metrics(to_unit(tuned_render), image.to(device).unsqueeze(0))[0]}
     if stored:
         G_tuned = deltas_mod.apply_deltas(G, stored)
         metrics["locality"] = locality(G, G_tuned, probe_latents(G, w_pivot, cfg.probe_count, seed=cfg.seed))
@@ -198,8 +200,8 @@ def invert_image(
         if G.factor_edits is not None:
             metrics["edit_accuracy"] = 1.0
             edit_ratios = dict.fromkeys(G.factor_edits.names, 1.0)
-    if G.factor_edits is None:  # no edit directions with ground truth for this generator
-        metrics["edit_accuracy"] = float("nan")
+    if G.factor_edits is None:  # no edit directions with ground truth for this generator: not applicable
+        metrics["edit_accuracy"] = None
         edit_ratios = {}
     t_end = time.perf_counter()
     previews = torch.cat([image.unsqueeze(0).to(device), to_unit(pivot_render), to_unit(tuned_render),

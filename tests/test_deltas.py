@@ -301,7 +301,7 @@ def test_lowrank_deltas_render_close_to_uncompressed(G: Generator, ws: torch.Ten
     img_decoded = render(apply_deltas(G, decode_deltas(rows)), ws)
     change = (img_exact - img_G).abs().max()
     compression = (img_decoded - img_exact).abs().max()
-    # Measured: change 0.164, compression error 0.0015 (builtin:32, seeds above; rel_error 0.0096 per conv).
+    # Measured: change 0.164, compression error 0.0015 (builtin-random:32, seeds above; rel_error 0.0096 per conv).
     # A relative error e in the weights' change should move the render by about e times the render's change.
     assert compression <= 0.05 * change
 

@@ -91,3 +91,21 @@ def test_frechet_distance_and_precision_recall():
     assert precision_recall(a.float(), (b + 10).float()) == (0.0, 0.0)
     x = torch.rand([1000, 2], generator=gen)
     torch.testing.assert_close(wasserstein_1d(x, x + 0.25), torch.full([2], 0.25))
+
+
+def test_cli_writes_domain_images_and_trains(tmp_path, capsys):
+    from gani_core.cli import main
+
+    assert main(["shapes", str(tmp_path / "data"), "--count", "2", "--seed", "3"]) == 0
+    factors = json.loads((tmp_path / "data" / "factors.json").read_text())
+    assert sorted(factors) == ["shapes-3-000.png", "shapes-3-001.png"]
+    assert set(factors["shapes-3-000.png"]["normalised"]) == {"x", "y", "size", "rotation", "hue", "light"}
+    out = tmp_path / "run"
+    argv = ["train-builtin", "--out", str(out), "--resolution", "16", "--batch", "4", "--kimg", "0.008",
+            "--device", "cpu", "--no-finish"]
+    assert main(argv) == 0
+    assert "finished:" in capsys.readouterr().out
+    assert load_generator(out / "G_ema.safetensors").img_resolution == 16
+    assert main(["train-builtin", "--out", str(out), "--resolution", "32", "--batch", "4", "--kimg", "0.008",
+                 "--no-finish"]) == 2
+    assert "differs in ['resolution']" in capsys.readouterr().err
