@@ -143,9 +143,10 @@ def invert_image(
     """Invert ``image`` [3, R, R] in [0, 1] (at G's resolution) with ``cfg.method``; G is left unchanged.
 
     ``directions`` [K, w_dim] are the edit directions for ``edit_consistency`` (default: the generator's
-    factor directions when it has them, else ``cfg.num_directions`` seeded random unit directions). ``progress(step, total, loss)``
-    is called after every optimisation step of both stages. A precomputed ``w_pivot`` [num_ws, w_dim]
-    skips the pivot stage (so that methods compared on one image share their pivot exactly).
+    factor directions when it has them, else ``cfg.num_directions`` seeded random unit directions).
+    ``progress(step, total, loss)`` is called after every optimisation step of both stages. A precomputed
+    ``w_pivot`` [num_ws, w_dim] skips the pivot stage (so that methods compared on one image share their
+    pivot exactly).
     """
     device = G.mapping.w_avg.device
     if image.shape != (3, G.img_resolution, G.img_resolution):
