@@ -11,13 +11,19 @@ Python process so that its torch thread count is its own:
     loop-2t    the same with torch.set_num_threads(2): the whole machine for one plain process
     flow-1w    invert_dataset(n_workers=1): a LocalCluster with 1 worker process, 1 thread
     flow-2w    invert_dataset(n_workers=2): 2 worker processes, 1 thread each
+    flow-1w-warm  invert_dataset(dask_address=...) on a 1-worker, 1-thread LocalCluster that is already running and
+               has run the flow once (on one image, 1 + 1 steps, outside the timing): what a deployment with a
+               long-lived Dask cluster pays per run, without the new cluster's start and its cold worker (imports,
+               generator and LPIPS loading)
 
-Torch threads in Dask workers: the flow processes run with OMP_NUM_THREADS=MKL_NUM_THREADS=1 in their
-environment, which spawned Dask worker processes inherit (Dask's nanny also sets OMP_NUM_THREADS=1 by
-default, `distributed.nanny.pre-spawn-environ`), so torch in each worker uses one intra-op thread; the flow's
-LocalCluster runs one task thread per worker. A flow's wall time includes its LocalCluster start, every task,
-the gather, the tables and the MLflow run; it excludes starting the ephemeral Prefect API (done once before
-timing, by a trivial flow, and reported apart: a deployment's worker talks to a running server instead).
+Torch threads: every configuration runs with OMP_NUM_THREADS=MKL_NUM_THREADS=its thread count, and the flows with
+GANI_TORCH_THREADS=1, which the flow passes to its LocalCluster workers and tasks/inversion.py applies in each
+worker (without it a 1-worker LocalCluster would give its worker all the cores). Dask's nanny starts workers with
+MALLOC_TRIM_THRESHOLD_=65536, which made torch 2x slower in a worker than in a plain process (every tensor a
+fresh mmap); tasks/inversion.py undoes it in each worker (restore_malloc_thresholds). A flow's wall time includes
+its LocalCluster start, every task, the gather, the tables and the MLflow run; it excludes starting the ephemeral
+Prefect API and creating the sqlite MLflow store (done once before timing, by a trivial flow, and reported apart:
+a deployment's worker talks to a running server and an existing tracking store instead).
 
 Prints one table: wall seconds per configuration, the summed in-task seconds (`seconds` of the rows), and the
 ratios the issue asks for: overhead (flow-1w / loop-1t, same resources; goal at most 1.10 for tasks of 20 s or
@@ -39,7 +45,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = REPO / "examples" / "photos"
-CONFIGS = ("loop-1t", "loop-2t", "flow-1w", "flow-2w")
+CONFIGS = ("loop-1t", "loop-2t", "flow-1w", "flow-2w", "flow-1w-warm")
 
 
 def _images(n: int) -> list[Path]:
@@ -69,9 +75,14 @@ def run_loop(args: argparse.Namespace, threads: int, work: Path) -> dict:
     return {"wall": wall, "rows": rows, "torch_threads": torch.get_num_threads()}
 
 
-def run_flow(args: argparse.Namespace, n_workers: int, work: Path) -> dict:
+def run_flow(args: argparse.Namespace, n_workers: int, work: Path, warm: bool = False) -> dict:
+    import contextlib
+
     import pyarrow.parquet as pq
+    from distributed import LocalCluster
+    from mlflow.tracking import MlflowClient
     from prefect import flow
+    from prefect.client.orchestration import get_client
 
     sys.path.insert(0, str(REPO))
     from flows.invert_dataset import invert_dataset
@@ -83,27 +94,44 @@ def run_flow(args: argparse.Namespace, n_workers: int, work: Path) -> dict:
     started = time.perf_counter()
     warmup()                                    # starts the ephemeral Prefect API, outside the timing
     api_start = time.perf_counter() - started
+    tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
+    started = time.perf_counter()
+    MlflowClient(tracking_uri=tracking_uri).search_experiments()    # creates the store's tables, outside the timing
+    mlflow_store = time.perf_counter() - started
 
     photos = work / "photos"
     photos.mkdir()
     for p in _images(args.images):
         shutil.copy(p, photos / p.name)
-    started = time.perf_counter()
-    invert_dataset(input_uri=str(photos), output_uri=str(work / "out"), checkpoint=args.checkpoint, method="gani",
-                   pivot_steps=args.pivot_steps, tune_steps=args.tune_steps, seed=args.seed, n_workers=n_workers,
-                   mlflow_tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
-    wall = time.perf_counter() - started
+    common = {"checkpoint": args.checkpoint, "method": "gani", "seed": args.seed, "mlflow_tracking_uri": tracking_uri}
+    extra: dict = {}
+    with contextlib.ExitStack() as stack:
+        address = None
+        if warm:
+            started = time.perf_counter()
+            api = str(get_client(sync_client=True).api_url).rstrip("/")
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                env={"PREFECT_API_URL": api, "GANI_TORCH_THREADS": "1"}))
+            address = cluster.scheduler_address
+            invert_dataset(input_uri=str(photos), output_uri=str(work / "warmup"), pivot_steps=1, tune_steps=1,
+                           limit=1, dask_address=address, **common)
+            extra["cluster_warmup"] = time.perf_counter() - started
+        started = time.perf_counter()
+        invert_dataset(input_uri=str(photos), output_uri=str(work / "out"), pivot_steps=args.pivot_steps,
+                       tune_steps=args.tune_steps, n_workers=n_workers, dask_address=address, **common)
+        wall = time.perf_counter() - started
     rows = pq.read_table(work / "out" / "metrics.parquet").to_pylist()
-    return {"wall": wall, "rows": rows, "api_start": api_start}
+    return {"wall": wall, "rows": rows, "api_start": api_start, "mlflow_store": mlflow_store, **extra}
 
 
 def child(args: argparse.Namespace) -> None:
     """Run one configuration in this process; write its result as JSON to --result."""
     work = Path(tempfile.mkdtemp(prefix=f"gani-orch-{args.child}-"))
     try:
-        kind, n = args.child.split("-")
+        kind, n, *rest = args.child.split("-")
         count = int(n[:-1])
-        result = run_loop(args, count, work) if kind == "loop" else run_flow(args, count, work)
+        result = run_loop(args, count, work) if kind == "loop" else run_flow(args, count, work, warm=rest == ["warm"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = result.pop("rows")
@@ -140,7 +168,8 @@ def main() -> None:
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                "DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_HOME": str(logs / "prefect-home"),
-               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PYTHONPATH": str(REPO)}
+               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PYTHONPATH": str(REPO),
+               "GANI_TORCH_THREADS": threads}
         env.pop("PREFECT_API_URL", None)
         env.pop("MLFLOW_TRACKING_URI", None)
         result_file, log = logs / f"{config}.json", logs / f"{config}.log"
@@ -165,11 +194,18 @@ def main() -> None:
     if any("api_start" in r for r in results.values()):
         starts = ", ".join(f"{c} {r['api_start']:.1f} s" for c, r in results.items() if "api_start" in r)
         print(f"\nEphemeral Prefect API start (not in the wall times): {starts}")
+        stores = ", ".join(f"{c} {r['mlflow_store']:.1f} s" for c, r in results.items() if "mlflow_store" in r)
+        print(f"MLflow sqlite store creation (not in the wall times): {stores}")
+    if "flow-1w-warm" in results:
+        print(f"flow-1w-warm: cluster start + warm-up run (not in the wall time): "
+              f"{results['flow-1w-warm']['cluster_warmup']:.1f} s")
 
     w = {c: r["wall"] for c, r in results.items()}
     ratios = []
     if {"flow-1w", "loop-1t"} <= w.keys():
         ratios.append(("overhead: flow-1w / loop-1t (same resources; goal <= 1.10)", w["flow-1w"] / w["loop-1t"]))
+    if {"flow-1w-warm", "loop-1t"} <= w.keys():
+        ratios.append(("overhead on a running cluster: flow-1w-warm / loop-1t", w["flow-1w-warm"] / w["loop-1t"]))
     if {"flow-2w", "loop-2t"} <= w.keys():
         ratios.append(("flow-2w / loop-2t (2-worker flow vs plain loop on the whole machine)",
                        w["flow-2w"] / w["loop-2t"]))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
 import gani_core
@@ -30,7 +31,7 @@ from gani_core import storage
 from gani_core.invert import InvertConfig, method_config
 from gani_core.runs import RunContext, failed_row, summarise
 from tasks import tracking
-from tasks.inversion import checkpoint_info, invert_image
+from tasks.inversion import TORCH_THREADS_ENV, checkpoint_info, invert_image
 from tasks.storage import ImageRef, existing_results, list_images, write_tables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,15 +39,39 @@ EXAMPLES = REPO / "examples" / "photos"
 WORKER_MEMORY_GB = 3.0      # a CPU worker's generator, LPIPS (alex + vgg) and one image's optimisation
 
 
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_n_workers(gpu: bool) -> int:
-    """LocalCluster size: one worker per GPU; on CPUs one single-threaded worker per core (Dask's nanny sets
-    OMP_NUM_THREADS=1, so torch in each worker uses one thread), as many as the memory holds."""
+    """LocalCluster size: one worker per GPU; on CPUs one worker per core, as many as the memory holds."""
     if gpu:
         import torch
 
         return max(1, torch.cuda.device_count())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cores, int(psutil.virtual_memory().total / 2**30 / WORKER_MEMORY_GB)))
+    return max(1, min(available_cores(), int(psutil.virtual_memory().total / 2**30 / WORKER_MEMORY_GB)))
+
+
+def worker_torch_threads(n_workers: int) -> int:
+    """Torch threads of each CPU worker of a LocalCluster of ``n_workers``: ``$GANI_TORCH_THREADS`` when set,
+    else the worker's share of the cores (one task thread per worker; fewer workers than cores, as for a small
+    run, get more threads each instead of leaving cores idle)."""
+    given = os.environ.get(TORCH_THREADS_ENV, "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return max(1, available_cores() // max(n_workers, 1))
+
+
+def api_url_for_workers() -> AbstractContextManager:
+    """Where the Dask tasks report to: this flow's Prefect API, also when it is the temporary local one.
+
+    Tasks carry the flow's Prefect settings to the workers. On the temporary API ``PREFECT_API_URL`` is unset,
+    and every worker of an external cluster (``dask_address``) would start a temporary API of its own (seen:
+    about 15-20 s on its first task, and its task runs and logs kept there, not in the flow's API). Setting the
+    URL while the tasks are submitted sends them to the flow's API; with a server it is set already."""
+    if PREFECT_API_URL.value():
+        return nullcontext()
+    return temporary_settings({PREFECT_API_URL: str(get_client(sync_client=True).api_url).rstrip("/")})
 
 
 def dask_task_runner(dask_address: str | None, n_workers: int | None, gpu: bool, tasks: int) -> DaskTaskRunner:
@@ -58,10 +83,13 @@ def dask_task_runner(dask_address: str | None, n_workers: int | None, gpu: bool,
     if dask_address:
         return DaskTaskRunner(address=dask_address)
     n = min(n_workers or default_n_workers(gpu), max(tasks, 1))   # no idle workers to start for a small run
+    # Workers report task runs to this flow's Prefect API (without it, each worker process would start a
+    # temporary API of its own when the flow runs on the ephemeral one).
+    env = {"PREFECT_API_URL": str(get_client(sync_client=True).api_url).rstrip("/")}
+    if not gpu:     # tasks/inversion.py sets it in each worker (Dask's nanny starts workers with 1 thread)
+        env[TORCH_THREADS_ENV] = str(worker_torch_threads(n))
     kwargs: dict = {"n_workers": n, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0",
-                    # Workers report task runs to this flow's Prefect API (without it, each worker process would
-                    # start a temporary API of its own when the flow runs on the ephemeral one).
-                    "env": {"PREFECT_API_URL": str(get_client(sync_client=True).api_url).rstrip("/")}}
+                    "env": env}
     cluster_class = "distributed.LocalCluster"
     if gpu:
         kwargs["resources"] = {"GPU": 1}
@@ -128,8 +156,9 @@ def run_inversions(input_uri: str, output_uri: str, checkpoint: str, configs: di
     t0 = time.perf_counter()
     new: dict[tuple[str, str], dict] = {}
     if work:
-        runner = dask_task_runner(dask_address, n_workers, gpu, len(work))
-        computed = invert_images.with_options(task_runner=runner)(work, ckpt.spec, ckpt.sha256, out, gpu)
+        with api_url_for_workers():
+            runner = dask_task_runner(dask_address, n_workers, gpu, len(work))
+            computed = invert_images.with_options(task_runner=runner)(work, ckpt.spec, ckpt.sha256, out, gpu)
         new = {(r["image_id"], r["method"]): r for r in computed}
     wall = time.perf_counter() - t0
     rows = [kept.get((ref.image_id, m)) or new[(ref.image_id, m)] for ref in images for m in configs]
@@ -180,8 +209,8 @@ def invert_dataset(
             recursively, sorted by path).
         output_uri: folder or ``s3://bucket/prefix`` for metrics.parquet, deltas/, previews/, rows/, summary.json
             and preview_grid.png. Results already there for the same image, checkpoint and configuration are kept.
-        checkpoint: generator: ``builtin`` / ``builtin:RES`` (seeded, untrained), a local path or an ``s3://`` URI
-            of an NVIDIA .pkl, a rosinality .pt or a gani .safetensors.
+        checkpoint: generator: ``builtin`` (trained, 64 px) / ``builtin-random:RES`` (seeded, untrained), a local
+            path or an ``s3://`` URI of an NVIDIA .pkl, a rosinality .pt or a gani .safetensors.
         method: ``gani``, or a baseline: ``pti``, ``wplus``, ``w``.
         pivot_steps: steps of the pivot inversion (PTI's 450 by default).
         tune_steps: steps of the generator tuning (350 by default; unused by ``wplus`` and ``w``).

@@ -25,6 +25,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from gani_core import build_builtin, save_generator
 from tests.conftest import EXAMPLES, REPO
 
 BIN = Path(sys.executable).parent           # the venv running the tests: prefect is installed next to python
@@ -146,6 +147,8 @@ def test_deployment_run_through_server_and_process_worker(server: Server, tmp_pa
     for name in ("astronaut.jpg", "coffee.jpg"):
         (photos / name).write_bytes((EXAMPLES / name).read_bytes())
     out = tmp_path / "run"
+    checkpoint = tmp_path / "g32.safetensors"       # a seeded 32 px generator, whatever `builtin` loads
+    save_generator(build_builtin(32), checkpoint)
 
     _prefect(server, "work-pool", "create", POOL, "--type", "process")
     _prefect(server, "deploy", "--all", "--no-prompt", timeout=300)
@@ -160,7 +163,7 @@ def test_deployment_run_through_server_and_process_worker(server: Server, tmp_pa
 
     run_log, worker_log = tmp_path / "deployment-run.log", tmp_path / "worker.log"
     params = {
-        "input_uri": str(photos), "output_uri": str(out), "checkpoint": "builtin:32",
+        "input_uri": str(photos), "output_uri": str(out), "checkpoint": str(checkpoint),
         "pivot_steps": "3", "tune_steps": "3", "n_workers": "1",
         "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }
@@ -196,7 +199,7 @@ def test_deployment_run_through_server_and_process_worker(server: Server, tmp_pa
     assert watcher.returncode == 0, logs
     assert worker.returncode == 0, logs
     assert {k: run["parameters"][k] for k in ("checkpoint", "pivot_steps", "n_workers")} == {
-        "checkpoint": "builtin:32", "pivot_steps": 3, "n_workers": 1}
+        "checkpoint": str(checkpoint), "pivot_steps": 3, "n_workers": 1}
 
     table = pq.read_table(out / "metrics.parquet").to_pydict()
     assert sorted(table["image_id"]) == ["astronaut", "coffee"]
