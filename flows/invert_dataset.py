@@ -35,7 +35,7 @@ from tasks.inversion import TORCH_THREADS_ENV, checkpoint_info, invert_image
 from tasks.storage import ImageRef, existing_results, list_images, write_tables
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO / "examples" / "photos"
+EXAMPLES = REPO / "examples" / "shapes"    # held-out images of the built-in generator's domain
 WORKER_MEMORY_GB = 3.0      # a CPU worker's generator, LPIPS (alex + vgg) and one image's optimisation
 
 
