@@ -55,6 +55,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "channels": {res: G.cfg.channels_at(res) for res in G.cfg.block_resolutions},
         "num_fp16_res": G.cfg.num_fp16_res, "conv_clamp": G.cfg.conv_clamp,
         "parameters": num_parameters(G), "tunable_layers": len(G.tunable_layers()),
+        "factor_edits": list(G.factor_edits.names) if G.factor_edits is not None else None,
     }
     print(json.dumps(info, indent=2))
     return 0

@@ -121,3 +121,15 @@ def test_edit_directions_survive_a_round_trip(G, tmp_path):
     torch.testing.assert_close(again.factor_edits.directions, G.factor_edits.directions)
     assert again.factor_edits.names == G.factor_edits.names
     assert TRAINED_FILE.stat().st_size < 8_000_000
+
+
+def test_cli_info_names_the_factor_directions(capsys):
+    import json
+
+    from gani_core.cli import main
+
+    assert main(["info", "builtin"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["factor_edits"] == list(FACTOR_NAMES) and "trained on shapes" in info["label"]
+    assert main(["info", "builtin-random:32"]) == 0
+    assert json.loads(capsys.readouterr().out)["factor_edits"] is None
