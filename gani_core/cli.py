@@ -114,7 +114,7 @@ def _cmd_invert(args: argparse.Namespace) -> int:
 
 
 _SHOW_COLUMNS = ("image_id", "method", "status", "lpips", "mse", "psnr", "ms_ssim", "locality",
-                 "edit_consistency", "seconds", "delta_bytes")
+                 "edit_consistency", "edit_accuracy", "seconds", "delta_bytes")
 
 
 def _print_rows(rows: list[dict]) -> None:
@@ -148,7 +148,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     _print_rows(rows)
     print()
     print("means over ok images:")
-    names = ("lpips", "mse", "psnr", "ms_ssim", "locality", "edit_consistency", "seconds", "delta_bytes")
+    names = ("lpips", "mse", "psnr", "ms_ssim", "locality", "edit_consistency", "edit_accuracy", "seconds",
+             "delta_bytes")
     print("  ".join(["method".ljust(8), *(n.rjust(16) for n in names)]))
     for method, info in summary["methods"].items():
         vals = [info["mean"].get(n) for n in names]
