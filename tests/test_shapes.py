@@ -133,3 +133,13 @@ def test_cli_info_names_the_factor_directions(capsys):
     assert info["factor_edits"] == list(FACTOR_NAMES) and "trained on shapes" in info["label"]
     assert main(["info", "builtin-random:32"]) == 0
     assert json.loads(capsys.readouterr().out)["factor_edits"] is None
+
+
+def test_results_are_keyed_by_the_shipped_weights(G):
+    import hashlib
+
+    from gani_core.runs import checkpoint_sha256
+
+    assert checkpoint_sha256("builtin", G) == hashlib.sha256(TRAINED_FILE.read_bytes()).hexdigest()
+    random32 = load_generator("builtin-random:32")
+    assert checkpoint_sha256("builtin-random:32", random32) != checkpoint_sha256("builtin-random:64", G)

@@ -73,6 +73,8 @@ def finish_builtin(out: str | Path, device: str | torch.device = "cpu", install:
         shutil.copyfile(final, TRAINED_FILE)
         shutil.copyfile(probe_path, PROBE_FILE)
         log(f"installed {TRAINED_FILE} and {PROBE_FILE}")
+    else:
+        log(f"wrote {final} (load it with --checkpoint {final}); --install makes it what `builtin` loads")
     return quality
 
 
