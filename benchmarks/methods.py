@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="builtin")
     parser.add_argument("--input", default=str(REPO / "examples" / "shapes"), help="folder of images")
     parser.add_argument("--images", type=int, default=3, help="how many of its images (sorted) to use")
+    parser.add_argument("--offset", type=int, default=0, help="skip this many images first")
     parser.add_argument("--pivot-steps", type=int, default=200)
     parser.add_argument("--tune-steps", type=int, default=200)
     parser.add_argument("--variant", action="append", default=None, help="NAME or NAME=KIND,LR,LOCW[,RANK[,INTERVAL]]")
@@ -73,7 +74,8 @@ def main() -> None:
     variants = dict(parse_variant(v) for v in (args.variant or ["gani", "pti", "pti-reg", "wplus"]))
 
     G = load_generator(args.checkpoint, device=args.device)
-    photos = sorted(p for p in Path(args.input).iterdir() if p.suffix.lower() in (".jpg", ".png"))[: args.images]
+    photos = sorted(p for p in Path(args.input).iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    photos = photos[args.offset : args.offset + args.images]
     print(f"{G.label} ({G.img_resolution} px, fp32 generator {generator_bytes(G)} bytes), {len(photos)} images, "
           f"pivot {args.pivot_steps} steps, tuning {args.tune_steps} steps, device {args.device}, "
           f"threads {torch.get_num_threads()}", flush=True)
