@@ -109,3 +109,12 @@ def test_cli_writes_domain_images_and_trains(tmp_path, capsys):
     assert main(["train-builtin", "--out", str(out), "--resolution", "32", "--batch", "4", "--kimg", "0.008",
                  "--no-finish"]) == 2
     assert "differs in ['resolution']" in capsys.readouterr().err
+
+
+def test_training_is_reproducible_on_cpu(tmp_path):
+    cfg = TrainConfig(total_kimg=0.008, **TINY)
+    a = train(cfg, tmp_path / "a").G_ema.state_dict()
+    b = train(cfg, tmp_path / "b").G_ema.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = train(TrainConfig(total_kimg=0.008, **{**TINY, "seed": 1}), tmp_path / "c").G_ema.state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)
