@@ -41,6 +41,9 @@ def _load(spec: str, lr_mlp: float) -> Generator:
         if m.group(1) and int(m.group(1)) != TRAINED_RESOLUTION:
             raise CheckpointError(f"{spec}: the trained built-in generator is {TRAINED_RESOLUTION} px; "
                                   f"builtin-random:{m.group(1)} is a seeded untrained one of that size")
+        if not TRAINED_FILE.is_file():
+            raise CheckpointError(f"builtin: the trained weights are missing ({TRAINED_FILE}); reinstall gani, or "
+                                  "use builtin-random")
         return load_native(TRAINED_FILE.read_bytes(), str(TRAINED_FILE))
     if m := re.fullmatch(r"builtin-random(?::(\d+))?", spec):
         res = int(m.group(1) or BUILTIN_RESOLUTION)
