@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-steps", type=int, default=None, help="generator tuning steps (default: 350)")
     p.add_argument("--tune-lr", type=float, default=None, help="tuning learning rate (default: per method)")
     p.add_argument("--locality-weight", type=float, default=None,
-                   help="weight of the locality regulariser (default: gani 1.0, pti 0 as in PTI)")
+                   help="weight of the locality regulariser (default: gani 0.1, pti 0 as in PTI)")
     p.add_argument("--directions", default=None, help=".npy of edit directions in W (default: seeded random)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")

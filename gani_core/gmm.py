@@ -7,7 +7,7 @@ Forms (``kind``), see docs/method.md for what each measured:
 - ``lowrank``: a free rank-r update ``A Bᵀ`` (no input; the LoRA-like reference point).
 - ``param``: parameter-conditioned (reading (B) of the paper's abstract): a row-wise 2-layer MLP over each
   output channel's normalised original weights, ``ΔW[o] = MLP(Ŵ[o])``.
-- ``param-lowrank``: parameter-conditioned with a rank-r output: ``ΔW = P tanh(Qᵀ Ŵ R) Sᵀ``.
+- ``param-lowrank``: parameter-conditioned with a rank-r output: ``ΔW = P tanh(Qᵀ Ŵ R) Sᵀ`` (GANI's default).
 - ``grad``: gradient-conditioned (reading (A)): the layer's reconstruction gradient at the original
   weights and the pivot, normalised, mixed by identity-plus-rank-r maps along both axes with a tanh.
 - ``full``: a free dense update per weight; with Adam this is exactly PTI's tuning of the weights.

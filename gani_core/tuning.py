@@ -25,15 +25,15 @@ Progress = Callable[[int, int, float], None]  # (step, total, loss)
 
 @dataclass(frozen=True)
 class TuneConfig:
-    kind: GMMKind = "lowrank"           # the GMM form (gmm.py); "full" is PTI
+    kind: GMMKind = "param-lowrank"     # the GMM form (gmm.py); "full" is PTI
     steps: int = 350                    # PTI's tuning steps
-    lr: float = 1e-2                    # Adam learning rate of the GMM parameters
+    lr: float = 3e-3                    # Adam learning rate of the GMM parameters
     rank: int = 8                       # rank of low-rank GMM forms
     hidden: int = 32                    # hidden width of the "param" form
     layers: str = "conv+torgb"          # "conv+torgb": every synthesis conv and ToRGB weight; "all": PTI's
     l2_weight: float = 1.0              # reconstruction MSE weight
     lpips_weight: float = 1.0           # reconstruction LPIPS weight
-    locality_weight: float = 1.0        # weight of the L2 and LPIPS locality terms (0: off)
+    locality_weight: float = 0.1        # weight of the L2 and LPIPS locality terms (0: off)
     locality_interval: int = 1          # apply the locality term every this many steps
     locality_alpha: float = 0.5         # how far from the pivot toward random latents it looks (fraction)
     locality_samples: int = 1           # latents per locality evaluation
