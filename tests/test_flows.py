@@ -141,7 +141,7 @@ def test_mlflow_run_holds_metrics_params_and_artifacts(runs):
     assert (m["images"], m["ok"], m["failed"], m["skipped"]) == (3, 2, 1, 2)
     assert m["seconds_per_image"] > 0 and 0 < m["lpips_mean"] < 1
     p = run.data.params
-    assert p["method"] == "gani" and p["pivot_steps"] == "3" and p["tune_steps"] == "3" and p["tune_lr"] == "0.01"
+    assert p["method"] == "gani" and p["pivot_steps"] == "3" and p["tune_steps"] == "3" and p["tune_lr"] == "0.003"
     assert p["dataset_uri"] == str(runs["photos"]) and p["output_uri"] == str(runs["out"])
     assert len(p["checkpoint_sha256"]) == 64 and p["code_version"].startswith("0.1.0")
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
