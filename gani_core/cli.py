@@ -187,14 +187,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_train_builtin(args: argparse.Namespace) -> int:
     import torch
 
-    from gani_core.training.loop import TrainConfig, train
-
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.finish_only:
+    if not args.finish_only and not _train(args, device):
+        return 0    # stopped by --max-minutes: nothing to finish yet
+    if not args.no_finish:
         from gani_core.shapes.build import finish_builtin
 
         finish_builtin(args.out, device=device, install=args.install, probe_steps=args.probe_steps, log=print)
-        return 0
+    return 0
+
+
+def _train(args: argparse.Namespace, device: str) -> bool:
+    """`gani train-builtin`'s training stage; True when the run reached its --kimg."""
+    from gani_core.training.loop import TrainConfig, train
+
     cfg = TrainConfig(
         resolution=args.resolution, batch=args.batch, total_kimg=args.kimg, r1_gamma=args.r1_gamma,
         pl_weight=args.pl_weight, seed=args.seed,
@@ -221,11 +227,7 @@ def _cmd_train_builtin(args: argparse.Namespace) -> int:
     state = "finished" if tr.kimg >= cfg.total_kimg else "stopped by --max-minutes (run again to resume)"
     print(f"{state}: {tr.kimg:.1f} kimg after {tr.seconds:.0f} s of training; {args.out}/G_ema.safetensors, "
           "samples.png")
-    if tr.kimg >= cfg.total_kimg and not args.no_finish:
-        from gani_core.shapes.build import finish_builtin
-
-        finish_builtin(args.out, device=device, install=args.install, probe_steps=args.probe_steps, log=print)
-    return 0
+    return tr.kimg >= cfg.total_kimg
 
 
 def _cmd_shapes(args: argparse.Namespace) -> int:

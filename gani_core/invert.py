@@ -195,17 +195,15 @@ def invert_image(
         G_tuned = deltas_mod.apply_deltas(G, stored)
         metrics["locality"] = locality(G, G_tuned, probe_latents(G, w_pivot, cfg.probe_count, seed=cfg.seed))
         metrics["edit_consistency"] = edit_consistency(G, G_tuned, w_pivot, directions, strength)
-        if G.factor_edits is not None:
-            metrics["edit_accuracy"], edit_ratios = edit_accuracy(G, G_tuned, w_pivot, G.factor_edits)
     else:  # the generator is unchanged: nothing moved elsewhere
         metrics["locality"] = 0.0
         metrics["edit_consistency"] = 0.0
-        if G.factor_edits is not None:
-            metrics["edit_accuracy"] = 1.0
-            edit_ratios = dict.fromkeys(G.factor_edits.names, 1.0)
-    if G.factor_edits is None:  # no edit directions with ground truth for this generator: not applicable
-        metrics["edit_accuracy"] = None
-        edit_ratios = {}
+    # edit_accuracy needs edit directions with ground truth; without them it is not applicable (None).
+    metrics["edit_accuracy"], edit_ratios = None, {}
+    if G.factor_edits is not None and stored:
+        metrics["edit_accuracy"], edit_ratios = edit_accuracy(G, G_tuned, w_pivot, G.factor_edits)
+    elif G.factor_edits is not None:
+        metrics["edit_accuracy"], edit_ratios = 1.0, dict.fromkeys(G.factor_edits.names, 1.0)
     t_end = time.perf_counter()
     previews = torch.cat([image.unsqueeze(0).to(device), to_unit(pivot_render), to_unit(tuned_render),
                           to_unit(edit_render)]).cpu()

@@ -20,7 +20,7 @@ import torch
 from gani_core import storage
 from gani_core.checkpoints import load_generator
 from gani_core.checkpoints.builtin import TRAINED_FILE, TRAINED_RESOLUTION, build_builtin
-from gani_core.checkpoints.native import save_generator
+from gani_core.checkpoints.native import read_metadata, save_generator
 from gani_core.errors import GaniError
 from gani_core.shapes.edits import factor_changes, fit_factor_edits
 from gani_core.shapes.probe import PROBE_FILE, probe_from_bytes, probe_to_bytes, train_probe
@@ -41,7 +41,8 @@ def finish_builtin(out: str | Path, device: str | torch.device = "cpu", install:
         log(f"training the factor probe ({probe_steps} steps)")
         probe, report = train_probe(res, steps=probe_steps, device=device, log=log)
         storage.write_bytes(probe_path, probe_to_bytes(probe, report))
-    log("probe held-out R²: " + json.dumps(json.loads(_probe_meta(probe_path)["report"])["r2"]))
+    probe_r2 = json.loads(read_metadata(probe_path.read_bytes())["report"])["r2"]
+    log("probe held-out R²: " + json.dumps(probe_r2))
 
     log("fitting the factor edit directions")
     G.factor_edits = fit_factor_edits(G, probe)
@@ -59,7 +60,7 @@ def finish_builtin(out: str | Path, device: str | torch.device = "cpu", install:
     untrained = build_builtin(res).to(device)
     quality = {"trained": evaluate_quality(G, probe, quality_samples),
                "untrained": evaluate_quality(untrained, probe, quality_samples),
-               "probe_r2": json.loads(_probe_meta(probe_path)["report"])["r2"],
+               "probe_r2": probe_r2,
                "edit_linear_r2": dict(zip(G.factor_edits.names, G.factor_edits.linear_r2.tolist(), strict=True)),
                "edit_response_at_w_avg": dict(zip(G.factor_edits.names, response.tolist(), strict=True)),
                "label": G.label}
@@ -76,12 +77,6 @@ def finish_builtin(out: str | Path, device: str | torch.device = "cpu", install:
     else:
         log(f"wrote {final} (load it with --checkpoint {final}); --install makes it what `builtin` loads")
     return quality
-
-
-def _probe_meta(path: Path) -> dict[str, str]:
-    from gani_core.checkpoints.native import read_metadata
-
-    return read_metadata(path.read_bytes())
 
 
 def _fmt(names: tuple[str, ...], values: list[float]) -> str:

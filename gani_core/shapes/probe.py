@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
@@ -119,13 +118,9 @@ def probe_to_bytes(probe: FactorProbe, report: ProbeReport | None = None) -> byt
 
 
 def probe_from_bytes(data: bytes, source: str) -> FactorProbe:
-    from gani_core.checkpoints.native import read_metadata
+    from gani_core.checkpoints.native import read_native
 
-    try:
-        meta = read_metadata(data)
-        tensors = st_load(data)
-    except Exception as exc:  # safetensors raises several types for a corrupt file
-        raise CheckpointError(f"{source}: corrupt factor probe file ({exc})") from exc
+    meta, tensors = read_native(data, source)
     if meta.get("format") != PROBE_FORMAT or json.loads(meta.get("factors", "[]")) != list(FACTOR_NAMES):
         raise CheckpointError(f"{source}: not a factor probe of this version of the shapes domain")
     probe = FactorProbe(int(meta["resolution"]))
