@@ -1,5 +1,6 @@
-# The two commands of the README: `make demo` and `make test`. Both set up .venv/ first.
-.PHONY: setup demo test lint
+# Commands: `make demo`, `make test` (the whole suite, as CI runs it), `make test-fast` (unit tests), `make lint`.
+# Each sets up .venv/ first. test-fast leaves out the tests marked `services` (they start Prefect, Dask, S3, MLflow).
+.PHONY: setup demo test test-fast lint
 
 export DO_NOT_TRACK = true
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
@@ -14,6 +15,9 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest
+
+test-fast: setup
+	.venv/bin/python -m pytest -m "not services"
 
 lint: setup
 	.venv/bin/ruff check .

@@ -59,20 +59,20 @@ def run_loop(args: argparse.Namespace, threads: int, work: Path) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from gani_core import load_generator
+    from gani_core.checkpoints.ref import resolve_checkpoint
+    from gani_core.dataset import image_sources
     from gani_core.invert import method_config
-    from gani_core.runs import RunContext, checkpoint_sha256, run_inversions
+    from gani_core.run_folder import RunFolder
+    from gani_core.runs import run_in_process
 
-    sources = [str(p) for p in _images(args.images)]
+    images = image_sources([str(p) for p in _images(args.images)])
     started = time.perf_counter()
-    G = load_generator(args.checkpoint, device="cpu")
+    ckpt = resolve_checkpoint(args.checkpoint)
+    G = ckpt.load("cpu")
     configs = {"gani": method_config("gani", args.pivot_steps, args.tune_steps, seed=args.seed)}
-    ctx = RunContext(out=str(work / "out"), checkpoint=args.checkpoint,
-                     checkpoint_sha256=checkpoint_sha256(args.checkpoint, G),
-                     generator_label=G.label or args.checkpoint, device="cpu")
-    rows, _ = run_inversions(G, sources, configs, ctx)
+    run = run_in_process(G, images, configs, RunFolder(str(work / "out")), ckpt)
     wall = time.perf_counter() - started
-    return {"wall": wall, "rows": rows, "torch_threads": torch.get_num_threads()}
+    return {"wall": wall, "rows": run.rows, "torch_threads": torch.get_num_threads()}
 
 
 def run_flow(args: argparse.Namespace, n_workers: int, work: Path, warm: bool = False) -> dict:
@@ -86,6 +86,7 @@ def run_flow(args: argparse.Namespace, n_workers: int, work: Path, warm: bool = 
 
     sys.path.insert(0, str(REPO))
     from flows.invert_dataset import invert_dataset
+    from flows.parameters import ClusterSettings, InversionSettings
 
     @flow(name="orchestration-benchmark-warmup")
     def warmup() -> int:
@@ -103,7 +104,7 @@ def run_flow(args: argparse.Namespace, n_workers: int, work: Path, warm: bool = 
     photos.mkdir()
     for p in _images(args.images):
         shutil.copy(p, photos / p.name)
-    common = {"checkpoint": args.checkpoint, "method": "gani", "seed": args.seed, "mlflow_tracking_uri": tracking_uri}
+    common = {"checkpoint": args.checkpoint, "method": "gani", "mlflow_tracking_uri": tracking_uri}
     extra: dict = {}
     with contextlib.ExitStack() as stack:
         address = None
@@ -114,12 +115,14 @@ def run_flow(args: argparse.Namespace, n_workers: int, work: Path, warm: bool = 
                 n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                 env={"PREFECT_API_URL": api, "GANI_TORCH_THREADS": "1"}))
             address = cluster.scheduler_address
-            invert_dataset(input_uri=str(photos), output_uri=str(work / "warmup"), pivot_steps=1, tune_steps=1,
-                           limit=1, dask_address=address, **common)
+            invert_dataset(input_uri=str(photos), output_uri=str(work / "warmup"),
+                           inversion=InversionSettings(pivot_steps=1, tune_steps=1, seed=args.seed), limit=1,
+                           cluster=ClusterSettings(dask_address=address), **common)
             extra["cluster_warmup"] = time.perf_counter() - started
         started = time.perf_counter()
-        invert_dataset(input_uri=str(photos), output_uri=str(work / "out"), pivot_steps=args.pivot_steps,
-                       tune_steps=args.tune_steps, n_workers=n_workers, dask_address=address, **common)
+        inversion = InversionSettings(pivot_steps=args.pivot_steps, tune_steps=args.tune_steps, seed=args.seed)
+        invert_dataset(input_uri=str(photos), output_uri=str(work / "out"), inversion=inversion,
+                       cluster=ClusterSettings(n_workers=n_workers, dask_address=address), **common)
         wall = time.perf_counter() - started
     rows = pq.read_table(work / "out" / "metrics.parquet").to_pylist()
     return {"wall": wall, "rows": rows, "api_start": api_start, "mlflow_store": mlflow_store, **extra}

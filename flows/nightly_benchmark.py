@@ -3,7 +3,7 @@
 Each night's results go to ``OUTPUT/DATE/`` (the invert-dataset layout, one row per image x method, plus
 ``comparison.parquet``); MLflow gets a parent run ``nightly-DATE`` in the experiment ``nightly-benchmark`` with
 one child run per method (the same metric names as invert-dataset runs), and the flow run gets a markdown
-artifact with each method's means and the GANI/PTI ratios.
+artifact with each method's means and the GANI/PTI ratios. ``python -m flows.nightly_benchmark`` runs it once.
 """
 
 from __future__ import annotations
@@ -15,21 +15,27 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.invert_dataset import EXAMPLES, REPO, rows_artifact, run_inversions
+from flows.cli import run_flow_from_shell
+from flows.fan_out import invert_dataset_on_dask
+from flows.invert_dataset import EXAMPLES, REPO
+from flows.parameters import ClusterSettings, InversionSettings
+from flows.reports import rows_artifact
 from gani_core import storage
-from gani_core.invert import method_config
+from gani_core.checkpoints.ref import resolve_checkpoint
+from gani_core.invert import Method
+from gani_core.run_folder import SUMMARY_METRICS, RunFolder
 from tasks import tracking
 
-BENCHMARK_METHODS = ("gani", "pti", "wplus")
-COMPARED = ("lpips", "mse", "psnr", "ms_ssim", "lpips_vgg", "locality", "edit_consistency", "seconds", "delta_bytes")
+BENCHMARK_METHODS: list[Method] = ["gani", "pti", "wplus"]
+COUNTS = ("images", "ok", "failed")
 
 
 def comparison_table(per_method: dict[str, dict[str, float]]) -> pa.Table:
     """One row per method with its counts and means, then a row ``gani/pti``: GANI's means over PTI's."""
-    names = ["images", "ok", "failed", *[f"{m}_mean" for m in COMPARED]]
+    names = [*COUNTS, *[f"{m}_mean" for m in SUMMARY_METRICS]]
     rows = [{"method": method, **{n: metrics.get(n) for n in names}} for method, metrics in per_method.items()]
     if "gani" in per_method and "pti" in per_method:
-        ratio = {n: _ratio(per_method["gani"].get(n), per_method["pti"].get(n)) for n in names[3:]}
+        ratio = {n: _ratio(per_method["gani"].get(n), per_method["pti"].get(n)) for n in names[len(COUNTS):]}
         rows.append({"method": "gani/pti", **ratio})
     schema = pa.schema([("method", pa.string()), *[(n, pa.float64()) for n in names]])
     return pa.Table.from_pylist(rows, schema=schema)
@@ -57,14 +63,10 @@ def nightly_benchmark(
     input_uri: str = str(EXAMPLES),
     output_uri: str = str(REPO / "out" / "nightly-benchmark"),
     checkpoint: str = "builtin",
-    methods: list[str] = list(BENCHMARK_METHODS),  # noqa: B006 (a flow parameter's default, never mutated)
-    pivot_steps: int = 450,
-    tune_steps: int = 350,
-    seed: int = 0,
+    methods: list[Method] = BENCHMARK_METHODS,
+    inversion: InversionSettings = InversionSettings(),  # noqa: B008 (frozen: a default never mutated)
     date: str | None = None,
-    dask_address: str | None = None,
-    n_workers: int | None = None,
-    gpu: bool = False,
+    cluster: ClusterSettings = ClusterSettings(),  # noqa: B008
     mlflow_tracking_uri: str | None = None,
     limit: int | None = None,
 ) -> dict:
@@ -77,64 +79,62 @@ def nightly_benchmark(
             keeps what is done). The default sqlite MLflow store is ``OUTPUT/mlflow.db``, shared by all nights.
         checkpoint: generator: ``builtin`` / ``builtin-random:RES``, a local path or an ``s3://`` URI.
         methods: the methods compared (default gani, pti, wplus).
-        pivot_steps: pivot inversion steps of every method.
-        tune_steps: generator tuning steps of gani and pti.
-        seed: the seed of every method (fixed, so that nights compare).
+        inversion: step budgets (tune_steps: of the methods that tune), seed and precision of every method.
         date: the run's date, ``YYYY-MM-DD`` (default: today, UTC).
-        dask_address: scheduler of an existing Dask cluster; none starts a LocalCluster for the run.
-        n_workers: workers of that LocalCluster (default: sized to the machine).
-        gpu: workers have GPUs: each task asks for one ``GPU`` worker resource.
+        cluster: an existing Dask scheduler, or the size of the LocalCluster started for the run.
         mlflow_tracking_uri: MLflow tracking URI; none: ``$MLFLOW_TRACKING_URI``, else the sqlite store above.
         limit: only the first ``limit`` images of the set.
 
     Returns:
         The summary: counts, means per method, the comparison rows, the MLflow parent and child run ids.
     """
-    logger = get_run_logger()
     day = date or dt.datetime.now(dt.UTC).date().isoformat()
-    out = storage.join(output_uri.rstrip("/"), day)
-    configs = {m: method_config(m, pivot_steps, tune_steps, seed=seed) for m in methods}
+    configs = inversion.configs(list(methods))
+    ckpt = resolve_checkpoint(checkpoint)
+    folder = RunFolder(storage.join(output_uri.rstrip("/"), day))
     uri = tracking.tracking_uri(mlflow_tracking_uri, output_uri)
     tags = {"date": day, "dataset_uri": input_uri, "prefect_flow_run_id": str(flow_run.get_id())}
     parent = tracking.start_run(uri, "nightly-benchmark", run_name=f"nightly-{day}", tags=tags)
-    children: dict[str, str] = {}
-    try:
-        result = run_inversions(input_uri, out, checkpoint, configs, dask_address, n_workers, gpu, limit,
-                                extra_summary={"mlflow_run_id": parent, "mlflow_tracking_uri": uri, "date": day})
-        common = {"checkpoint": checkpoint, "checkpoint_sha256": result.ctx.checkpoint_sha256,
-                  "generator_label": result.ctx.generator_label, "dataset_uri": input_uri, "output_uri": out,
-                  "limit": limit, "code_version": tracking.code_version(), "date": day}
+    with tracking.ended_on_exit(uri, parent):
+        run = invert_dataset_on_dask(input_uri, folder, ckpt, configs, cluster, limit,
+                                     mlflow_run_id=parent, mlflow_tracking_uri=uri, date=day)
+        common = {**tracking.run_params(ckpt, input_uri, folder, limit), "date": day}
         per_method: dict[str, dict[str, float]] = {}
+        children: dict[str, str] = {}
         for method, cfg in configs.items():
-            rows = [r for r in result.rows if r["method"] == method]
-            kept = sum(1 for r in rows if (r["image_id"], method) in result.kept)
+            rows = [r for r in run.rows if r["method"] == method]
+            kept = sum(1 for r in rows if (r["image_id"], method) in run.kept)
             # seconds_per_image: the wall time of the whole fan-out per result computed (the methods share it).
-            per_method[method] = tracking.aggregate(rows, skipped=kept, wall_seconds=result.wall_seconds,
-                                                    computed=result.computed)
+            per_method[method] = tracking.aggregate(rows, skipped=kept, wall_seconds=run.wall_seconds,
+                                                    computed=run.summary["computed"])
             children[method] = tracking.start_run(uri, "nightly-benchmark", run_name=f"{method}-{day}",
                                                   tags={**tags, "method": method}, parent_run_id=parent)
-            tracking.log_results(uri, children[method], {**common, **tracking.config_params(cfg)},
-                                 per_method[method])
-            tracking.end_run(uri, children[method])
+            with tracking.ended_on_exit(uri, children[method]):
+                tracking.log_results(uri, children[method], {**common, **tracking.config_params(cfg)},
+                                     per_method[method])
         table = comparison_table(per_method)
-        comparison_uri = storage.join(out, "comparison.parquet")
+        comparison_uri = folder.path("comparison.parquet")
         storage.write_parquet(comparison_uri, table)
         ratios = table.to_pylist()[-1] if "gani" in configs and "pti" in configs else {}
         parent_metrics = {f"gani_pti_{k}": v for k, v in ratios.items() if k != "method" and v is not None}
-        parent_metrics.update(images=result.summary["images"], failed=result.summary["failed"])
-        tracking.log_results(uri, parent, {**common, "methods": ",".join(methods), "seed": seed,
-                                           "pivot_steps": pivot_steps, "tune_steps": tune_steps},
-                             parent_metrics, artifacts=[*result.written.values(), comparison_uri])
-    except BaseException:
-        for run_id in (*children.values(), parent):
-            tracking.end_run(uri, run_id, ok=False)
-        raise
-    tracking.end_run(uri, parent)
-    create_markdown_artifact(key="nightly-benchmark-comparison", markdown=_markdown(day, table, out, parent),
+        parent_metrics.update(images=run.summary["images"], failed=run.summary["failed"])
+        tracking.log_results(uri, parent, {**common, "methods": ",".join(methods), **inversion.model_dump()},
+                             parent_metrics, artifacts=[*run.written.values(), comparison_uri])
+    create_markdown_artifact(key="nightly-benchmark-comparison", markdown=_markdown(day, table, folder.uri, parent),
                              description=f"nightly-benchmark {day}: means per method, GANI/PTI")
-    rows_artifact(result.rows, "nightly-benchmark-rows", f"nightly-benchmark {day}: one row per image x method")
-    logger.info("nightly-benchmark %s: %s; comparison at %s", day,
-                ", ".join(f"{m} lpips {v.get('lpips_mean', float('nan')):.4f}" for m, v in per_method.items()),
-                comparison_uri)
-    return {**result.summary, "comparison": table.to_pylist(), "mlflow_child_run_ids": children,
-            "written": {**result.written, "comparison.parquet": comparison_uri}}
+    rows_artifact(run.rows, "nightly-benchmark-rows", f"nightly-benchmark {day}: one row per image x method")
+    get_run_logger().info("nightly-benchmark %s: %s; comparison at %s", day,
+                          ", ".join(f"{m} lpips {v.get('lpips_mean', float('nan')):.4f}"
+                                    for m, v in per_method.items()), comparison_uri)
+    return {**run.summary, "comparison": table.to_pylist(), "mlflow_child_run_ids": children,
+            "written": {**run.written, "comparison.parquet": comparison_uri}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.nightly_benchmark``: one night's benchmark on the embedded defaults."""
+    summary = run_flow_from_shell(nightly_benchmark, argv)
+    return 0 if summary["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,16 @@
-"""The ``gani`` command line: inspect checkpoints, render samples, compare images."""
+"""The ``gani`` command line: invert images into a generator without an orchestrator, and the tools around it.
+
+    gani invert IMAGES... --out RUN     invert images with gani and the baselines into a run folder (resumes)
+    gani show RUN                       a run's table and per-method means
+    gani export RUN IMAGE_ID --out F    one image's tuned generator as a gani .safetensors checkpoint
+    gani metrics A B                    mse, psnr, ms_ssim, lpips, lpips_vgg of two images
+    gani info CHECKPOINT                what a checkpoint holds, as JSON
+    gani render CHECKPOINT --out F      a grid of seeded samples
+    gani shapes OUT                     images of the built-in generator's domain with their true factors
+    gani train-builtin                  train the built-in generator (docs/builtin.md)
+
+Every CHECKPOINT is a spec of gani_core.checkpoints.ref: builtin, builtin-random[:RES], a path or a URI.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +25,7 @@ from gani_core.errors import GaniError
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
     from gani_core.images import load_image
-    from gani_core.metrics import image_metrics
+    from gani_core.metrics import finite_or_none, image_metrics
 
     a = load_image(args.a)
     b = load_image(args.b)
@@ -22,7 +34,7 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
                         f"{args.b} is {b.shape[2]}x{b.shape[1]}; metrics compare images of equal size")
     values = image_metrics(a.unsqueeze(0), b.unsqueeze(0), device=args.device)[0]
     # JSON has no infinity: identical images have an unbounded PSNR, written as null.
-    values = {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in values.items()}
+    values = {k: finite_or_none(v) for k, v in values.items()}
     if args.json:
         print(json.dumps(values))
     else:
@@ -32,10 +44,10 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from gani_core.checkpoints import load_generator
+    from gani_core.checkpoints.ref import resolve_checkpoint
     from gani_core.render import render_samples, save_grid
 
-    G = load_generator(args.checkpoint, device=args.device)
+    G = resolve_checkpoint(args.checkpoint).load(args.device)
     images = render_samples(G, seeds=range(args.seed, args.seed + args.count), truncation_psi=args.truncation,
                             noise_mode=args.noise_mode)
     caption = f"{G.label or args.checkpoint} | seeds {args.seed}-{args.seed + args.count - 1} | psi {args.truncation}"
@@ -45,10 +57,10 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from gani_core.checkpoints import load_generator
+    from gani_core.checkpoints.ref import resolve_checkpoint
     from gani_core.networks import num_parameters
 
-    G = load_generator(args.checkpoint)
+    G = resolve_checkpoint(args.checkpoint).load()
     info = {
         "label": G.label, "resolution": G.img_resolution, "num_ws": G.num_ws, "z_dim": G.z_dim,
         "w_dim": G.w_dim, "c_dim": G.c_dim, "mapping_layers": G.cfg.mapping_layers,
@@ -65,28 +77,31 @@ def _cmd_invert(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from gani_core.checkpoints import load_generator
+    from gani_core.checkpoints.ref import resolve_checkpoint
+    from gani_core.dataset import image_sources
     from gani_core.editing import load_directions
-    from gani_core.invert import method_config
-    from gani_core.runs import RunContext, checkpoint_sha256, run_inversions
+    from gani_core.invert import has_tuning, method_config
+    from gani_core.run_folder import RunFolder
+    from gani_core.runs import run_in_process
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    G = load_generator(args.checkpoint, device=device)
+    ckpt = resolve_checkpoint(args.checkpoint)
+    G = ckpt.load(device)
     overrides = {}
     if args.locality_weight is not None:
         overrides["locality_weight"] = args.locality_weight
     if args.tune_lr is not None:
         overrides["lr"] = args.tune_lr
-    configs = {m: method_config(m, args.pivot_steps, args.tune_steps, seed=args.seed, precision=args.precision,
-                                **(overrides if m in ("gani", "pti") else {})) for m in args.method}
+    configs = {m: method_config(m, args.pivot_steps, args.tune_steps if has_tuning(m) else None, seed=args.seed,
+                                precision=args.precision, **(overrides if has_tuning(m) else {}))
+               for m in args.method}
     directions = load_directions(args.directions, G.w_dim, G.num_ws).to(device) if args.directions else None
-    ctx = RunContext(out=args.out, checkpoint=args.checkpoint, checkpoint_sha256=checkpoint_sha256(args.checkpoint, G),
-                     generator_label=G.label or args.checkpoint, device=str(device))
-    print(f"gani invert: {len(args.images)} image(s) x {', '.join(args.method)} with {ctx.generator_label} "
-          f"({G.img_resolution} px) on {device}", file=sys.stderr)
+    folder = RunFolder(args.out)
+    print(f"gani invert: {len(args.images)} image(s) x {', '.join(args.method)} with {G.label or ckpt.label} "
+          f"({G.img_resolution} px) on {device} into {folder.uri}", file=sys.stderr)
     bars: list[tqdm] = []
 
-    def on_image(image_id: str, method: str):
+    def on_result(image_id: str, method: str):
         for bar in bars:
             bar.close()
         bars.clear()
@@ -103,21 +118,23 @@ def _cmd_invert(args: argparse.Namespace) -> int:
 
         return progress
 
-    rows, summary = run_inversions(G, args.images, configs, ctx, directions=directions, on_image=on_image)
+    run = run_in_process(G, image_sources(args.images), configs, folder, ckpt, on_result=on_result,
+                         directions=directions)
     for bar in bars:
         bar.close()
-    _print_rows(rows)
-    failed = summary["failed"]
-    print(f"wrote {args.out}/metrics.parquet, deltas/, previews/, summary.json "
-          f"({len(rows) - failed} ok, {failed} failed)", file=sys.stderr)
-    return 1 if failed and failed == len(rows) else 0
-
-
-_SHOW_COLUMNS = ("image_id", "method", "status", "lpips", "mse", "psnr", "ms_ssim", "locality",
-                 "edit_consistency", "edit_accuracy", "seconds", "delta_bytes")
+    _print_rows(run.rows)
+    s = run.summary
+    kept = f", {len(run.kept)} kept from an earlier run" if run.kept else ""
+    print(f"wrote {folder.metrics_uri}, deltas/, previews/, summary.json ({s['ok']} ok, {s['failed']} failed{kept})",
+          file=sys.stderr)
+    return 1 if s["failed"] and s["failed"] == s["rows"] else 0
 
 
 def _print_rows(rows: list[dict]) -> None:
+    from gani_core.run_folder import DISPLAY_COLUMNS
+
+    columns = [c for c in DISPLAY_COLUMNS if c != "error"]      # failures are listed under the table
+
     def fmt(v: object) -> str:
         if v is None:
             return "-"
@@ -125,9 +142,9 @@ def _print_rows(rows: list[dict]) -> None:
             return f"{v:.4g}"
         return str(v)
 
-    table = [[fmt(r.get(c)) for c in _SHOW_COLUMNS] for r in rows]
-    widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(_SHOW_COLUMNS)]
-    print("  ".join(c.ljust(w) for c, w in zip(_SHOW_COLUMNS, widths, strict=True)))
+    table = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for t in table:
         print("  ".join(v.ljust(w) for v, w in zip(t, widths, strict=True)))
     for r in rows:
@@ -136,45 +153,47 @@ def _print_rows(rows: list[dict]) -> None:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from gani_core import storage
+    from gani_core.run_folder import SUMMARY_METRICS, RunFolder
 
-    uri = storage.join(args.run, "metrics.parquet")
-    if not storage.exists(uri):
-        raise GaniError(f"{args.run}: no metrics.parquet here; is it the --out of a `gani invert` run?")
-    rows = storage.read_parquet(uri).to_pylist()
-    summary = json.loads(storage.read_bytes(storage.join(args.run, "summary.json")))
-    print(f"run {args.run}: {summary['generator_label']} ({summary['checkpoint']}), {summary['images']} image(s), "
+    folder = RunFolder(args.run)
+    rows = folder.read_rows()
+    summary = folder.read_summary()
+    print(f"run {folder.uri}: {summary['generator_label']} ({summary['checkpoint']}), {summary['images']} image(s), "
           f"{summary['failed']} failed row(s)")
     _print_rows(rows)
     print()
     print("means over ok images:")
-    names = ("lpips", "mse", "psnr", "ms_ssim", "locality", "edit_consistency", "edit_accuracy", "seconds",
-             "delta_bytes")
-    print("  ".join(["method".ljust(8), *(n.rjust(16) for n in names)]))
+    print("  ".join(["method".ljust(8), *(n.rjust(16) for n in SUMMARY_METRICS)]))
     for method, info in summary["methods"].items():
-        vals = [info["mean"].get(n) for n in names]
+        vals = [info["mean"].get(n) for n in SUMMARY_METRICS]
         cells = ["-".rjust(16) if v is None else f"{v:16.0f}" if n == "delta_bytes" else f"{v:16.4g}"
-                 for n, v in zip(names, vals, strict=True)]
+                 for n, v in zip(SUMMARY_METRICS, vals, strict=True)]
         print("  ".join([method.ljust(8), *cells]))
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from gani_core import storage
-    from gani_core.checkpoints import load_generator, save_generator
-    from gani_core.deltas import apply_deltas, decode_deltas, read_deltas_parquet, rows_from_table
+    from gani_core.checkpoints import save_generator
+    from gani_core.checkpoints.ref import resolve_checkpoint
+    from gani_core.deltas import apply_deltas
+    from gani_core.invert import has_tuning
+    from gani_core.run_folder import RunFolder
 
-    summary = json.loads(storage.read_bytes(storage.join(args.run, "summary.json")))
-    methods = [m for m in summary["methods"] if m in ("gani", "pti")] if args.method is None else [args.method]
-    rows = [r for r in storage.read_parquet(storage.join(args.run, "metrics.parquet")).to_pylist()
+    folder = RunFolder(args.run)
+    summary = folder.read_summary()
+    methods = [m for m in summary["methods"] if has_tuning(m)] if args.method is None else [args.method]
+    rows = [r for r in folder.read_rows()
             if r["image_id"] == args.image_id and r["method"] in methods and r["status"] == "ok"]
     if not rows:
         raise GaniError(f"{args.run}: no successful tuned result for image {args.image_id!r} "
                         f"(methods {methods}); see `gani show {args.run}`")
     row = rows[0]
-    G = load_generator(summary["checkpoint"])
-    table = read_deltas_parquet(storage.join(args.run, "deltas", f"{row['image_id']}.{row['method']}.parquet"))
-    tuned = apply_deltas(G, decode_deltas(rows_from_table(table, image_id=args.image_id)))
+    ckpt = resolve_checkpoint(summary["checkpoint"])
+    if ckpt.sha256 != summary["checkpoint_sha256"]:
+        raise GaniError(f"{summary['checkpoint']} is not the checkpoint this run tuned (sha256 {ckpt.sha256[:12]}, "
+                        f"the run's {summary['checkpoint_sha256'][:12]}); its deltas would not apply")
+    G = ckpt.load()
+    tuned = apply_deltas(G, folder.read_deltas(row["image_id"], row["method"]))
     tuned.cfg.label = f"{G.label} tuned to {args.image_id} by {row['method']}"
     out = save_generator(tuned, args.out, extra={
         "w_pivot": json.dumps(row["w_pivot"]), "num_ws": str(G.num_ws), "source_run": str(args.run),
@@ -250,6 +269,10 @@ def _cmd_shapes(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gani_core.invert import GANI_TUNE, METHODS, PTI_TUNE
+    from gani_core.pivot import PivotConfig
+    from gani_core.tuning import TuneConfig
+
     parser = argparse.ArgumentParser(prog="gani", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -261,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_metrics)
 
     p = sub.add_parser("render", help="render a grid of seeded samples of a generator to a PNG")
-    p.add_argument("checkpoint", help="builtin, builtin:RES, an NVIDIA .pkl, a rosinality .pt or a gani .safetensors")
+    p.add_argument("checkpoint", help="builtin, builtin-random[:RES], an NVIDIA .pkl, a rosinality .pt or a gani "
+                   ".safetensors")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--count", type=int, default=8, help="number of samples (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="first seed; samples use seed, seed+1, ... (default: 0)")
@@ -272,15 +296,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("invert", help="invert images into a generator (gani, pti, wplus, w), writing a run")
     p.add_argument("images", nargs="+", help="image files (png, jpg, ...; local paths or fsspec URIs)")
-    p.add_argument("--checkpoint", default="builtin", help="builtin, builtin:RES or a checkpoint file")
-    p.add_argument("--method", nargs="+", default=["gani"], choices=["gani", "pti", "wplus", "w"],
+    p.add_argument("--checkpoint", default="builtin",
+                   help="builtin, builtin-random[:RES], a checkpoint file or its URI (s3://bucket/g.pkl)")
+    p.add_argument("--method", nargs="+", default=["gani"], choices=METHODS,
                    help="one or more methods, each run on every image (default: gani)")
-    p.add_argument("--out", required=True, help="output folder or URI (s3://bucket/prefix)")
-    p.add_argument("--pivot-steps", type=int, default=None, help="pivot optimisation steps (default: 450)")
-    p.add_argument("--tune-steps", type=int, default=None, help="generator tuning steps (default: 350)")
+    p.add_argument("--out", required=True,
+                   help="output folder or URI (s3://bucket/prefix); results already there for the same image, "
+                        "checkpoint and configuration are kept")
+    p.add_argument("--pivot-steps", type=int, default=None,
+                   help=f"pivot optimisation steps (default: {PivotConfig.steps})")
+    p.add_argument("--tune-steps", type=int, default=None,
+                   help=f"generator tuning steps of gani and pti (default: {TuneConfig.steps})")
     p.add_argument("--tune-lr", type=float, default=None, help="tuning learning rate (default: per method)")
     p.add_argument("--locality-weight", type=float, default=None,
-                   help="weight of the locality regulariser (default: gani 0.1, pti 0 as in PTI)")
+                   help=f"weight of the locality regulariser (default: gani {GANI_TUNE.locality_weight:g}, "
+                        f"pti {PTI_TUNE.locality_weight:g} as in PTI)")
     p.add_argument("--directions", default=None, help=".npy of edit directions in W (default: seeded random)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")

@@ -1,26 +1,36 @@
-"""Latent directions in W, and the two metrics that say whether a tuned generator still edits like the original.
+"""Latent directions in W, and the metrics that say whether a tuned generator still edits like the original.
 
 Definitions (docs: method.md, "Metrics"):
 
 - `locality`: mean LPIPS (alex) between the tuned and the original generator's renderings of a fixed,
-  seeded set of latents (`probe_latents`: half mapped from random z, half between the pivot and mapped
-  z). 0 = the tuning changed nothing away from the image; lower is better.
+  seeded set of latents (`locality_latents`: half mapped from random z, half between the pivot and
+  mapped z). 0 = the tuning changed nothing away from the image; lower is better.
 - `edit_consistency`: for each direction d, LPIPS(G_t(w_p + s d), G_o(w_p + s d)) minus
   LPIPS(G_t(w_p), G_o(w_p)), averaged over directions. 0 = editing the tuned generator changes the image
   exactly as editing the original does; lower is better.
+- `edit_accuracy`, for a generator that carries factor edit directions and a factor probe
+  (gani_core.factors; the built-in one does): at the pivot w_p, for each factor k, move ±s_k along its
+  direction d_k (s_k: its step) and read with the probe how much factor k changed, with the tuned
+  generator (Δt_k) and the original (Δo_k).
+      edit_accuracy = mean_k clip(1 - |Δt_k - Δo_k| / |Δo_k|, 0, 1)
+  1 = every edit moves its factor exactly as much as before tuning; 0 = the edits no longer work (or
+  overshoot by 100 % or more). The ratios Δt_k / Δo_k are reported per factor too. None (not
+  applicable) for a generator without directions or probe.
 
 Distances in W are measured in units of `w_spread(G)` (the RMS distance of mapped latents from
-`G.mapping.w_avg`), which is what makes edit strengths and probe radii comparable across generators whose
-W spaces have different scales. Every function keeps its tensors on G's device; random draws come from a
-seeded CPU `torch.Generator` (never the global RNG), so results do not depend on the device or on RNG
-calls made elsewhere.
+`G.mapping.w_avg`), which is what makes edit strengths comparable across generators whose W spaces have
+different scales (the locality latents need no such unit: they lie between the pivot and mapped latents).
+Every function keeps its tensors on G's device; random draws come from a seeded CPU `torch.Generator`
+(never the global RNG), so results do not depend on the device or on RNG calls made elsewhere.
 
 Shapes: ws [N, num_ws, w_dim]; a pivot w_p [num_ws, w_dim]; a direction [w_dim] (the same at every layer)
-or [num_ws, w_dim] (per layer); a set of directions [K, w_dim] or [K, num_ws, w_dim].
+or [num_ws, w_dim] (per layer); a set of directions [K, w_dim] or [K, num_ws, w_dim]; factor readings
+[N, K].
 """
 
 from __future__ import annotations
 
+import copy
 import zipfile
 from pathlib import Path
 
@@ -28,11 +38,12 @@ import numpy as np
 import torch
 
 from gani_core.errors import GaniError
+from gani_core.factors import FactorEdits, FactorProbe
 from gani_core.lpips import lpips_distance
 from gani_core.networks import Generator, assert_shape
 
-# Share of the probe latents drawn around the pivot; the rest are plain mapped latents.
-PROBE_AROUND_PIVOT = 0.5
+# Share of the locality latents drawn around the pivot; the rest are plain mapped latents.
+LOCALITY_AROUND_PIVOT = 0.5
 # Default edit strength in units of w_spread (see `default_edit_strength`).
 DEFAULT_EDIT_SPREADS = 0.5
 
@@ -49,8 +60,8 @@ def w_spread(G: Generator, num_samples: int = 1000, seed: int = 0) -> float:
     """RMS Euclidean distance of mapped latents from `G.mapping.w_avg`, in W units (a float > 0).
 
     sqrt(mean_i ||w_i - w_avg||^2) over `num_samples` latents mapped from seeded z (psi 1; zero labels
-    for a conditional generator). The scale of a generator's W space: edit strengths and probe distances
-    are expressed as fractions of it so that they mean the same on generators of different scales.
+    for a conditional generator). The scale of a generator's W space: edit strengths are expressed as
+    fractions of it so that they mean the same on generators of different scales.
     """
     ws = _mapped_ws(G, num_samples, torch.Generator().manual_seed(seed))[:, 0]
     return float((ws - G.mapping.w_avg).square().sum(dim=1).mean().sqrt())
@@ -135,7 +146,7 @@ def apply_direction(ws: torch.Tensor, direction: torch.Tensor, strength: float) 
     return ws + strength * direction.to(device=ws.device, dtype=ws.dtype)
 
 
-def probe_latents(G: Generator, w_pivot: torch.Tensor, count: int = 16, seed: int = 0) -> torch.Tensor:
+def locality_latents(G: Generator, w_pivot: torch.Tensor, count: int = 16, seed: int = 0) -> torch.Tensor:
     """The fixed set of latents `locality` renders: float32 [count, num_ws, w_dim] on G's device.
 
     z = randn([count, z_dim]) from `torch.Generator().manual_seed(seed)` (CPU; the global RNG is not
@@ -147,10 +158,10 @@ def probe_latents(G: Generator, w_pivot: torch.Tensor, count: int = 16, seed: in
     The pivot itself is left out: its rendering is what the tuning is meant to change.
     """
     if count < 1:
-        raise ValueError(f"probe_latents needs count >= 1, got {count}")
+        raise ValueError(f"locality_latents needs count >= 1, got {count}")
     w_pivot = _as_pivot(G, w_pivot)
     ws = _mapped_ws(G, count, torch.Generator().manual_seed(seed))
-    around = int(count * PROBE_AROUND_PIVOT)
+    around = int(count * LOCALITY_AROUND_PIVOT)
     if around:
         alphas = torch.arange(1, around + 1, device=ws.device, dtype=ws.dtype) / around
         ws[count - around :] = w_pivot + alphas.view(-1, 1, 1) * (ws[count - around :] - w_pivot)
@@ -190,17 +201,17 @@ def sample_regulariser_latents(
 
 
 @torch.no_grad()
-def locality(G_orig: Generator, G_tuned: Generator, probe_ws: torch.Tensor, batch_size: int = 8) -> float:
-    """Mean LPIPS (alex) between G_tuned's and G_orig's renderings of `probe_ws` [N, num_ws, w_dim].
+def locality(G_orig: Generator, G_tuned: Generator, ws: torch.Tensor, batch_size: int = 8) -> float:
+    """Mean LPIPS (alex) between G_tuned's and G_orig's renderings of ws [N, num_ws, w_dim] (`locality_latents`).
 
     Renders use noise_mode "const" and are clamped to [-1, 1] (the metrics definition); images must be
     at least 32 px. Computed on G_tuned's device, `batch_size` latents at a time, without gradients.
-    0 = identical everywhere on the probes; lower = a more local tuning.
+    0 = identical at every latent; lower = a more local tuning.
     """
-    assert_shape(probe_ws, [None, G_orig.num_ws, G_orig.w_dim], "probe_ws")
-    if probe_ws.shape[0] == 0:
-        raise ValueError("locality needs at least one probe latent")
-    distances = [_render_distance(G_orig, G_tuned, batch) for batch in probe_ws.split(batch_size)]
+    assert_shape(ws, [None, G_orig.num_ws, G_orig.w_dim], "ws")
+    if ws.shape[0] == 0:
+        raise ValueError("locality needs at least one latent")
+    distances = [_render_distance(G_orig, G_tuned, batch) for batch in ws.split(batch_size)]
     return float(torch.cat(distances).mean())
 
 
@@ -254,6 +265,62 @@ def edit_consistency(
     No gradients.
     """
     return float(edit_gaps(G_orig, G_tuned, w_pivot, directions, strength, batch_size).mean())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Factor edits: directions with ground truth, read by the generator's factor probe
+
+
+@torch.no_grad()
+def read_factors(G: Generator, probe: FactorProbe, ws: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    """The probe's reading [N, K] of G's const-noise renders of ws [N, num_ws, w_dim], on the probe's device."""
+    device = next(probe.parameters()).device
+    out = [probe(G.synthesis(chunk, noise_mode="const").clamp(-1, 1).to(device)) for chunk in ws.split(batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def factor_changes(G: Generator, probe: FactorProbe, w_pivot: torch.Tensor, edits: FactorEdits,
+                   strength: float = 1.0) -> torch.Tensor:
+    """Δ_k: the probe's change of factor k between w_p + s·d_k and w_p - s·d_k, for each k: [K].
+
+    s = ``strength`` steps of d_k (``edits.steps[k]``); w_pivot [num_ws, w_dim] on G's device.
+    """
+    assert_shape(w_pivot, [G.num_ws, G.w_dim], "w_pivot")
+    shift = (strength * edits.steps[:, None] * edits.directions).to(w_pivot.device)   # [K, w_dim]
+    ws = torch.cat([w_pivot + shift[:, None], w_pivot - shift[:, None]])             # [2K, num_ws, w_dim]
+    f = read_factors(G, probe, ws)
+    k = len(edits.names)
+    idx = torch.arange(k)
+    return f[:k][idx, idx] - f[k:][idx, idx]
+
+
+def edit_accuracy(G_orig: Generator, G_tuned: Generator, w_pivot: torch.Tensor,
+                  strength: float = 1.0) -> tuple[float, dict[str, float]] | None:
+    """(edit_accuracy, {factor: Δt/Δo}) at the pivot w_p [num_ws, w_dim]; see the module docstring.
+
+    Uses G_orig's ``factor_edits`` and ``factor_probe``; None when it lacks either (not applicable).
+    ``strength``: the edit, in steps of each direction. Computed on G_orig's device; G_tuned is G_orig
+    (nothing tuned) gives exactly 1 without rendering.
+    """
+    edits, probe = G_orig.factor_edits, G_orig.factor_probe
+    if edits is None or probe is None:
+        return None
+    if probe.factor_names != edits.names:
+        raise ValueError(f"the factor probe reads {list(probe.factor_names)}, the edit directions are "
+                         f"{list(edits.names)}: edit_accuracy needs the same factors in the same order")
+    if G_tuned is G_orig:
+        return 1.0, dict.fromkeys(edits.names, 1.0)
+    device = G_orig.mapping.w_avg.device
+    probe = copy.deepcopy(probe).to(device)     # the generator keeps its own probe (on the CPU)
+    edits = edits.to(device)
+    w_pivot = w_pivot.to(device)
+    before = factor_changes(G_orig, probe, w_pivot, edits, strength)
+    after = factor_changes(G_tuned, probe, w_pivot, edits, strength)
+    per_factor = (1 - (after - before).abs() / before.abs().clamp_min(1e-6)).clamp(0, 1)
+    ratios = {name: float(a / b) if abs(float(b)) > 1e-6 else float("nan")
+              for name, a, b in zip(edits.names, after.tolist(), before.tolist(), strict=True)}
+    return float(per_factor.mean()), ratios
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -17,13 +17,19 @@ from typing import Literal
 import torch
 
 from gani_core import deltas as deltas_mod
-from gani_core.editing import default_edit_strength, edit_consistency, locality, probe_latents, random_directions
+from gani_core.editing import (
+    default_edit_strength,
+    edit_accuracy,
+    edit_consistency,
+    locality,
+    locality_latents,
+    random_directions,
+)
 from gani_core.lpips import lpips_distance
 from gani_core.metrics import image_metrics, to_unit
 from gani_core.networks import Generator
 from gani_core.pivot import PivotConfig, Progress, find_pivot
 from gani_core.precision import Precision
-from gani_core.shapes.edits import edit_accuracy
 from gani_core.tuning import TuneConfig, render_with, tune
 
 Method = Literal["gani", "pti", "wplus", "w"]
@@ -43,7 +49,7 @@ class InvertConfig:
     pivot: PivotConfig = field(default_factory=PivotConfig)
     tune: TuneConfig | None = GANI_TUNE         # None: pivot only (w, wplus)
     seed: int = 0
-    probe_count: int = 16                       # latents for `locality`
+    locality_count: int = 16                    # latents for `locality` (editing.locality_latents)
     num_directions: int = 4                     # seeded random W directions for `edit_consistency`
     edit_strength: float | None = None          # None: default_edit_strength(G)
     delta_encoding: str = "lowrank"             # deltas.encode_delta encoding
@@ -52,6 +58,17 @@ class InvertConfig:
     def config_hash(self) -> str:
         """A short hash of everything that changes a result (keys reruns and resumes)."""
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# The tuning stage of each method that has one; the others (w, wplus) stop at the pivot.
+_TUNING: dict[str, TuneConfig] = {"gani": GANI_TUNE, "pti": PTI_TUNE}
+
+
+def has_tuning(method: str) -> bool:
+    """Whether ``method`` tunes the generator after the pivot (gani, pti) or stops at the pivot (w, wplus)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    return method in _TUNING
 
 
 def method_config(
@@ -64,20 +81,21 @@ def method_config(
 ) -> InvertConfig:
     """The default configuration of a method, with the step budgets and tuning options overridden.
 
-    ``precision="bf16"`` runs both stages' renders and losses under bf16 autocast (for GPUs).
+    ``precision="bf16"`` runs both stages' renders and losses under bf16 autocast (for GPUs). For a method
+    without a tuning stage (``has_tuning`` false), ``tune_steps`` and tuning options raise ValueError
+    rather than being ignored.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    tune_cfg = _TUNING[method] if has_tuning(method) else None     # has_tuning refuses unknown methods
+    if tune_cfg is None and (tune_steps is not None or tune_overrides):
+        given = sorted([*(["tune_steps"] if tune_steps is not None else []), *tune_overrides])
+        raise ValueError(f"method {method!r} has no tuning stage; options {given} do not apply")
     pivot = PivotConfig(space="wplus" if method == "wplus" else "w", precision=precision)
     if pivot_steps is not None:
         pivot = replace(pivot, steps=pivot_steps)
-    tune_cfg = {"gani": GANI_TUNE, "pti": PTI_TUNE}.get(method)
     if tune_cfg is not None:
         tune_cfg = replace(tune_cfg, precision=precision, **tune_overrides)
         if tune_steps is not None:
             tune_cfg = replace(tune_cfg, steps=tune_steps)
-    elif tune_overrides:
-        raise ValueError(f"method {method!r} has no tuning stage; options {sorted(tune_overrides)} do not apply")
     return InvertConfig(method=method, pivot=pivot, tune=tune_cfg, seed=seed)
 
 
@@ -113,15 +131,16 @@ class InversionResult:
         }
 
 
-PREVIEW_FACTOR = "size"      # the factor edit shown in previews of generators that have factor directions
+def preview_edit(G: Generator, direction: torch.Tensor, strength: float) -> torch.Tensor:
+    """The latent offset [w_dim] (or [num_ws, w_dim]) of the edit shown in previews.
 
-
-def _preview_edit(G: Generator, direction: torch.Tensor, strength: float) -> torch.Tensor:
-    """The latent offset of the preview's edit: +2 steps of "size" where G has factor directions, else the
-    first edit direction (a W direction [w_dim] or a per-layer one [num_ws, w_dim]) at ``strength``."""
+    Where G carries factor edit directions (``G.factor_edits``): +2 steps of the factor most linear in W
+    (the highest ``linear_r2``), the edit that moves one factor most cleanly; for the built-in generator,
+    hue. Otherwise ``direction`` (the first edit direction, [w_dim] or [num_ws, w_dim]) times ``strength``.
+    """
     edits = G.factor_edits
-    if edits is not None and PREVIEW_FACTOR in edits.names:
-        k = edits.names.index(PREVIEW_FACTOR)
+    if edits is not None:
+        k = int(edits.linear_r2.argmax())
         return (2 * edits.steps[k] * edits.directions[k]).to(direction.device)
     return strength * direction
 
@@ -187,23 +206,21 @@ def invert_image(
         pivot_render = G.synthesis(ws, noise_mode="const")
         in_memory = render_with(G, deltas, ws) if deltas else pivot_render
         tuned_render = render_with(G, stored, ws) if stored else pivot_render
-        edited_ws = ws + _preview_edit(G, directions[0], strength)
+        edited_ws = ws + preview_edit(G, directions[0], strength)
         edit_render = render_with(G, stored, edited_ws) if stored else G.synthesis(edited_ws, noise_mode="const")
         delta_change = lpips_distance(in_memory.clamp(-1, 1), tuned_render.clamp(-1, 1)).item() if deltas else 0.0
     metrics: dict[str, float | None] = {**image_metrics(to_unit(tuned_render), image.to(device).unsqueeze(0))[0]}
     if stored:
         G_tuned = deltas_mod.apply_deltas(G, stored)
-        metrics["locality"] = locality(G, G_tuned, probe_latents(G, w_pivot, cfg.probe_count, seed=cfg.seed))
+        metrics["locality"] = locality(G, G_tuned, locality_latents(G, w_pivot, cfg.locality_count, seed=cfg.seed))
         metrics["edit_consistency"] = edit_consistency(G, G_tuned, w_pivot, directions, strength)
     else:  # the generator is unchanged: nothing moved elsewhere
+        G_tuned = G
         metrics["locality"] = 0.0
         metrics["edit_consistency"] = 0.0
-    # edit_accuracy needs edit directions with ground truth; without them it is not applicable (None).
-    metrics["edit_accuracy"], edit_ratios = None, {}
-    if G.factor_edits is not None and stored:
-        metrics["edit_accuracy"], edit_ratios = edit_accuracy(G, G_tuned, w_pivot, G.factor_edits)
-    elif G.factor_edits is not None:
-        metrics["edit_accuracy"], edit_ratios = 1.0, dict.fromkeys(G.factor_edits.names, 1.0)
+    # edit_accuracy needs factor directions and a probe that reads them; without them it is None (n/a).
+    accuracy = edit_accuracy(G, G_tuned, w_pivot)
+    metrics["edit_accuracy"], edit_ratios = accuracy if accuracy is not None else (None, {})
     t_end = time.perf_counter()
     previews = torch.cat([image.unsqueeze(0).to(device), to_unit(pivot_render), to_unit(tuned_render),
                           to_unit(edit_render)]).cpu()

@@ -129,9 +129,12 @@ def image_metrics(a: torch.Tensor, b: torch.Tensor, device: str | torch.device |
     return [{name: float(columns[name][i]) for name in METRIC_NAMES} for i in range(a.shape[0])]
 
 
-def finite_or_none(value: float) -> float | None:
-    """`value`, or None where it is inf or nan (JSON and MLflow take no infinities)."""
-    return value if math.isfinite(value) else None
+def finite_or_none(value: object) -> object:
+    """`value`, or None where it is a float inf or nan (JSON, Parquet rows and MLflow take no infinities).
+
+    The one rule for non-finite numbers in everything gani writes; other values pass through unchanged.
+    """
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gani_core.factors import FactorEdits, FactorProbe
+
 NoiseMode = Literal["const", "none", "random"]
 
 LRELU_ALPHA = 0.2
@@ -432,7 +434,13 @@ class SynthesisNetwork(nn.Module):
 
 
 class Generator(nn.Module):
-    """StyleGAN2 generator: ``G.mapping(z)`` gives ws, ``G.synthesis(ws)`` renders them."""
+    """StyleGAN2 generator: ``G.mapping(z)`` gives ws, ``G.synthesis(ws)`` renders them.
+
+    A generator of images with known factors also carries ``factor_edits`` (their directions in W) and
+    ``factor_probe`` (the CNN that reads them), gani_core.factors. Both are kept beside the network, not
+    in it: they are in neither the state dict nor ``parameters()``, and ``.to()`` does not move them
+    (functions that use them move a copy), so the weights, their size and their deltas are the generator's alone.
+    """
 
     def __init__(self, cfg: GeneratorConfig) -> None:
         super().__init__()
@@ -442,8 +450,15 @@ class Generator(nn.Module):
         self.synthesis = SynthesisNetwork(cfg)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(cfg, self.num_ws)
-        # Edit directions with ground truth (gani_core.shapes.edits.FactorEdits), when the checkpoint has them.
-        self.factor_edits: Any = None
+        self.factor_edits: FactorEdits | None = None    # factor directions in W, when the checkpoint has them
+        self.factor_probe: FactorProbe | None = None    # the probe that reads those factors from images
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # nn.Module would register a probe as a submodule, making it part of the generator's weights.
+        if name == "factor_probe":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     @property
     def label(self) -> str:

@@ -73,3 +73,18 @@ def save_grid(images: torch.Tensor, uri: str | Path, caption: str = "", columns:
     """Write :func:`grid_png` atomically to ``uri`` (a path or an fsspec URI); returns the URI."""
     storage.write_bytes(uri, grid_png(images, caption, columns))
     return str(uri)
+
+
+def stack_pngs(pngs: Iterable[bytes]) -> bytes | None:
+    """Stack PNG images top to bottom on white into one PNG (None when there are none)."""
+    tiles = [Image.open(io.BytesIO(data)).convert("RGB") for data in pngs]
+    if not tiles:
+        return None
+    grid = Image.new("RGB", (max(t.width for t in tiles), sum(t.height for t in tiles)), "white")
+    y = 0
+    for tile in tiles:
+        grid.paste(tile, (0, y))
+        y += tile.height
+    buf = io.BytesIO()
+    grid.save(buf, format="PNG")
+    return buf.getvalue()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import fsspec
 import pyarrow as pa
@@ -68,3 +68,27 @@ def write_parquet(uri: str | Path, table: pa.Table, **options: object) -> None:
 
 def read_parquet(uri: str | Path) -> pa.Table:
     return pq.read_table(io.BytesIO(read_bytes(uri)))
+
+
+def read_many(uris: list[str], batch: int = 64) -> dict[str, bytes | None]:
+    """Read many objects, ``batch`` per call (s3fs fetches a batch concurrently); a missing or unreadable one is
+    None. All ``uris`` are on one filesystem."""
+    found: dict[str, bytes | None] = {}
+    for start in range(0, len(uris), batch):
+        chunk = uris[start : start + batch]
+        fs, _ = resolve(chunk[0])
+        paths = [resolve(u)[1] for u in chunk]
+        got = fs.cat(paths, on_error="return")
+        for uri, path in zip(chunk, paths, strict=True):
+            value = got.get(path)
+            found[uri] = value if isinstance(value, bytes) else None
+    return found
+
+
+def names_under(uri: str) -> set[str]:
+    """The names of the entries directly under the folder ``uri`` (empty when it does not exist)."""
+    fs, path = resolve(uri)
+    try:
+        return {PurePosixPath(p).name for p in fs.ls(path, detail=False)}
+    except FileNotFoundError:
+        return set()

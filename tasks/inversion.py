@@ -2,7 +2,7 @@
 
 A worker process keeps its generator (:func:`worker_generator`) and LPIPS networks (gani_core.lpips caches
 them per process) for all the tasks it runs: the first task on a worker pays for loading, the rest do not.
-A checkpoint given as a URI (``s3://...``) is downloaded once per machine into :func:`cache_dir`.
+A checkpoint given as a URI (``s3://...``) is downloaded once per machine (gani_core.checkpoints.ref).
 
 Before its first task, a worker process is prepared once (:func:`prepare_worker_process`): its torch thread count
 (``GANI_TORCH_THREADS``, which the flow's LocalCluster sets to the worker's share of the cores) and glibc's
@@ -13,39 +13,19 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
 import platform
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from gani_core import Generator, load_generator, storage
+from gani_core import CheckpointError, Generator
+from gani_core.checkpoints.ref import CheckpointRef
+from gani_core.dataset import ImageSource
 from gani_core.invert import InvertConfig
-from gani_core.runs import RunContext, checkpoint_sha256, process_image
-
-
-def cache_dir() -> Path:
-    """Where downloaded checkpoints are kept: ``$GANI_CACHE_DIR``, else ``~/.cache/gani``."""
-    return Path(os.environ.get("GANI_CACHE_DIR") or Path.home() / ".cache" / "gani")
-
-
-def local_checkpoint(spec: str) -> str:
-    """``spec`` as something load_generator reads: ``builtin[:RES]`` and local paths as they are; a URI
-    (``s3://bucket/ffhq.pkl``) downloaded once into the cache, keyed by the URI and the object's ETag/size."""
-    if spec.startswith("builtin") or "://" not in spec or spec.startswith("file://"):
-        return spec.removeprefix("file://")
-    fs, path = storage.resolve(spec)
-    info = fs.info(path)
-    version = str(info.get("ETag") or info.get("etag") or "") + f":{info.get('size')}"
-    key = hashlib.sha256(f"{spec}\n{version}".encode()).hexdigest()[:16]
-    target = cache_dir() / "checkpoints" / f"{key}-{Path(path).name}"
-    if not target.is_file():
-        storage.write_bytes(target, storage.read_bytes(spec))       # atomic: a crash leaves no half file
-    return str(target)
+from gani_core.run_folder import RunFolder, failed_row
+from gani_core.runs import invert_source
 
 
 def worker_device() -> str:
@@ -94,46 +74,33 @@ def prepare_worker_process() -> dict:
 
 
 @functools.cache
-def worker_generator(checkpoint: str, device: str) -> Generator:
-    """The generator of ``checkpoint`` on ``device``, loaded once per process."""
-    return load_generator(local_checkpoint(checkpoint), device=device)
+def worker_generator(ckpt: CheckpointRef, device: str) -> Generator:
+    """The generator of ``ckpt`` on ``device``, loaded once per process."""
+    return ckpt.load(device)
 
 
-@dataclass(frozen=True)
-class CheckpointInfo:
-    spec: str           # as given
-    sha256: str         # gani_core.runs.checkpoint_sha256: the file's hash (built-in: of its weights)
-    label: str          # the generator's label (e.g. "built-in, untrained")
-    resolution: int
+@task(name="invert-image", task_run_name="invert-{image.image_id}-{cfg.method}", retries=1, cache_policy=NO_CACHE)
+def invert_on_worker(image: ImageSource, cfg: InvertConfig, ckpt: CheckpointRef, folder: RunFolder) -> dict:
+    """Invert one image with ``cfg`` and write its deltas, preview and row into ``folder``; return the row.
 
-
-@task(name="checkpoint-info", cache_policy=NO_CACHE)
-def checkpoint_info(checkpoint: str) -> CheckpointInfo:
-    """Load ``checkpoint`` once where the flow runs (a bad checkpoint fails the flow here, before any
-    image is tried) and return its hash: the checkpoint part of every result's key."""
-    local = local_checkpoint(checkpoint)
-    G = load_generator(local, device="cpu")
-    return CheckpointInfo(checkpoint, checkpoint_sha256(local, G), G.label or checkpoint, G.img_resolution)
-
-
-@task(name="invert-image", task_run_name="invert-{image_id}-{cfg.method}", retries=1, cache_policy=NO_CACHE)
-def invert_image(source: str, image_id: str, cfg: InvertConfig, checkpoint: str, checkpoint_sha256: str,
-                 out: str) -> dict:
-    """Invert one image with ``cfg`` and write its deltas, preview and row under ``out``; return the row.
-
-    A bad image returns a failed row (gani_core.runs.process_image); anything else that goes wrong
-    (a lost GPU, out of memory) raises, is retried once, and then becomes a failed row in the flow.
+    A bad image, or a checkpoint this worker cannot read, returns a failed row saying why
+    (gani_core.runs.invert_source); anything else that goes wrong (a lost GPU, out of memory) raises, is
+    retried once, and then becomes a failed row in the flow.
     """
     process = prepare_worker_process()
     device = worker_device()
-    G = worker_generator(checkpoint, device)
-    ctx = RunContext(out=out, checkpoint=checkpoint, checkpoint_sha256=checkpoint_sha256,
-                     generator_label=G.label or checkpoint, device=device)
-    row = process_image(G, source, image_id, cfg, ctx)
     logger = get_run_logger()
+    try:
+        G = worker_generator(ckpt, device)
+    except CheckpointError as exc:
+        row = failed_row(image.image_id, cfg, ckpt, f"{type(exc).__name__}: {exc}", device=device)
+        folder.write_row(row)
+        logger.warning("%s [%s] failed: %s", image.image_id, cfg.method, row["error"])
+        return row
+    row = invert_source(G, image, cfg, folder, ckpt)
     if row["status"] == "ok":
-        logger.info("%s [%s]: lpips %.4f, %.1f s on %s (%d torch thread(s))", image_id, cfg.method, row["lpips"],
-                    row["seconds"], device, process["torch_threads"])
+        logger.info("%s [%s]: lpips %.4f, %.1f s on %s (%d torch thread(s))", image.image_id, cfg.method,
+                    row["lpips"], row["seconds"], device, process["torch_threads"])
     else:
-        logger.warning("%s [%s] failed: %s", image_id, cfg.method, row["error"])
+        logger.warning("%s [%s] failed: %s", image.image_id, cfg.method, row["error"])
     return row

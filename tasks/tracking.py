@@ -1,21 +1,22 @@
 """MLflow: one evaluation run per flow run (and, for the nightly benchmark, a child run per method).
 
 Every run logs the same metric names, whatever the method, so runs compare side by side in the MLflow UI:
-``{metric}_mean``, ``{metric}_p50``, ``{metric}_p90`` for each of :data:`RUN_METRICS` over the images that
-succeeded, plus ``images``, ``ok``, ``failed``, ``skipped`` and ``seconds_per_image`` (wall time of the
+``{metric}_mean``, ``{metric}_p50``, ``{metric}_p90`` for each of gani_core.run_folder's ``SUMMARY_METRICS`` over
+the images that succeeded, plus ``images``, ``ok``, ``failed``, ``skipped`` and ``seconds_per_image`` (wall time of the
 images computed in this flow run, per image). The client is explicit (``MlflowClient``): no global MLflow
 state is touched, so flows in one process never see each other's active runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,11 +28,11 @@ from mlflow.tracking import MlflowClient
 
 import gani_core
 from gani_core import storage
+from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.invert import InvertConfig
-from gani_core.runs import RESULT_METRICS
+from gani_core.run_folder import SUMMARY_METRICS, RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_METRICS = (*RESULT_METRICS, "seconds", "delta_bytes")   # mse psnr ms_ssim lpips lpips_vgg locality ...
 LOCAL_DATA = REPO / "out"                                   # the sqlite store when the output is not local
 
 
@@ -89,6 +90,25 @@ def end_run(uri: str, run_id: str, ok: bool = True) -> None:
     MlflowClient(tracking_uri=uri).set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
 
+@contextlib.contextmanager
+def ended_on_exit(uri: str, *run_ids: str) -> Iterator[None]:
+    """End the runs when the block ends: FINISHED, or FAILED when it raised (the error goes on)."""
+    try:
+        yield
+    except BaseException:
+        for run_id in run_ids:
+            end_run(uri, run_id, ok=False)
+        raise
+    for run_id in run_ids:
+        end_run(uri, run_id)
+
+
+def run_params(ckpt: CheckpointRef, input_uri: str, folder: RunFolder, limit: int | None) -> dict[str, object]:
+    """The parameters every run of a flow logs besides its method's configuration."""
+    return {"checkpoint": ckpt.spec, "checkpoint_sha256": ckpt.sha256, "generator_label": ckpt.label,
+            "dataset_uri": input_uri, "output_uri": folder.uri, "limit": limit, "code_version": code_version()}
+
+
 def config_params(cfg: InvertConfig) -> dict[str, object]:
     """The parameters of one method's configuration, with flat names (``pivot_lr``, ``tune_lr``, ...)."""
     params: dict[str, object] = {"method": cfg.method, "config_hash": cfg.config_hash(), "seed": cfg.seed}
@@ -97,7 +117,7 @@ def config_params(cfg: InvertConfig) -> dict[str, object]:
         params.update({f"tune_{k}": v for k, v in asdict(cfg.tune).items() if k != "extra"})
     else:
         params["tune_steps"] = 0
-    params.update(probe_count=cfg.probe_count, num_directions=cfg.num_directions,
+    params.update(locality_count=cfg.locality_count, num_directions=cfg.num_directions,
                   delta_encoding=cfg.delta_encoding, delta_max_rel_error=cfg.delta_max_rel_error)
     return params
 
@@ -108,7 +128,7 @@ def aggregate(rows: list[dict], skipped: int = 0, wall_seconds: float | None = N
     ok = [r for r in rows if r["status"] == "ok"]
     metrics: dict[str, float] = {"images": len(rows), "ok": len(ok), "failed": len(rows) - len(ok),
                                  "skipped": skipped}
-    for name in RUN_METRICS:
+    for name in SUMMARY_METRICS:
         values = np.array([r[name] for r in ok if r.get(name) is not None], dtype=np.float64)
         values = values[np.isfinite(values)]
         if len(values):

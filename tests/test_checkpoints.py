@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import pickle
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -15,9 +17,10 @@ from safetensors.torch import save_file
 
 from gani_core import CheckpointError, UnsafeCheckpointError, load_generator, save_generator
 from gani_core.cli import main as cli_main
+from gani_core.factors import FactorEdits, FactorProbe
 from gani_core.networks import Generator
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, REPO
 
 PLACEHOLDER_SRC = b"# module source omitted from this holdout pickle\n"
 
@@ -113,7 +116,17 @@ def test_own_format_round_trip(tmp_path):
     for k, v in G.state_dict().items():
         torch.testing.assert_close(H.state_dict()[k], v, atol=0, rtol=0)
     torch.testing.assert_close(render(H), render(G), atol=0, rtol=0)
+    assert H.factor_edits is None and H.factor_probe is None
     assert list(tmp_path.joinpath("sub").iterdir()) == [path]  # no temporary files left behind
+
+
+def test_a_probe_that_reads_other_factors_than_the_directions_is_refused(tmp_path):
+    G = load_generator("builtin-random:16")
+    G.factor_edits = FactorEdits(("a", "b"), torch.eye(2, G.w_dim), torch.ones(2), torch.ones(2))
+    G.factor_probe = FactorProbe(["b", "a"], resolution=16)
+    path = save_generator(G, tmp_path / "g.safetensors")
+    with pytest.raises(CheckpointError, match=r"the factor probe reads \['b', 'a'\], but the edit directions"):
+        load_generator(path)
 
 
 def test_nvlabs_to_own_format_keeps_renders(tmp_path):
@@ -296,3 +309,23 @@ def test_legacy_torch_serialisation_is_read_too(tmp_path):
     (tmp_path / "old.pt").write_bytes(buf.getvalue())
     torch.testing.assert_close(render(load_generator(tmp_path / "old.pt")), render(load_generator("builtin-random:16")),
                                atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Module boundaries
+
+
+def test_the_factors_module_imports_only_torch_and_the_standard_library():
+    """gani_core.factors sits below the generator, the checkpoint formats and the domain (no import cycle)."""
+    tree = ast.parse((REPO / "gani_core" / "factors.py").read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    roots = {name.split(".")[0] for name in imported}
+    assert roots - {"torch"} <= set(sys.stdlib_module_names) | {"__future__"}, imported
+
+
+def test_loading_and_inverting_never_import_the_shapes_domain():
+    code = ("import sys, gani_core.checkpoints, gani_core.invert, gani_core.editing; "
+            "print(sorted(m for m in sys.modules if m.startswith('gani_core.shapes')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"

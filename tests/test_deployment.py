@@ -28,6 +28,8 @@ import pytest
 from gani_core import build_builtin, save_generator
 from tests.conftest import EXAMPLES, REPO
 
+pytestmark = pytest.mark.services
+
 BIN = Path(sys.executable).parent           # the venv running the tests: prefect is installed next to python
 PREFECT = str(BIN / "prefect")
 POOL = "gani-local"                         # the work pool named in prefect.yaml
@@ -158,13 +160,13 @@ def test_deployment_run_through_server_and_process_worker(server: Server, tmp_pa
     nightly = deployments["nightly"]
     assert [s["schedule"].get("cron") for s in nightly["schedules"]] == ["0 2 * * *"]
     assert nightly["schedules"][0]["schedule"]["timezone"] == "UTC"
-    assert nightly["parameters"]["seed"] == 0
+    assert nightly["parameters"]["inversion"] == {"seed": 0}
     assert deployments["default"]["work_pool_name"] == POOL
 
     run_log, worker_log = tmp_path / "deployment-run.log", tmp_path / "worker.log"
     params = {
         "input_uri": str(photos), "output_uri": str(out), "checkpoint": str(checkpoint),
-        "pivot_steps": "3", "tune_steps": "3", "n_workers": "1",
+        "inversion": '{"pivot_steps": 3, "tune_steps": 3}', "cluster": '{"n_workers": 1}',
         "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }
     run_cmd = [PREFECT, "deployment", "run", "invert-dataset/default", "--watch", "--watch-timeout", "400"]
@@ -198,8 +200,8 @@ def test_deployment_run_through_server_and_process_worker(server: Server, tmp_pa
     assert run["state_type"] == "COMPLETED", logs
     assert watcher.returncode == 0, logs
     assert worker.returncode == 0, logs
-    assert {k: run["parameters"][k] for k in ("checkpoint", "pivot_steps", "n_workers")} == {
-        "checkpoint": str(checkpoint), "pivot_steps": 3, "n_workers": 1}
+    p = run["parameters"]
+    assert (p["checkpoint"], p["inversion"]["pivot_steps"], p["cluster"]["n_workers"]) == (str(checkpoint), 3, 1)
 
     table = pq.read_table(out / "metrics.parquet").to_pydict()
     assert sorted(table["image_id"]) == ["astronaut", "coffee"]

@@ -1,4 +1,5 @@
-"""Latent directions, probe latents, and the `locality` / `edit_consistency` metrics (method.md, "Metrics")."""
+"""Latent directions, locality latents, and the `locality`, `edit_consistency` and `edit_accuracy` metrics
+(method.md, "Metrics")."""
 
 from __future__ import annotations
 
@@ -16,15 +17,18 @@ from gani_core.editing import (
     DirectionsError,
     apply_direction,
     default_edit_strength,
+    edit_accuracy,
     edit_consistency,
     edit_gaps,
     load_directions,
     locality,
-    probe_latents,
+    locality_latents,
     random_directions,
     sample_regulariser_latents,
     w_spread,
 )
+from gani_core.factors import FactorEdits, FactorProbe
+from gani_core.invert import preview_edit
 from gani_core.lpips import lpips_distance
 from gani_core.networks import Generator
 
@@ -41,8 +45,8 @@ def w_pivot(G: Generator) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def probes(G: Generator, w_pivot: torch.Tensor) -> torch.Tensor:
-    return probe_latents(G, w_pivot, count=8, seed=0)
+def latents(G: Generator, w_pivot: torch.Tensor) -> torch.Tensor:
+    return locality_latents(G, w_pivot, count=8, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -180,15 +184,15 @@ def test_w_spread_is_the_rms_distance_from_w_avg_and_scales_with_w(G: Generator)
     assert w_spread(scaled) == pytest.approx(3.0 * w_spread(G), rel=1e-4)
 
 
-def test_probe_latents_are_mapped_z_then_points_toward_mapped_z_from_the_pivot(
+def test_locality_latents_are_mapped_z_then_points_toward_mapped_z_from_the_pivot(
     G: Generator, w_pivot: torch.Tensor
 ) -> None:
     torch.manual_seed(1)
-    ws = probe_latents(G, w_pivot, count=8, seed=5)
+    ws = locality_latents(G, w_pivot, count=8, seed=5)
     torch.manual_seed(2)
-    assert torch.equal(probe_latents(G, w_pivot, count=8, seed=5), ws)
+    assert torch.equal(locality_latents(G, w_pivot, count=8, seed=5), ws)
     assert ws.shape == (8, G.num_ws, G.w_dim)
-    assert not torch.allclose(probe_latents(G, w_pivot, count=8, seed=6), ws)
+    assert not torch.allclose(locality_latents(G, w_pivot, count=8, seed=6), ws)
 
     w_z = G.mapping(torch.randn([8, G.z_dim], generator=torch.Generator().manual_seed(5)))
     assert torch.allclose(ws[:4], w_z[:4], atol=1e-6)
@@ -216,24 +220,24 @@ def test_regulariser_latents_are_fresh_each_call_and_a_fraction_of_the_way_to_ma
 # Metrics
 
 
-def test_locality_of_an_exact_copy_is_zero(G: Generator, probes: torch.Tensor) -> None:
-    assert abs(locality(G, copy.deepcopy(G), probes)) < 1e-6
+def test_locality_of_an_exact_copy_is_zero(G: Generator, latents: torch.Tensor) -> None:
+    assert abs(locality(G, copy.deepcopy(G), latents)) < 1e-6
 
 
 def test_locality_grows_with_the_size_of_a_weight_perturbation(
-    G: Generator, probes: torch.Tensor, perturbed: Callable[[float], Generator]
+    G: Generator, latents: torch.Tensor, perturbed: Callable[[float], Generator]
 ) -> None:
-    values = [locality(G, perturbed(size), probes) for size in (0.1, 0.3, 1.0)]
+    values = [locality(G, perturbed(size), latents) for size in (0.1, 0.3, 1.0)]
     assert values[0] > 1e-4
     assert values[0] < values[1] < values[2]
 
 
 def test_locality_is_the_mean_lpips_of_clamped_renders(
-    G: Generator, probes: torch.Tensor, perturbed: Callable[[float], Generator]
+    G: Generator, latents: torch.Tensor, perturbed: Callable[[float], Generator]
 ) -> None:
     tuned = perturbed(1.0)
-    expected = lpips_distance(_render(tuned, probes), _render(G, probes)).mean().item()
-    assert locality(G, tuned, probes, batch_size=3) == pytest.approx(expected, rel=1e-4)
+    expected = lpips_distance(_render(tuned, latents), _render(G, latents)).mean().item()
+    assert locality(G, tuned, latents, batch_size=3) == pytest.approx(expected, rel=1e-4)
 
 
 def test_edit_consistency_of_an_exact_copy_is_zero(G: Generator, w_pivot: torch.Tensor) -> None:
@@ -260,3 +264,41 @@ def test_edit_consistency_is_the_mean_extra_gap_an_edit_opens(
 
     per_layer = directions[:1, None].expand(1, G.num_ws, G.w_dim)  # the first direction, given per layer
     assert edit_gaps(G, tuned, w_pivot, per_layer, strength).item() == pytest.approx(gaps[0].item(), abs=1e-6)
+
+
+def _factor_edits(G: Generator, linear_r2: list[float]) -> FactorEdits:
+    """Seeded factor directions for G, one per entry of ``linear_r2``, named f0, f1, ..."""
+    k = len(linear_r2)
+    return FactorEdits(names=tuple(f"f{i}" for i in range(k)), directions=random_directions(G.w_dim, k, seed=3),
+                       steps=torch.arange(1.0, k + 1), linear_r2=torch.tensor(linear_r2))
+
+
+def test_edit_accuracy_is_not_applicable_without_factor_directions_and_a_probe(
+    G: Generator, w_pivot: torch.Tensor, perturbed: Callable[[float], Generator]
+) -> None:
+    assert G.factor_edits is None and G.factor_probe is None
+    assert edit_accuracy(G, perturbed(1.0), w_pivot) is None
+    with_directions = copy.deepcopy(G)
+    with_directions.factor_edits = _factor_edits(G, [0.5, 0.9])
+    assert edit_accuracy(with_directions, perturbed(1.0), w_pivot) is None      # directions, but no probe
+    with_probe = copy.deepcopy(G)
+    with_probe.factor_probe = FactorProbe(["f0", "f1"], resolution=G.img_resolution)
+    assert edit_accuracy(with_probe, perturbed(1.0), w_pivot) is None           # a probe, but no directions
+
+
+def test_edit_accuracy_of_the_generator_itself_is_one(G: Generator, w_pivot: torch.Tensor) -> None:
+    both = copy.deepcopy(G)
+    both.factor_edits = _factor_edits(G, [0.5, 0.9])
+    both.factor_probe = FactorProbe(["f0", "f1"], resolution=G.img_resolution)
+    assert edit_accuracy(both, both, w_pivot) == (1.0, {"f0": 1.0, "f1": 1.0})
+    both.factor_probe = FactorProbe(["f1", "f0"], resolution=G.img_resolution)
+    with pytest.raises(ValueError, match="same factors in the same order"):
+        edit_accuracy(both, both, w_pivot)
+
+
+def test_the_preview_edit_is_two_steps_of_the_most_linear_factor(G: Generator) -> None:
+    direction = random_directions(G.w_dim, 1, seed=0)[0]
+    assert torch.equal(preview_edit(G, direction, 0.7), 0.7 * direction)    # no factor directions: the first one
+    with_directions = copy.deepcopy(G)
+    edits = with_directions.factor_edits = _factor_edits(G, [0.5, 0.95, 0.9])
+    torch.testing.assert_close(preview_edit(with_directions, direction, 0.7), 2 * edits.steps[1] * edits.directions[1])

@@ -24,13 +24,14 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.invert_dataset import invert_dataset
 from flows.nightly_benchmark import nightly_benchmark
+from flows.parameters import ClusterSettings, InversionSettings
 from gani_core import build_builtin, save_generator
-from gani_core.runs import METRICS_SCHEMA
-from tasks.tracking import RUN_METRICS
+from gani_core.run_folder import METRICS_SCHEMA, SUMMARY_METRICS
 
 from .conftest import EXAMPLES
 
-STEPS = {"pivot_steps": 3, "tune_steps": 3, "seed": 0}
+STEPS = InversionSettings(pivot_steps=3, tune_steps=3, seed=0)
+pytestmark = pytest.mark.services
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> dict:
     loads), 3 + 3 steps."""
     path = tmp_path_factory.mktemp("generator") / "g32.safetensors"
     save_generator(build_builtin(32), path)
-    return {"checkpoint": str(path), **STEPS}
+    return {"checkpoint": str(path), "inversion": STEPS}
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +76,8 @@ def _mtimes(out: Path) -> dict[str, int]:
 def runs(photos: Path, cluster: str, small: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("invert-dataset")
     out, db = root / "out", f"sqlite:///{root / 'mlflow.db'}"
-    common = {**small, "input_uri": str(photos), "output_uri": str(out), "dask_address": cluster,
-              "mlflow_tracking_uri": db}
+    common = {**small, "input_uri": str(photos), "output_uri": str(out),
+              "cluster": ClusterSettings(dask_address=cluster), "mlflow_tracking_uri": db}
     interrupted = invert_dataset(**common, limit=2)
     resumed = invert_dataset(**common)
     before = _mtimes(out)
@@ -132,7 +133,7 @@ def test_mlflow_run_holds_metrics_params_and_artifacts(runs):
     assert run.info.status == "FINISHED"
     m = run.data.metrics
     ok_rows = [r for r in pq.read_table(runs["out"] / "metrics.parquet").to_pylist() if r["status"] == "ok"]
-    for name in RUN_METRICS:
+    for name in SUMMARY_METRICS:
         logged = {f"{name}_mean", f"{name}_p50", f"{name}_p90"}
         if all(r.get(name) is None for r in ok_rows):      # not applicable here (edit_accuracy: no factor labels)
             assert not logged & m.keys(), name
@@ -151,7 +152,8 @@ def test_mlflow_run_holds_metrics_params_and_artifacts(runs):
 def test_nightly_benchmark_parent_run_with_a_child_per_method(photos, cluster, small, tmp_path):
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     s = nightly_benchmark(**small, input_uri=str(photos), output_uri=str(tmp_path / "nightly"), limit=1,
-                          date="2026-01-02", dask_address=cluster, mlflow_tracking_uri=db)
+                          date="2026-01-02", cluster=ClusterSettings(dask_address=cluster),
+                          mlflow_tracking_uri=db)
     table = pq.read_table(tmp_path / "nightly" / "2026-01-02" / "metrics.parquet").to_pylist()
     assert sorted(r["method"] for r in table) == ["gani", "pti", "wplus"]
     assert all(r["status"] == "ok" for r in table)

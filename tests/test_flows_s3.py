@@ -8,64 +8,40 @@ starts its LocalCluster, whose worker processes inherit them.
 from __future__ import annotations
 
 import io
-import socket
+from pathlib import Path
 
-import boto3
 import pyarrow.parquet as pq
 import pytest
 import s3fs
 from mlflow.tracking import MlflowClient
-from moto.server import ThreadedMotoServer
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.invert_dataset import invert_dataset
-from gani_core import build_builtin, save_generator
+from flows.parameters import ClusterSettings, InversionSettings
 
-from .conftest import EXAMPLES
+from .conftest import BROKEN_PNG, EXAMPLES, PHOTO_PAIR, S3_BUCKET
 
-BUCKET = "gani-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+BUCKET = S3_BUCKET
+pytestmark = pytest.mark.services
 
 
 @pytest.fixture(scope="module")
-def s3_env(tmp_path_factory: pytest.TempPathFactory):
-    """moto's S3 server with the bucket: input images under in/, a generator under models/."""
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-                            "GANI_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}.items():
-            mp.setenv(name, value)
-        mp.delenv("AWS_PROFILE", raising=False)
-        s3fs.S3FileSystem.clear_instance_cache()
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket=BUCKET)
-        for name in ("astronaut.jpg", "coffee.jpg"):
-            s3.put_object(Bucket=BUCKET, Key=f"in/{name}", Body=(EXAMPLES / name).read_bytes())
-        s3.put_object(Bucket=BUCKET, Key="in/broken.png", Body=b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
-        model = tmp_path_factory.mktemp("model") / "g32.safetensors"
-        save_generator(build_builtin(32), model)
-        s3.put_object(Bucket=BUCKET, Key="models/g32.safetensors", Body=model.read_bytes())
-        try:
-            yield s3
-        finally:
-            s3fs.S3FileSystem.clear_instance_cache()
-            server.stop()
+def s3_env(s3, g32_file: Path):
+    """The bucket with input images under in/ (one corrupt) and a generator under models/."""
+    for name in PHOTO_PAIR:
+        s3.put_object(Bucket=BUCKET, Key=f"in/{name}", Body=(EXAMPLES / name).read_bytes())
+    s3.put_object(Bucket=BUCKET, Key="in/broken.png", Body=BROKEN_PNG)
+    s3.put_object(Bucket=BUCKET, Key="models/g32.safetensors", Body=g32_file.read_bytes())
+    return s3
 
 
 @pytest.fixture(scope="module")
 def runs(s3_env, tmp_path_factory: pytest.TempPathFactory) -> dict:
     db = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     params = {"input_uri": f"s3://{BUCKET}/in", "output_uri": f"s3://{BUCKET}/out",
-              "checkpoint": f"s3://{BUCKET}/models/g32.safetensors", "pivot_steps": 3, "tune_steps": 3,
-              "n_workers": 2, "mlflow_tracking_uri": db}
+              "checkpoint": f"s3://{BUCKET}/models/g32.safetensors",
+              "inversion": InversionSettings(pivot_steps=3, tune_steps=3), "cluster": ClusterSettings(n_workers=2),
+              "mlflow_tracking_uri": db}
     with prefect_test_harness(server_startup_timeout=None):
         first = invert_dataset(**params)
         again = invert_dataset(**params)

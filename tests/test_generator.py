@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from gani_core import GeneratorConfig, load_generator
+from gani_core.factors import FactorProbe
 from gani_core.networks import Generator
 
 from .conftest import FIXTURES
@@ -177,3 +180,12 @@ def test_tunable_layers_are_the_conv_and_torgb_weights():
     assert len(names) == 1 + 2 * 3 + 4
     assert "synthesis.b4.conv1.weight" in names and "synthesis.b32.torgb.weight" in names
     assert not any("affine" in n or "mapping" in n for n in names)
+
+
+def test_a_factor_probe_is_carried_beside_the_weights_not_in_them():
+    G = load_generator("builtin-random:16")
+    weights = G.state_dict().keys()
+    G.factor_probe = FactorProbe(["x", "y"], resolution=16)
+    assert G.state_dict().keys() == weights and dict(G.named_children()).keys() == {"synthesis", "mapping"}
+    assert G.factor_probe.factor_names == ("x", "y")
+    assert copy.deepcopy(G).factor_probe is not G.factor_probe      # a copied (e.g. tuned) generator has its own

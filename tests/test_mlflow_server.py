@@ -5,17 +5,16 @@ store (``--artifacts-destination``) in tmp_path; the flow gets ``mlflow_tracking
 everything is checked back through an ``MlflowClient`` over HTTP, artifacts included (the server proxies them:
 the client never writes into the artifact folder itself). Prefect: a temporary local API; Dask: a 1-worker
 LocalCluster in this process (threads: no worker process to start; tests/test_flows.py covers worker processes);
-a seeded 32 px generator saved as a file, 3 + 3 steps, two example photos. The server, the Prefect API and the
-cluster start side by side.
+the seeded 32 px generator saved as a file and the two example photos (conftest: g32_file, photo_pair), 3 + 3
+steps. The server, the Prefect API and the cluster start side by side.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from distributed import LocalCluster
@@ -31,17 +31,14 @@ from PIL import Image
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.invert_dataset import invert_dataset
-from gani_core import build_builtin, save_generator
+from gani_core.images import load_image
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, free_port
+
+pytestmark = pytest.mark.services
 
 SERVER_START_TIMEOUT = 120      # seconds; about 13 s on a 2-core machine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+ARTIFACTS = ("metrics.parquet", "preview_grid.png", "summary.json")
 
 
 def _mlflow_command() -> list[str]:
@@ -81,33 +78,28 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def server_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def server_run(tmp_path_factory: pytest.TempPathFactory, g32_file: Path, photo_pair: Path) -> dict:
     root = tmp_path_factory.mktemp("mlflow-server")
-    artifacts, log = root / "artifacts", root / "server.log"
-    port = _free_port()
+    artifacts, log, out = root / "artifacts", root / "server.log", root / "out"
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    with log.open("wb") as out:
+    with log.open("wb") as server_output:
         proc = subprocess.Popen(
             [*_mlflow_command(), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(artifacts)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=root,
+            stdout=server_output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=root,
             start_new_session=True)
     try:
-        photos = root / "photos"
-        photos.mkdir()
-        for name in ("astronaut.jpg", "coffee.jpg"):
-            shutil.copy(EXAMPLES / name, photos / name)
-        checkpoint = root / "g32.safetensors"
-        save_generator(build_builtin(32), checkpoint)
         with (prefect_test_harness(server_startup_timeout=None),     # start while the MLflow server does
               LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster):
             _wait_healthy(url, proc, log)
-            summary = invert_dataset(input_uri=str(photos), output_uri=str(root / "out"), checkpoint=str(checkpoint),
+            summary = invert_dataset(input_uri=str(photo_pair), output_uri=str(out), checkpoint=str(g32_file),
                                      pivot_steps=3, tune_steps=3, dask_address=cluster.scheduler_address,
                                      mlflow_tracking_uri=url)
-        yield {"url": url, "summary": summary, "photos": photos, "artifacts": artifacts, "checkpoint": str(checkpoint)}
+        yield {"url": url, "summary": summary, "photos": photo_pair, "artifacts": artifacts, "out": out,
+               "checkpoint": str(g32_file)}
     finally:
         _stop(proc)
 
@@ -132,19 +124,57 @@ def test_the_run_is_in_the_servers_invert_dataset_experiment(server_run):
     assert {"psnr_p50", "ms_ssim_p90", "locality_mean", "edit_consistency_mean"} <= m.keys()
 
 
-def test_artifacts_are_served_back_over_http(server_run, tmp_path):
+def test_artifacts_are_served_back_over_http_as_the_flow_wrote_them(server_run, tmp_path):
     client = MlflowClient(tracking_uri=server_run["url"])
     run_id = server_run["summary"]["mlflow_run_id"]
-    assert {a.path for a in client.list_artifacts(run_id)} == {"metrics.parquet", "preview_grid.png", "summary.json"}
-    got = Path(client.download_artifacts(run_id, "summary.json", str(tmp_path)))
-    summary = json.loads(got.read_text())
+    assert {a.path for a in client.list_artifacts(run_id)} == set(ARTIFACTS)
+    for name in ARTIFACTS:
+        served = Path(client.download_artifacts(run_id, name, str(tmp_path)))
+        assert served.read_bytes() == (server_run["out"] / name).read_bytes(), name
+    summary = json.loads((tmp_path / "summary.json").read_text())
     assert (summary["images"], summary["ok"], summary["failed"]) == (2, 2, 0)
     assert summary["mlflow_run_id"] == run_id
-    table = pq.read_table(client.download_artifacts(run_id, "metrics.parquet", str(tmp_path))).to_pylist()
+    table = pq.read_table(tmp_path / "metrics.parquet").to_pylist()
     assert sorted(r["image_id"] for r in table) == ["astronaut", "coffee"]
     assert all(r["status"] == "ok" for r in table)
-    with Image.open(client.download_artifacts(run_id, "preview_grid.png", str(tmp_path))) as preview:
-        assert preview.width > 0 and preview.height > 0
     # The server stored them, in its artifact folder (the client had no path to it, only HTTP).
     stored = {p.name for p in server_run["artifacts"].rglob("*") if p.is_file()}
-    assert {"metrics.parquet", "preview_grid.png", "summary.json"} <= stored
+    assert set(ARTIFACTS) <= stored
+
+
+def test_preview_grid_stacks_each_images_preview_input_first(server_run, tmp_path):
+    client = MlflowClient(tracking_uri=server_run["url"])
+    grid_path = client.download_artifacts(server_run["summary"]["mlflow_run_id"], "preview_grid.png", str(tmp_path))
+    previews = [server_run["out"] / "previews" / f"{image_id}.gani.png" for image_id in ("astronaut", "coffee")]
+    heights = []
+    for path in previews:
+        with Image.open(path) as preview:
+            heights.append(preview.height)
+    with Image.open(grid_path) as grid:
+        # One row per image: input | pivot | tuned | edit, four 32 px tiles, each preview with its caption.
+        assert grid.size == (4 * 32, sum(heights))
+        first_tile = np.asarray(grid.convert("RGB").crop((0, 0, 32, 32)))
+        second_row_tile = np.asarray(grid.convert("RGB").crop((0, heights[0], 32, heights[0] + 32)))
+    for tile, name in ((first_tile, "astronaut.jpg"), (second_row_tile, "coffee.jpg")):
+        photo = load_image(EXAMPLES / name, resolution=32)
+        expected = (photo.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        assert np.array_equal(tile, expected), name
+
+
+def test_logged_metrics_are_the_aggregates_of_metrics_parquet(server_run):
+    client = MlflowClient(tracking_uri=server_run["url"])
+    logged = client.get_run(server_run["summary"]["mlflow_run_id"]).data.metrics
+    rows = pq.read_table(server_run["out"] / "metrics.parquet").to_pylist()
+    aggregates = {key: value for key, value in logged.items() if key.rpartition("_")[2] in ("mean", "p50", "p90")}
+    expected = {}
+    for key in aggregates:
+        name, _, stat = key.rpartition("_")
+        lo, hi = sorted(r[name] for r in rows)      # two images: the median is their mean, p90 is 90% of the way up
+        expected[key] = {"mean": statistics.mean([lo, hi]), "p50": statistics.median([lo, hi]),
+                         "p90": lo + 0.9 * (hi - lo)}[stat]
+    assert aggregates == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    summarised = {key.rpartition("_")[0] for key in aggregates}
+    assert {"mse", "psnr", "ms_ssim", "lpips", "lpips_vgg", "locality", "edit_consistency", "seconds",
+            "delta_bytes"} <= summarised
+    assert "edit_accuracy" not in summarised        # null for a generator without factor edit directions
+    assert set(logged) - set(aggregates) == {"images", "ok", "failed", "skipped", "seconds_per_image"}

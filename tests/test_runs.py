@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -14,24 +14,21 @@ from gani_core import load_generator
 from gani_core.cli import main as cli_main
 from gani_core.images import load_image
 from gani_core.metrics import mse
-from gani_core.runs import METRICS_SCHEMA
+from gani_core.run_folder import METRICS_SCHEMA
 
 from .conftest import EXAMPLES
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """One small run: two photos and a corrupt file, gani and wplus, on the 32 px built-in generator."""
-    root = tmp_path_factory.mktemp("run")
-    images = root / "images"
-    images.mkdir()
-    for name in ("astronaut.jpg", "coffee.jpg"):
-        shutil.copy(EXAMPLES / name, images / name)
-    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
-    out = root / "out"
-    argv = ["invert", *sorted(str(p) for p in images.iterdir()), "--checkpoint", "builtin-random:32",
+def _argv(images: Path, out: Path) -> list[str]:
+    return ["invert", *sorted(str(p) for p in images.iterdir()), "--checkpoint", "builtin-random:32",
             "--method", "gani", "wplus", "--pivot-steps", "8", "--tune-steps", "8", "--out", str(out), "--quiet"]
-    assert cli_main(argv) == 0
+
+
+@pytest.fixture(scope="module")
+def run(photos_with_broken: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small run: two photos and a corrupt file, gani and wplus, on the 32 px built-in generator."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    assert cli_main(_argv(photos_with_broken, out)) == 0
     return out
 
 
@@ -95,3 +92,21 @@ def test_export_of_unknown_image_is_a_clear_error(run, tmp_path, capsys):
 def test_show_of_a_folder_without_a_run(tmp_path, capsys):
     assert cli_main(["show", str(tmp_path)]) == 2
     assert "no metrics.parquet" in capsys.readouterr().err
+
+
+def test_a_rerun_resumes_computing_only_what_is_missing(run, photos_with_broken, capsys):
+    """The same command again keeps every result (the corrupt image's failure too); a lost row is recomputed."""
+    argv = _argv(photos_with_broken, run)
+    files = sorted(p for sub in ("rows", "deltas", "previews") for p in (run / sub).iterdir())
+    before = {p: p.stat().st_mtime_ns for p in files}
+    assert cli_main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in files} == before
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["skipped"], summary["computed"]) == (6, 0)
+    assert "6 kept from an earlier run" in capsys.readouterr().err
+
+    (run / "rows" / "coffee.wplus.json").unlink()
+    assert cli_main(argv) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["skipped"], summary["computed"]) == (5, 1)
+    assert (run / "rows" / "coffee.wplus.json").is_file()

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from gani_core import load_generator, save_generator
-from gani_core.checkpoints.builtin import TRAINED_FILE
+from gani_core.checkpoints.builtin import PROBE_FILE, TRAINED_FILE
+from gani_core.checkpoints.native import probe_from_bytes
+from gani_core.deltas import apply_deltas
+from gani_core.editing import edit_accuracy, factor_changes
 from gani_core.errors import CheckpointError
 from gani_core.shapes import FACTOR_NAMES, render, sample_factors
-from gani_core.shapes.edits import edit_accuracy, factor_changes
-from gani_core.shapes.probe import builtin_probe, evaluate_probe
+from gani_core.shapes.probe import evaluate_probe
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +23,8 @@ def G():
 
 
 @pytest.fixture(scope="module")
-def probe():
-    return builtin_probe()
+def probe(G):
+    return G.factor_probe
 
 
 def saturation(images: torch.Tensor) -> torch.Tensor:
@@ -52,9 +54,13 @@ def test_shipped_probe_reads_every_factor(probe):
     assert min(report.r2.values()) > 0.9, report.r2
 
 
-def test_builtin_is_the_trained_generator(G):
+def test_builtin_is_the_trained_generator_with_its_directions_and_probe(G):
     assert G.img_resolution == 64 and "trained on shapes" in G.label
     assert G.factor_edits is not None and G.factor_edits.names == FACTOR_NAMES
+    assert G.factor_probe is not None and G.factor_probe.factor_names == FACTOR_NAMES
+    shipped = probe_from_bytes(PROBE_FILE.read_bytes(), str(PROBE_FILE))
+    for k, v in shipped.state_dict().items():
+        assert torch.equal(G.factor_probe.state_dict()[k], v), k
     with pytest.raises(CheckpointError, match="builtin-random:32"):
         load_generator("builtin:32")
     assert load_generator("builtin:64").label == G.label
@@ -103,24 +109,35 @@ def _all_changes(G, probe, w_pivot, edits):
 
 def test_edit_accuracy_is_one_for_an_unchanged_generator_and_low_when_edits_break(G, probe):
     w = G.mapping(torch.randn([1, G.z_dim], generator=torch.Generator().manual_seed(3)))[0]
-    acc, ratios = edit_accuracy(G, copy.deepcopy(G), w, G.factor_edits, probe)
+    acc, ratios = edit_accuracy(G, copy.deepcopy(G), w)
     assert acc == pytest.approx(1.0) and all(r == pytest.approx(1.0) for r in ratios.values())
     broken = copy.deepcopy(G)
     with torch.no_grad():   # styles no longer depend on w: no edit changes anything
         for name, p in broken.named_parameters():
             if "affine.weight" in name:
                 p.zero_()
-    acc, ratios = edit_accuracy(G, broken, w, G.factor_edits, probe)
+    acc, ratios = edit_accuracy(G, broken, w)
     assert acc < 0.2 and max(abs(r) for r in ratios.values()) < 0.2
     assert factor_changes(broken, probe, w, G.factor_edits).abs().max() < 1e-4
 
 
-def test_edit_directions_survive_a_round_trip(G, tmp_path):
-    path = save_generator(G, tmp_path / "g.safetensors")
-    again = load_generator(path)
-    torch.testing.assert_close(again.factor_edits.directions, G.factor_edits.directions)
+def test_a_saved_tuned_generator_keeps_its_directions_and_probe(G, tmp_path):
+    layer = next(iter(G.tunable_layers()))
+    tuned = apply_deltas(G, {layer: torch.full_like(G.tunable_layers()[layer], 0.01)})
+    again = load_generator(save_generator(tuned, tmp_path / "g.safetensors"))
     assert again.factor_edits.names == G.factor_edits.names
+    for field in ("directions", "steps", "linear_r2"):
+        assert torch.equal(getattr(again.factor_edits, field), getattr(G.factor_edits, field)), field
+    assert again.factor_probe.factor_names == G.factor_probe.factor_names
+    assert again.factor_probe.resolution == G.factor_probe.resolution
+    probe_state = G.factor_probe.state_dict()
+    assert all(torch.equal(v, probe_state[k]) for k, v in again.factor_probe.state_dict().items())
+    assert torch.equal(again.state_dict()[layer], tuned.state_dict()[layer])
+
+
+def test_the_shipped_weights_stay_small():
     assert TRAINED_FILE.stat().st_size < 8_000_000
+    assert PROBE_FILE.stat().st_size < 4_000_000
 
 
 def test_cli_info_names_the_factor_directions(capsys):
@@ -133,13 +150,3 @@ def test_cli_info_names_the_factor_directions(capsys):
     assert info["factor_edits"] == list(FACTOR_NAMES) and "trained on shapes" in info["label"]
     assert main(["info", "builtin-random:32"]) == 0
     assert json.loads(capsys.readouterr().out)["factor_edits"] is None
-
-
-def test_results_are_keyed_by_the_shipped_weights(G):
-    import hashlib
-
-    from gani_core.runs import checkpoint_sha256
-
-    assert checkpoint_sha256("builtin", G) == hashlib.sha256(TRAINED_FILE.read_bytes()).hexdigest()
-    random32 = load_generator("builtin-random:32")
-    assert checkpoint_sha256("builtin-random:32", random32) != checkpoint_sha256("builtin-random:64", G)

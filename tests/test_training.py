@@ -74,10 +74,25 @@ def test_training_runs_snapshots_and_resumes(tmp_path):
         train(TrainConfig(total_kimg=0.016, **{**TINY, "batch": 8}), tmp_path)
 
 
-def test_training_stops_at_the_time_limit_resumably(tmp_path):
-    cfg = TrainConfig(total_kimg=100, **TINY)
-    tr = train(cfg, tmp_path, max_seconds=0.0)
-    assert tr.step == 1 and (tmp_path / "state.pt").is_file()
+def test_a_run_stopped_at_its_time_limit_resumes_where_it_stopped(tmp_path):
+    cfg = TrainConfig(total_kimg=0.016, **TINY)                      # 4 steps of 4 images
+    stopped = train(cfg, tmp_path / "resumed", max_seconds=0.0)     # out of time after its first step
+    assert stopped.step == 1 and stopped.images_seen == 4
+    saved = torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)
+    assert (saved["step"], saved["images_seen"]) == (1, 4)
+
+    resumed = train(cfg, tmp_path / "resumed")
+    assert resumed.step == 4 and resumed.images_seen == 16
+    # Networks, optimisers, counters and RNG states all came back: the same run as an uninterrupted one.
+    whole = train(cfg, tmp_path / "whole")
+    for name in ("G", "G_ema", "D"):
+        ours, theirs = getattr(resumed, name).state_dict(), getattr(whole, name).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs), name
+    curves = {run: [json.loads(line) for line in (tmp_path / run / "curves.jsonl").read_text().splitlines()]
+              for run in ("resumed", "whole")}
+    assert [line["step"] for line in curves["resumed"]] == [1, 2, 3, 4]
+    for ours, theirs in zip(curves["resumed"], curves["whole"], strict=True):
+        assert {k: v for k, v in ours.items() if k != "seconds"} == {k: v for k, v in theirs.items() if k != "seconds"}
 
 
 def test_frechet_distance_and_precision_recall():

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
-from gani_core.checkpoints.builtin import BUILTIN_RESOLUTION, TRAINED_FILE, TRAINED_RESOLUTION, build_builtin
-from gani_core.checkpoints.native import is_safetensors, load_native, save_generator
+from gani_core.checkpoints.builtin import BUILTIN_RESOLUTION, PROBE_FILE, TRAINED_FILE, build_builtin
+from gani_core.checkpoints.native import attach_probe, is_safetensors, load_native, probe_from_bytes, save_generator
 from gani_core.checkpoints.nvidia import load_nvidia_pickle
+from gani_core.checkpoints.ref import parse_spec, resolve_checkpoint
 from gani_core.checkpoints.rosinality import load_rosinality
 from gani_core.errors import CheckpointError, UnsafeCheckpointError
 from gani_core.networks import Generator
@@ -26,32 +27,30 @@ _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 def load_generator(path: str | Path, device: str | torch.device = "cpu", lr_mlp: float = 0.01) -> Generator:
     """Load a StyleGAN2 generator in evaluation mode, without running code stored in the file.
 
-    ``path`` is ``builtin`` (the generator trained on the shapes domain, 64 px), ``builtin-random`` /
-    ``builtin-random:RES`` (seeded, untrained, any resolution), an NVIDIA network pickle (``G_ema``), a
-    rosinality ``.pt`` (``g_ema``, ``latent_avg``; its mapping lr multiplier ``lr_mlp`` is not stored) or
-    the project's own ``.safetensors``. Raises :class:`CheckpointError` (or :class:`UnsafeCheckpointError`)
-    with one line saying what is wrong.
+    ``path`` is a checkpoint spec (gani_core.checkpoints.ref): ``builtin`` (the generator trained on the shapes
+    domain, 64 px, with its factor edit directions and factor probe), ``builtin-random`` / ``builtin-random:RES``
+    (seeded, untrained, any resolution), a URI (``s3://...``, downloaded once into the cache), or a file: an NVIDIA
+    network pickle (``G_ema``), a rosinality ``.pt`` (``g_ema``, ``latent_avg``; its mapping lr multiplier
+    ``lr_mlp`` is not stored) or the project's own ``.safetensors``. Raises :class:`CheckpointError` (or
+    :class:`UnsafeCheckpointError`) with one line saying what is wrong.
     """
     G = _load(str(path), lr_mlp)
     return G.to(device)
 
 
 def _load(spec: str, lr_mlp: float) -> Generator:
-    if m := re.fullmatch(r"builtin(?::(\d+))?", spec):
-        if m.group(1) and int(m.group(1)) != TRAINED_RESOLUTION:
-            raise CheckpointError(f"{spec}: the trained built-in generator is {TRAINED_RESOLUTION} px; "
-                                  f"builtin-random:{m.group(1)} is a seeded untrained one of that size")
-        if not TRAINED_FILE.is_file():
-            raise CheckpointError(f"builtin: the trained weights are missing ({TRAINED_FILE}); reinstall gani, or "
-                                  "use builtin-random")
-        return load_native(TRAINED_FILE.read_bytes(), str(TRAINED_FILE))
-    if m := re.fullmatch(r"builtin-random(?::(\d+))?", spec):
-        res = int(m.group(1) or BUILTIN_RESOLUTION)
+    kind, location, resolution = parse_spec(spec)       # the one parse of a spec (checkpoints/ref.py)
+    if kind == "builtin":
+        G = load_native(TRAINED_FILE.read_bytes(), str(TRAINED_FILE))
+        if G.factor_probe is None:      # the shipped weights file holds the directions, the probe is beside it
+            attach_probe(G, probe_from_bytes(PROBE_FILE.read_bytes(), str(PROBE_FILE)), str(PROBE_FILE))
+        return G
+    if kind == "builtin-random":
         try:
-            return build_builtin(res)
+            return build_builtin(resolution or BUILTIN_RESOLUTION)
         except ValueError as exc:
             raise CheckpointError(f"{spec}: {exc}") from exc
-    path = Path(spec)
+    path = resolve_checkpoint(spec).local_path() if kind == "uri" else Path(location)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {spec}" + (" (it is a directory)" if path.is_dir() else ""))
     data = path.read_bytes()

@@ -1,7 +1,8 @@
 """The built-in generators.
 
 - ``builtin`` (``builtin:64``): a StyleGAN2 trained on the procedural `shapes` domain (gani_core.shapes),
-  shipped in ``gani_core/weights/`` with its factor edit directions; `gani train-builtin` reproduces it.
+  shipped in ``gani_core/weights/`` with its factor edit directions and, in a file of its own, the factor
+  probe that reads the domain's factors (loading attaches it); `gani train-builtin` reproduces both.
 - ``builtin-random`` / ``builtin-random:RES``: a seeded, deterministic, untrained generator of any
   resolution, for fidelity tests and fast checks; labelled "built-in, untrained" wherever it appears.
 
@@ -24,6 +25,7 @@ BUILTIN_LABEL = "built-in, untrained"
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 TRAINED_RESOLUTION = 64
 TRAINED_FILE = WEIGHTS_DIR / f"shapes{TRAINED_RESOLUTION}.safetensors"
+PROBE_FILE = WEIGHTS_DIR / f"shapes{TRAINED_RESOLUTION}-probe.safetensors"
 TARGET_RENDER_STD = 0.5
 
 

@@ -1,4 +1,11 @@
-"""The project's own generator format: one safetensors file whose metadata holds the JSON config."""
+"""The project's own formats, safetensors files whose metadata says what they hold.
+
+- A generator (``gani-generator/1``): the weights, the JSON config in the metadata and, when the
+  generator carries them, its factor edit directions and factor probe under their prefixes
+  (gani_core.factors has the keys), so that an exported generator keeps both.
+- A factor probe of its own (``gani-shapes-probe/1``, the tag of the shipped probe file; the format is
+  the probe's keys, unprefixed, and says which factors it reads).
+"""
 
 from __future__ import annotations
 
@@ -11,22 +18,25 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from gani_core import storage
-from gani_core.checkpoints.nvidia import load_state
+from gani_core.checkpoints.nvidia import load_weights
 from gani_core.errors import CheckpointError
+from gani_core.factors import EDITS_PREFIX, PROBE_PREFIX, FactorEdits, FactorProbe
 from gani_core.networks import Generator, GeneratorConfig
-from gani_core.shapes.edits import TENSOR_PREFIX as EDITS_PREFIX
-from gani_core.shapes.edits import FactorEdits
 
 FORMAT_TAG = "gani-generator/1"
+PROBE_FORMAT_TAG = "gani-shapes-probe/1"
 
 
 def generator_to_bytes(G: Generator, extra: dict[str, str] | None = None) -> bytes:
-    """Serialise ``G`` (weights, config and its factor edit directions, if any) to ``.safetensors`` bytes."""
+    """Serialise ``G`` (weights, config, and its factor edit directions and probe, if any) to ``.safetensors``."""
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in G.state_dict().items()}
     meta = {"format": FORMAT_TAG, "config": json.dumps(G.cfg.to_dict(), sort_keys=True), **(extra or {})}
     if G.factor_edits is not None:
         tensors.update(G.factor_edits.tensors())
         meta.update(G.factor_edits.metadata())
+    if G.factor_probe is not None:
+        tensors.update(G.factor_probe.tensors(PROBE_PREFIX))
+        meta.update(G.factor_probe.metadata(PROBE_PREFIX))
     return st_save(tensors, metadata=meta)
 
 
@@ -68,10 +78,45 @@ def load_native(data: bytes, source: str) -> Generator:
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{source}: invalid generator config ({exc})") from exc
     G = Generator(cfg)
-    # Tensors under "edits." are factor edit directions stored beside the weights (gani_core.shapes.edits).
-    load_state(G, {k: v for k, v in tensors.items() if not k.startswith(EDITS_PREFIX)}, source)
+    beside = (EDITS_PREFIX, PROBE_PREFIX)       # stored beside the weights (gani_core.factors)
+    load_weights(G, {k: v for k, v in tensors.items() if not k.startswith(beside)}, source)
     try:
         G.factor_edits = FactorEdits.from_tensors(tensors, meta)
     except (ValueError, KeyError) as exc:
         raise CheckpointError(f"{source}: invalid edit directions ({exc})") from exc
+    probe = _probe(tensors, meta, PROBE_PREFIX, source)
+    if probe is not None:
+        attach_probe(G, probe, source)
     return G.eval().requires_grad_(False)
+
+
+def attach_probe(G: Generator, probe: FactorProbe, source: str) -> None:
+    """Give ``G`` its factor probe, which must read the factors of its edit directions, in their order."""
+    if G.factor_edits is not None and probe.factor_names != G.factor_edits.names:
+        raise CheckpointError(f"{source}: the factor probe reads {list(probe.factor_names)}, but the edit "
+                              f"directions are {list(G.factor_edits.names)}")
+    G.factor_probe = probe
+
+
+def probe_to_bytes(probe: FactorProbe, extra: dict[str, str] | None = None) -> bytes:
+    """A factor probe as a ``.safetensors`` file of its own (``extra``: more metadata, e.g. its report)."""
+    meta = {"format": PROBE_FORMAT_TAG, **probe.metadata(), **(extra or {})}
+    return st_save(probe.tensors(), metadata=meta)
+
+
+def probe_from_bytes(data: bytes, source: str) -> FactorProbe:
+    """The factor probe of a file written by ``probe_to_bytes`` (CheckpointError if it is not one)."""
+    meta, tensors = read_native(data, source)
+    if meta.get("format") != PROBE_FORMAT_TAG:
+        raise CheckpointError(f"{source}: not a factor probe file (format {meta.get('format')!r})")
+    probe = _probe(tensors, meta, "", source)
+    if probe is None:
+        raise CheckpointError(f"{source}: a factor probe file that does not name its factors")
+    return probe
+
+
+def _probe(tensors: dict[str, torch.Tensor], meta: dict[str, str], prefix: str, source: str) -> FactorProbe | None:
+    try:
+        return FactorProbe.from_tensors(tensors, meta, prefix)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{source}: invalid factor probe ({exc})") from exc

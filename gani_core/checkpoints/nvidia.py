@@ -103,12 +103,13 @@ def load_nvidia_pickle(data: bytes, source: str) -> Generator:
     cfg = _config_from_kwargs(_init_kwargs(record), source)
     G = Generator(cfg)
     state = _flatten(record)
-    load_state(G, state, source)
+    load_weights(G, state, source)
     return G.eval().requires_grad_(False)
 
 
-def load_state(G: Generator, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` strictly into ``G``, with one clear error listing what does not match."""
+def load_weights(G: Generator, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load the weights ``state`` (parameters and buffers by name) strictly into ``G``, in float32, with one
+    clear CheckpointError listing what does not match. Every checkpoint format ends here."""
     own = G.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from gani_core.checkpoints.nvidia import load_state
+from gani_core.checkpoints.nvidia import load_weights
 from gani_core.errors import CheckpointError
 from gani_core.networks import Generator, GeneratorConfig, make_resample_filter
 
@@ -91,7 +91,7 @@ def load_rosinality(ckpt: dict, source: str, lr_mlp: float = 0.01) -> Generator:
     leftover = sorted(set(sd) - _used_keys(sd))
     if leftover:
         raise CheckpointError(f"{source}: g_ema has weights this loader does not understand: {leftover[:5]}")
-    load_state(G, state, source)
+    load_weights(G, state, source)
     if not isinstance(latent_avg, torch.Tensor):
         G.mapping.w_avg.copy_(G.mean_w())
         G.cfg.extra["w_avg"] = "estimated from 10000 seeded samples (checkpoint has no latent_avg)"

@@ -1,4 +1,5 @@
-"""The `shapes` domain (procedural images with known factors), its factor probe and edit directions."""
+"""The `shapes` domain (procedural images with known factors): training its factor probe (probe.py), fitting
+its edit directions (directions.py), finishing the built-in generator (build.py)."""
 
 from gani_core.shapes.domain import FACTOR_NAMES, FACTORS, NUM_FACTORS, render, sample_factors, sample_images
 

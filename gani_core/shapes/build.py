@@ -2,7 +2,8 @@
 
 `finish_builtin(out)` works in the training folder ``out`` (each stage is skipped when its file exists):
     probe.safetensors        the factor probe, trained on rendered images (held-out R² in its metadata)
-    shapesRES.safetensors    G_ema with its factor edit directions: what ``builtin`` loads once installed
+    shapesRES.safetensors    G_ema with its factor edit directions and probe: what ``builtin`` loads once
+                             installed
     quality.json             sample quality (training.quality) of G_ema, and of the untrained generator
     curves.png               the training curves
 ``install=True`` copies the generator and the probe into gani_core/weights/.
@@ -13,17 +14,19 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from gani_core import storage
 from gani_core.checkpoints import load_generator
-from gani_core.checkpoints.builtin import TRAINED_FILE, TRAINED_RESOLUTION, build_builtin
-from gani_core.checkpoints.native import read_metadata, save_generator
+from gani_core.checkpoints.builtin import PROBE_FILE, TRAINED_FILE, TRAINED_RESOLUTION, build_builtin
+from gani_core.checkpoints.native import probe_from_bytes, probe_to_bytes, read_metadata, save_generator
+from gani_core.editing import factor_changes
 from gani_core.errors import GaniError
-from gani_core.shapes.edits import factor_changes, fit_factor_edits
-from gani_core.shapes.probe import PROBE_FILE, probe_from_bytes, probe_to_bytes, train_probe
+from gani_core.shapes.directions import fit_factor_edits
+from gani_core.shapes.probe import check_shapes_probe, train_probe
 
 Log = Callable[[str], None]
 
@@ -36,11 +39,13 @@ def finish_builtin(out: str | Path, device: str | torch.device = "cpu", install:
 
     probe_path = out / "probe.safetensors"
     if probe_path.exists():
-        probe = probe_from_bytes(probe_path.read_bytes(), str(probe_path)).to(device)
+        probe = probe_from_bytes(probe_path.read_bytes(), str(probe_path))
+        check_shapes_probe(probe, str(probe_path))
+        probe = probe.to(device)
     else:
         log(f"training the factor probe ({probe_steps} steps)")
         probe, report = train_probe(res, steps=probe_steps, device=device, log=log)
-        storage.write_bytes(probe_path, probe_to_bytes(probe, report))
+        storage.write_bytes(probe_path, probe_to_bytes(probe, extra={"report": json.dumps(asdict(report))}))
     probe_r2 = json.loads(read_metadata(probe_path.read_bytes())["report"])["r2"]
     log("probe held-out R²: " + json.dumps(probe_r2))
 
@@ -51,6 +56,7 @@ def finish_builtin(out: str | Path, device: str | torch.device = "cpu", install:
     log("linear R² of each factor in W: " + _fmt(G.factor_edits.names, G.factor_edits.linear_r2.tolist()))
     log("factor change for ±1 step at w_avg: " + _fmt(G.factor_edits.names, response.tolist()))
     final = out / f"shapes{res}.safetensors"
+    G.factor_probe = probe
     save_generator(G.cpu(), final, extra={"domain": "shapes"})
     G.to(device)
 

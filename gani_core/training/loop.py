@@ -234,7 +234,8 @@ def _configure_backends(device: torch.device) -> None:
 # Snapshots and resume
 
 
-def save_state(tr: Trainer, out: Path) -> None:
+def save_training_state(tr: Trainer, out: Path) -> None:
+    """Write ``out``/state.pt: the networks, optimisers, counters and RNG states a resume needs."""
     state = {
         "G": tr.G.state_dict(), "G_ema": tr.G_ema.state_dict(), "D": tr.D.state_dict(),
         "opt_G": tr.opt_G.state_dict(), "opt_D": tr.opt_D.state_dict(),
@@ -249,7 +250,8 @@ def save_state(tr: Trainer, out: Path) -> None:
     storage.write_bytes(out / "state.pt", buf.getvalue())
 
 
-def load_state(tr: Trainer, out: Path) -> None:
+def load_training_state(tr: Trainer, out: Path) -> None:
+    """Restore ``tr`` from ``out``/state.pt (written by ``save_training_state``)."""
     state = torch.load(out / "state.pt", map_location=tr.device, weights_only=True)
     tr.G.load_state_dict(state["G"])
     tr.G_ema.load_state_dict(state["G_ema"])
@@ -266,7 +268,7 @@ def load_state(tr: Trainer, out: Path) -> None:
 
 def snapshot(tr: Trainer, out: Path, label: str) -> None:
     """Write state.pt, G_ema.safetensors and samples.png (each atomically)."""
-    save_state(tr, out)
+    save_training_state(tr, out)
     G_ema = copy.deepcopy(tr.G_ema).cpu()
     G_ema.cfg.label = label
     save_generator(G_ema, out / "G_ema.safetensors", extra={"kimg": f"{tr.kimg:.1f}", "domain": "shapes"})
@@ -307,7 +309,7 @@ def train(
     storage.write_bytes(config_path, json.dumps(asdict(cfg), indent=2).encode())
     tr = new_trainer(cfg, device)
     if (out / "state.pt").exists():
-        load_state(tr, out)
+        load_training_state(tr, out)
 
     def label() -> str:
         return f"built-in, trained on shapes ({cfg.resolution} px, {tr.kimg:.0f} kimg)"

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gani_core.factors import FactorProbe
 from gani_core.lpips import get_lpips
 from gani_core.networks import Generator
 from gani_core.shapes.domain import FACTOR_NAMES, sample_images
-from gani_core.shapes.probe import FactorProbe
+from gani_core.shapes.probe import check_shapes_probe
 
 FEATURE_RESOLUTION = 128
 
@@ -68,7 +69,11 @@ def wasserstein_1d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_quality(G: Generator, probe: FactorProbe, count: int = 2000, seed: int = 0) -> dict:
-    """Quality of G's samples (psi 1, const noise) against the shapes domain; see the module docstring."""
+    """Quality of G's samples (psi 1, const noise) against the shapes domain; see the module docstring.
+
+    ``probe``: a factor probe of the shapes domain (its factors in the domain's order).
+    """
+    check_shapes_probe(probe, "probe")
     device = G.mapping.w_avg.device
     probe = probe.to(device)
     res = G.img_resolution

@@ -1,0 +1,51 @@
+"""The flows' typed parameters: how each image is inverted, and where the work runs.
+
+Pydantic models, so that Prefect shows each as a form in its UI and takes them whole or in part from
+``prefect deployment run --param inversion='{"pivot_steps": 200}'`` or ``--params``. Every default is read from
+gani_core's configs (gani_core.pivot.PivotConfig, gani_core.tuning.TuneConfig, gani_core.invert), never restated.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gani_core.invert import METHODS, InvertConfig, has_tuning, method_config
+from gani_core.pivot import PivotConfig
+from gani_core.precision import Precision
+from gani_core.tuning import TuneConfig
+
+
+class InversionSettings(BaseModel):
+    """The step budgets, seed and precision of every method of a run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pivot_steps: int = Field(PivotConfig.steps, ge=0, description="steps of the pivot inversion (as PTI)")
+    tune_steps: int | None = Field(
+        None, ge=0, description=f"steps of the generator tuning of gani and pti (none: {TuneConfig.steps}); "
+                                "w and wplus have no tuning stage")
+    seed: int = Field(0, description="seed of the pivot noise, the tuning, the locality latents and edit directions")
+    precision: Precision = Field(PivotConfig.precision, description="bf16: mixed precision (autocast), for GPUs")
+
+    def configs(self, methods: list[str]) -> dict[str, InvertConfig]:
+        """Each method's configuration; ``tune_steps`` applies to the methods that tune (an error if none does)."""
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods:
+            raise ValueError(f"unknown method(s) {unknown or methods}; expected some of {', '.join(METHODS)}")
+        if self.tune_steps is not None and not any(has_tuning(m) for m in methods):
+            raise ValueError(f"tune_steps={self.tune_steps} does not apply: {', '.join(methods)} "
+                             "have no tuning stage")
+        return {m: method_config(m, self.pivot_steps, self.tune_steps if has_tuning(m) else None, seed=self.seed,
+                                 precision=self.precision) for m in methods}
+
+
+class ClusterSettings(BaseModel):
+    """Where the inversion tasks run: a LocalCluster for the run by default, or an existing Dask cluster."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dask_address: str | None = Field(
+        None, description="scheduler of an existing Dask cluster (tcp://host:8786); none starts a LocalCluster")
+    n_workers: int | None = Field(
+        None, ge=1, description="workers of that LocalCluster (none: one per core as memory allows, one per GPU)")
+    gpu: bool = Field(False, description="workers have GPUs: each task asks for one `GPU` worker resource")

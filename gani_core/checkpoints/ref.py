@@ -1,0 +1,213 @@
+"""A checkpoint spec, parsed and resolved once: :class:`CheckpointRef`.
+
+A spec is what users type after ``--checkpoint``:
+
+    builtin                  the trained built-in generator (shapes, 64 px), shipped in gani_core/weights/
+    builtin-random[:RES]     a seeded, untrained built-in generator of RES px (64 by default)
+    PATH                     a local NVIDIA .pkl, rosinality .pt or gani .safetensors (``file://`` allowed)
+    s3://bucket/key          any fsspec URI: downloaded once per machine into the cache (:func:`cache_dir`)
+
+:func:`resolve_checkpoint` parses the spec and hashes what it names, without loading a generator: the flow
+resolves once and hands the small, picklable reference to its tasks; each worker then loads it
+(:meth:`CheckpointRef.load`). The sha256 is the checkpoint part of every result's key (the resume rule):
+
+- a file or URI: the sha256 of its bytes (a URI's download is checked against it on every machine);
+- ``builtin``: of the shipped weights file's and its factor probe's hashes (the probe measures edit_accuracy);
+- ``builtin-random:RES``: its definition (resolution, seed, and the source of the code that computes the weights),
+  not its weights: they are computed, and their last bits change with the number of threads that computed them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+import gani_core
+from gani_core import storage
+from gani_core.checkpoints import builtin
+from gani_core.errors import CheckpointError
+from gani_core.networks import Generator
+
+Kind = Literal["builtin", "builtin-random", "file", "uri"]
+
+_BUILTIN = re.compile(r"builtin(?::(\d+))?")
+_BUILTIN_RANDOM = re.compile(r"builtin-random(?::(\d+))?")
+# The code that computes builtin-random's weights: its hash changes when they may change.
+_RANDOM_SOURCES = (Path(builtin.__file__), Path(builtin.__file__).parents[1] / "networks.py")
+
+
+def cache_dir() -> Path:
+    """Where downloaded checkpoints are kept: ``$GANI_CACHE_DIR``, else ``~/.cache/gani``."""
+    return Path(os.environ.get("GANI_CACHE_DIR") or Path.home() / ".cache" / "gani")
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    spec: str                   # as given
+    kind: Kind
+    location: str               # builtin: the weights file; builtin-random: ""; file: its path; uri: the URI
+    resolution: int | None      # known without loading for the built-in generators, else None
+    sha256: str                 # the checkpoint part of every result's key
+    label: str                  # what tables and previews call it
+
+    def local_path(self) -> Path:
+        """The file ``load_generator`` reads: a URI is downloaded into the cache once per machine and checked
+        against :attr:`sha256` (an object replaced since the run started is refused, not mixed in)."""
+        if self.kind == "builtin-random":
+            raise CheckpointError(f"{self.spec}: a computed generator has no file")
+        if self.kind != "uri":
+            return Path(self.location)
+        target = _cached_file(self.sha256, self.location)
+        if not target.is_file():
+            digest = _download(self.location, target)
+            if digest != self.sha256:
+                target.unlink(missing_ok=True)
+                raise CheckpointError(f"{self.location} changed since this run resolved it (sha256 {digest[:12]}, "
+                                      f"expected {self.sha256[:12]}); start the run again")
+        return target
+
+    def load(self, device: str | torch.device = "cpu") -> Generator:
+        """The generator, in evaluation mode on ``device`` (read as data, never as code)."""
+        from gani_core.checkpoints import load_generator
+
+        if self.kind in ("builtin", "builtin-random"):
+            return load_generator(self.spec, device=device)
+        return load_generator(self.local_path(), device=device)
+
+
+def parse_spec(spec: str | Path) -> tuple[Kind, str, int | None]:
+    """The one parse of a checkpoint spec: (kind, location, resolution); see the module docstring.
+
+    Raises :class:`CheckpointError` for a built-in resolution that does not exist or missing built-in weights.
+    Local paths and URIs are not checked here.
+    """
+    spec = str(spec)
+    if m := _BUILTIN.fullmatch(spec):
+        if m.group(1) and int(m.group(1)) != builtin.TRAINED_RESOLUTION:
+            raise CheckpointError(f"{spec}: the trained built-in generator is {builtin.TRAINED_RESOLUTION} px; "
+                                  f"builtin-random:{m.group(1)} is a seeded untrained one of that size")
+        for file, what in ((builtin.TRAINED_FILE, "the trained weights are"),
+                           (builtin.PROBE_FILE, "its factor probe is")):
+            if not file.is_file():
+                raise CheckpointError(f"builtin: {what} missing ({file}); reinstall gani, or use builtin-random")
+        return "builtin", str(builtin.TRAINED_FILE), builtin.TRAINED_RESOLUTION
+    if m := _BUILTIN_RANDOM.fullmatch(spec):
+        res = int(m.group(1) or builtin.BUILTIN_RESOLUTION)
+        if res < 4 or res & (res - 1):
+            raise CheckpointError(f"{spec}: the resolution must be a power of two of at least 4, got {res}")
+        return "builtin-random", "", res
+    if "://" in spec and not spec.startswith("file://"):
+        return "uri", spec, None
+    return "file", str(Path(spec.removeprefix("file://")).expanduser()), None
+
+
+def resolve_checkpoint(spec: str | Path) -> CheckpointRef:
+    """Parse ``spec`` and hash what it names (see the module docstring); no generator is loaded.
+
+    Raises :class:`CheckpointError` for a missing or empty file, an unreachable URI, or a built-in resolution
+    that does not exist. Whether the file is a readable generator is found out where it is loaded.
+    """
+    spec = str(spec)
+    kind, location, res = parse_spec(spec)
+    if kind == "builtin":
+        path = Path(location)
+        digest = hashlib.sha256((_file_sha256(path) + _file_sha256(builtin.PROBE_FILE)).encode()).hexdigest()
+        return CheckpointRef(spec, kind, location, res, digest, _native_label(path) or "built-in")
+    if kind == "builtin-random":
+        assert res is not None
+        return CheckpointRef(spec, kind, "", res, _random_sha256(res), builtin.builtin_config(res).label)
+    if kind == "uri":
+        return _resolve_uri(spec)
+    path = Path(location)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {spec}" + (" (it is a directory)" if path.is_dir() else ""))
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{spec}: the checkpoint file is empty")
+    path = path.resolve()
+    return CheckpointRef(spec, kind, str(path), None, _file_sha256(path), _native_label(path) or path.name)
+
+
+def _resolve_uri(uri: str) -> CheckpointRef:
+    try:
+        fs, path = storage.resolve(uri)
+        info = fs.info(path)
+    except (OSError, ValueError, ImportError) as exc:
+        raise CheckpointError(f"checkpoint {uri}: cannot be read ({type(exc).__name__}: {exc})") from exc
+    # Which content this URI held when last downloaded here (keyed by its ETag and size): no second download.
+    version = f"{uri}\n{info.get('ETag') or info.get('etag') or ''}:{info.get('size')}"
+    pointer = cache_dir() / "checkpoints" / "by-uri" / hashlib.sha256(version.encode()).hexdigest()[:32]
+    digest = pointer.read_text().strip() if pointer.is_file() else ""
+    if not digest or not _cached_file(digest, uri).is_file():
+        tmp = _cached_file("download", uri).with_suffix(f".{os.getpid()}.part")
+        digest = _download(uri, tmp)
+        target = _cached_file(digest, uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+        storage.write_bytes(pointer, digest.encode())
+    target = _cached_file(digest, uri)
+    return CheckpointRef(uri, "uri", uri, None, digest, _native_label(target) or Path(path).name)
+
+
+def _cached_file(digest: str, uri: str) -> Path:
+    return cache_dir() / "checkpoints" / digest[:32] / Path(storage.resolve(uri)[1]).name
+
+
+def _download(uri: str, target: Path) -> str:
+    """Copy ``uri`` to ``target`` atomically; the sha256 of its bytes."""
+    try:
+        data = storage.read_bytes(uri)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {uri}: download failed ({type(exc).__name__}: {exc})") from exc
+    storage.write_bytes(target, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    st = path.stat()
+    return _hash_file(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.cache
+def _hash_file(path: str, size: int, mtime_ns: int) -> str:     # size and mtime: a changed file is hashed again
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@functools.cache
+def _random_sha256(resolution: int) -> str:
+    digest = hashlib.sha256(f"gani-builtin-random:{resolution}:seed={builtin.BUILTIN_SEED}:"
+                            f"{gani_core.__version__}".encode())
+    for source in _RANDOM_SOURCES:
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def _native_label(path: Path) -> str | None:
+    """The label in a gani .safetensors file's config (read from its header only), else None."""
+    from gani_core.checkpoints.native import is_safetensors, read_metadata
+
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            n = int.from_bytes(head, "little")
+            if not 2 <= n <= 100 << 20:
+                return None
+            data = head + f.read(n)
+        if not is_safetensors(data + b"\0"):
+            return None
+        return json.loads(read_metadata(data).get("config", "{}")).get("label") or None
+    except (OSError, ValueError, AttributeError):
+        return None

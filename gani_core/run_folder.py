@@ -1,0 +1,230 @@
+"""A run's folder (a local path or ``s3://bucket/prefix``): every path in it, the one schema of its result rows,
+writing and reading them, and the resume rule.
+
+    OUT/rows/IMAGE.METHOD.json          each result's row, written as soon as it is done (what a rerun resumes from)
+    OUT/deltas/IMAGE.METHOD.parquet     the encoded weight deltas of one result (gani_core.deltas.DELTAS_SCHEMA)
+    OUT/previews/IMAGE.METHOD.png       input | pivot | tuned | edit
+    OUT/metrics.parquet                 one row per image x method (METRICS_SCHEMA), in image order
+    OUT/summary.json                    the run: checkpoint, configs, counts, failures and means per method
+    OUT/preview_grid.png                the first previews of the run, stacked
+
+Resume rule (:meth:`RunFolder.reusable_rows`): an image's row is kept when its ``image_sha256``,
+``checkpoint_sha256`` and ``config_hash`` equal this run's, and it is either ``ok`` (with its deltas file present)
+or failed because the image itself is unreadable (``ImageError``: the same bytes fail the same way). Other
+failures (a storage hiccup, a lost worker, an unreadable checkpoint) are computed again.
+
+Every file is written atomically (gani_core.storage): a reader or a crash never sees half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+import gani_core
+from gani_core import deltas as deltas_mod
+from gani_core import storage
+from gani_core.checkpoints.ref import CheckpointRef
+from gani_core.dataset import ImageSource
+from gani_core.invert import InversionResult, InvertConfig
+from gani_core.metrics import METRIC_NAMES, finite_or_none
+from gani_core.render import save_grid, stack_pngs
+
+# The quality metrics of a result; edit_accuracy is null for generators without factor directions and a probe.
+RESULT_METRICS = (*METRIC_NAMES, "locality", "edit_consistency", "edit_accuracy")
+# What a run's summary, its MLflow run and the nightly comparison report per method: means (and quantiles).
+SUMMARY_METRICS = (*RESULT_METRICS, "seconds", "seconds_per_tune_step", "delta_bytes")
+# The columns shown to people (gani show, gani invert, the Prefect table artifact).
+DISPLAY_COLUMNS = ("image_id", "method", "status", "lpips", "mse", "psnr", "ms_ssim", "locality",
+                   "edit_consistency", "edit_accuracy", "seconds", "delta_bytes", "error")
+
+METRICS_SCHEMA = pa.schema([
+    ("image_id", pa.string()), ("image_sha256", pa.string()), ("method", pa.string()),
+    ("status", pa.string()), ("error", pa.string()),
+    *[(m, pa.float64()) for m in RESULT_METRICS],
+    ("seconds", pa.float64()), ("seconds_pivot", pa.float64()), ("seconds_tune", pa.float64()),
+    ("seconds_metrics", pa.float64()), ("pivot_steps", pa.int64()), ("tune_steps", pa.int64()),
+    ("seconds_per_tune_step", pa.float64()), ("delta_bytes", pa.int64()), ("delta_lpips_change", pa.float64()),
+    ("peak_memory_mb", pa.float64()), ("w_pivot", pa.list_(pa.float32())),
+    ("checkpoint", pa.string()), ("checkpoint_sha256", pa.string()), ("generator_label", pa.string()),
+    ("config_hash", pa.string()), ("seed", pa.int64()), ("device", pa.string()), ("gani_version", pa.string()),
+])
+
+PREVIEW_GRID_MAX = 16       # previews in preview_grid.png (all of them are under previews/)
+
+
+def result_key(image_id: str, method: str) -> str:
+    """How one result (an image x a method) is named in the run folder."""
+    return f"{image_id}.{method}"
+
+
+def complete_row(fields: dict, cfg: InvertConfig, ckpt: CheckpointRef, generator_label: str | None = None,
+                 device: str | None = None) -> dict:
+    """A row of METRICS_SCHEMA: ``fields`` (image_id, method, status, error, metrics, ...) with the run-level
+    columns, and every non-finite number as None."""
+    row = {
+        **fields, "checkpoint": ckpt.spec, "checkpoint_sha256": ckpt.sha256,
+        "generator_label": generator_label or ckpt.label, "config_hash": cfg.config_hash(), "seed": cfg.seed,
+        "device": device, "gani_version": gani_core.__version__,
+    }
+    return {k: finite_or_none(v) for k, v in row.items()}
+
+
+def failed_row(image_id: str, cfg: InvertConfig, ckpt: CheckpointRef, error: str, image_sha256: str | None = None,
+               device: str | None = None) -> dict:
+    """The row of a result that failed, with its reason."""
+    fields = {"image_id": image_id, "image_sha256": image_sha256, "method": cfg.method, "status": "failed",
+              "error": error}
+    return complete_row(fields, cfg, ckpt, device=device)
+
+
+def rows_table(rows: Iterable[dict]) -> pa.Table:
+    """The rows as a METRICS_SCHEMA table (columns a row lacks are null)."""
+    rows = list(rows)
+    return pa.Table.from_pydict({name: [r.get(name) for r in rows] for name in METRICS_SCHEMA.names},
+                                schema=METRICS_SCHEMA)
+
+
+def summarise(rows: list[dict], configs: dict[str, InvertConfig], ckpt: CheckpointRef, out: str,
+              started: float, **extra: object) -> dict:
+    """summary.json: the run's checkpoint, counts, and per method its config, failures and SUMMARY_METRICS means."""
+    methods: dict[str, dict] = {}
+    for method, cfg in configs.items():
+        mine = [r for r in rows if r["method"] == method]
+        ok = [r for r in mine if r["status"] == "ok"]
+        means = {}
+        for m in SUMMARY_METRICS:
+            vals = [r[m] for r in ok if r.get(m) is not None]
+            means[m] = finite_or_none(float(np.mean(vals))) if vals else None
+        methods[method] = {
+            "images": len(mine), "ok": len(ok), "failed": len(mine) - len(ok), "mean": means,
+            "config": asdict(cfg), "config_hash": cfg.config_hash(),
+            "failures": {r["image_id"]: r["error"] for r in mine if r["status"] != "ok"},
+        }
+    labels = [r["generator_label"] for r in rows if r["status"] == "ok" and r.get("generator_label")]
+    devices = sorted({r["device"] for r in rows if r.get("device")})
+    return {
+        "gani_version": gani_core.__version__, "checkpoint": ckpt.spec, "checkpoint_sha256": ckpt.sha256,
+        "generator_label": labels[0] if labels else ckpt.label, "device": ",".join(devices) or "none",
+        "output": out, "started": started, "finished": time.time(),
+        "images": len({r["image_id"] for r in rows}), "rows": len(rows),
+        "ok": sum(r["status"] == "ok" for r in rows), "failed": sum(r["status"] != "ok" for r in rows),
+        "methods": methods, **extra,
+    }
+
+
+class RunFolder:
+    """The folder of one run; see the module docstring for its layout."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = str(uri).rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"RunFolder({self.uri!r})"
+
+    def path(self, *parts: str) -> str:
+        return storage.join(self.uri, *parts)
+
+    @property
+    def metrics_uri(self) -> str:
+        return self.path("metrics.parquet")
+
+    @property
+    def summary_uri(self) -> str:
+        return self.path("summary.json")
+
+    @property
+    def grid_uri(self) -> str:
+        return self.path("preview_grid.png")
+
+    def row_uri(self, image_id: str, method: str) -> str:
+        return self.path("rows", f"{result_key(image_id, method)}.json")
+
+    def deltas_uri(self, image_id: str, method: str) -> str:
+        return self.path("deltas", f"{result_key(image_id, method)}.parquet")
+
+    def preview_uri(self, image_id: str, method: str) -> str:
+        return self.path("previews", f"{result_key(image_id, method)}.png")
+
+    # ------------------------------------------------------------------------------------------------
+    # Writing
+
+    def write_outputs(self, result: InversionResult, generator_label: str) -> None:
+        """One result's deltas and preview (its row goes last, with :meth:`write_row`: a row means done)."""
+        table = deltas_mod.deltas_table(result.image_id, result.encoded)
+        deltas_mod.write_deltas_parquet(table, self.deltas_uri(result.image_id, result.method))
+        caption = f"{result.image_id} | {result.method} | input, pivot, tuned, edit | {generator_label}"
+        save_grid(result.previews, self.preview_uri(result.image_id, result.method), caption=caption)
+
+    def write_row(self, row: dict) -> None:
+        storage.write_bytes(self.row_uri(row["image_id"], row["method"]), json.dumps(row).encode())
+
+    def write_tables(self, rows: list[dict], summary: dict) -> dict[str, str]:
+        """metrics.parquet, summary.json and preview_grid.png (when a result is ok); their URIs by name."""
+        storage.write_parquet(self.metrics_uri, rows_table(rows))
+        storage.write_bytes(self.summary_uri, json.dumps(summary, indent=2).encode())
+        written = {"metrics.parquet": self.metrics_uri, "summary.json": self.summary_uri}
+        ok = [r for r in rows if r["status"] == "ok"][:PREVIEW_GRID_MAX]
+        previews = storage.read_many([self.preview_uri(r["image_id"], r["method"]) for r in ok]) if ok else {}
+        grid = stack_pngs(d for d in previews.values() if d)
+        if grid is not None:
+            storage.write_bytes(self.grid_uri, grid)
+            written["preview_grid.png"] = self.grid_uri
+        return written
+
+    # ------------------------------------------------------------------------------------------------
+    # Reading
+
+    def reusable_rows(self, images: list[ImageSource], config_hashes: dict[str, str],
+                      checkpoint_sha256: str) -> dict[tuple[str, str], dict]:
+        """The rows under ``rows/`` that a run of ``images`` keeps (the resume rule), by (image_id, method);
+        ``config_hashes`` maps each method to its config hash. Only images with a row are read and hashed."""
+        row_names, delta_names = storage.names_under(self.path("rows")), storage.names_under(self.path("deltas"))
+        candidates = [(ref, m) for ref in images for m in config_hashes
+                      if f"{result_key(ref.image_id, m)}.json" in row_names]
+        if not candidates:
+            return {}
+        raw = storage.read_many([self.row_uri(ref.image_id, m) for ref, m in candidates])
+        rows: dict[tuple[str, str], dict] = {}
+        for (ref, m), data in zip(candidates, raw.values(), strict=True):
+            row = json.loads(data) if data else None
+            have_deltas = f"{result_key(ref.image_id, m)}.parquet" in delta_names
+            if row and _reusable(row, checkpoint_sha256, config_hashes[m], have_deltas):
+                rows[(ref.image_id, m)] = row
+        # The same name may now hold other bytes: a row counts only for the image it was computed from.
+        source_of = {ref.image_id: ref.source for ref in images}
+        sources = sorted({source_of[image_id] for image_id, _ in rows})
+        digests = {u: hashlib.sha256(d).hexdigest() if d is not None else None
+                   for u, d in (storage.read_many(sources) if sources else {}).items()}
+        return {key: row for key, row in rows.items() if row.get("image_sha256") == digests[source_of[key[0]]]}
+
+    def read_rows(self) -> list[dict]:
+        """The rows of metrics.parquet (GaniError-free: a FileNotFoundError when the run has no table)."""
+        if not storage.exists(self.metrics_uri):
+            raise FileNotFoundError(f"{self.uri}: no metrics.parquet here; is it the output of a gani run?")
+        return storage.read_parquet(self.metrics_uri).to_pylist()
+
+    def read_summary(self) -> dict:
+        if not storage.exists(self.summary_uri):
+            raise FileNotFoundError(f"{self.uri}: no summary.json here; is it the output of a gani run?")
+        return json.loads(storage.read_bytes(self.summary_uri))
+
+    def read_deltas(self, image_id: str, method: str) -> dict[str, torch.Tensor]:
+        """The decoded weight deltas of one result, by layer name (apply with gani_core.deltas.apply_deltas)."""
+        table = deltas_mod.read_deltas_parquet(self.deltas_uri(image_id, method))
+        return deltas_mod.decode_deltas(deltas_mod.rows_from_table(table, image_id=image_id))
+
+
+def _reusable(row: dict, checkpoint_sha256: str, config_hash: str, have_deltas: bool) -> bool:
+    if row.get("checkpoint_sha256") != checkpoint_sha256 or row.get("config_hash") != config_hash:
+        return False
+    if row.get("status") == "ok":
+        return have_deltas
+    return str(row.get("error") or "").startswith("ImageError")

@@ -1,0 +1,62 @@
+"""The flows' typed parameters and ``python -m flows.NAME``: defaults from gani_core, options from the signature."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from flows.cli import parse_flow_args
+from flows.invert_dataset import invert_dataset
+from flows.nightly_benchmark import nightly_benchmark
+from flows.parameters import ClusterSettings, InversionSettings
+from gani_core.invert import method_config
+
+
+def test_defaults_are_the_library_configs() -> None:
+    for method in ("gani", "pti", "wplus", "w"):
+        assert InversionSettings().configs([method])[method] == method_config(method)
+
+
+def test_tune_steps_apply_to_the_methods_that_tune_and_are_refused_where_none_does() -> None:
+    configs = InversionSettings(pivot_steps=7, tune_steps=5).configs(["gani", "wplus"])
+    assert (configs["gani"].pivot.steps, configs["gani"].tune.steps) == (7, 5)
+    assert (configs["wplus"].pivot.steps, configs["wplus"].tune) == (7, None)
+    with pytest.raises(ValueError, match="tune_steps=5 does not apply: wplus, w have no tuning stage"):
+        InversionSettings(tune_steps=5).configs(["wplus", "w"])
+    with pytest.raises(ValueError, match="unknown method"):
+        InversionSettings().configs(["gan"])
+
+
+def test_settings_refuse_unknown_fields_and_negative_steps() -> None:
+    with pytest.raises(ValidationError):
+        InversionSettings(pivot_step=3)
+    with pytest.raises(ValidationError):
+        InversionSettings(pivot_steps=-1)
+    with pytest.raises(ValidationError):
+        ClusterSettings(n_workers=0)
+
+
+def test_shell_options_come_from_the_flow_signature_and_the_settings_models() -> None:
+    args = parse_flow_args(invert_dataset, ["--input-uri", "in/", "--method", "pti", "--pivot-steps", "3",
+                                            "--tune-steps", "2", "--n-workers", "2", "--gpu", "--limit", "1"])
+    assert args["input_uri"] == "in/" and args["method"] == "pti" and args["limit"] == 1
+    assert args["inversion"] == InversionSettings(pivot_steps=3, tune_steps=2)
+    assert args["cluster"] == ClusterSettings(n_workers=2, gpu=True)
+    assert parse_flow_args(invert_dataset, [])["inversion"] == InversionSettings()
+    with pytest.raises(SystemExit):
+        parse_flow_args(invert_dataset, ["--method", "gan"])
+
+
+def test_the_nightly_flow_takes_a_list_of_methods_from_the_shell() -> None:
+    args = parse_flow_args(nightly_benchmark, ["--methods", "gani", "w", "--date", "2026-01-02"])
+    assert args["methods"] == ["gani", "w"] and args["date"] == "2026-01-02"
+    assert parse_flow_args(nightly_benchmark, [])["methods"] == ["gani", "pti", "wplus"]
+
+
+def test_prefect_describes_the_settings_as_nested_parameters() -> None:
+    schema = invert_dataset.parameters.model_dump()
+    props = schema["properties"]
+    assert props["inversion"]["default"] == InversionSettings().model_dump()
+    definitions = schema["definitions"]
+    assert set(definitions["InversionSettings"]["properties"]) == set(InversionSettings.model_fields)
+    assert definitions["InversionSettings"]["properties"]["pivot_steps"]["default"] == method_config("gani").pivot.steps

@@ -1,0 +1,122 @@
+"""RunFolder: the paths of a run, the row schema, the resume rule, and the tables read back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from gani_core.checkpoints.ref import resolve_checkpoint
+from gani_core.dataset import image_sources, list_images
+from gani_core.invert import method_config
+from gani_core.run_folder import METRICS_SCHEMA, RunFolder, complete_row, failed_row, rows_table, summarise
+
+CFG = method_config("gani", pivot_steps=2, tune_steps=2)
+CKPT = resolve_checkpoint("builtin-random:32")
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> list:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        (folder / f"{name}.png").write_bytes(f"bytes of {name}".encode())
+    return list_images(str(folder))
+
+
+def _ok_row(folder: RunFolder, image, cfg=CFG, ckpt=CKPT, with_deltas: bool = True) -> dict:
+    sha = hashlib.sha256(Path(image.source).read_bytes()).hexdigest()
+    row = complete_row({"image_id": image.image_id, "image_sha256": sha, "method": cfg.method, "status": "ok",
+                        "error": None, "lpips": 0.1}, cfg, ckpt)
+    folder.write_row(row)
+    if with_deltas:
+        Path(folder.deltas_uri(image.image_id, cfg.method)).parent.mkdir(parents=True, exist_ok=True)
+        Path(folder.deltas_uri(image.image_id, cfg.method)).write_bytes(b"x")
+    return row
+
+
+def test_paths_of_a_result_are_named_by_image_and_method(tmp_path: Path) -> None:
+    folder = RunFolder(str(tmp_path) + "/")
+    assert folder.row_uri("cat", "gani") == f"{tmp_path}/rows/cat.gani.json"
+    assert folder.deltas_uri("cat", "pti") == f"{tmp_path}/deltas/cat.pti.parquet"
+    assert folder.preview_uri("cat", "w") == f"{tmp_path}/previews/cat.w.png"
+    assert (folder.metrics_uri, folder.summary_uri) == (f"{tmp_path}/metrics.parquet", f"{tmp_path}/summary.json")
+    assert RunFolder("s3://bucket/runs/r1/").row_uri("x", "gani") == "s3://bucket/runs/r1/rows/x.gani.json"
+
+
+def test_a_row_gets_the_run_columns_and_no_infinities() -> None:
+    row = complete_row({"image_id": "x", "method": "gani", "status": "ok", "psnr": math.inf, "mse": math.nan,
+                        "lpips": 0.25}, CFG, CKPT, device="cpu")
+    assert row["psnr"] is None and row["mse"] is None and row["lpips"] == 0.25
+    assert (row["checkpoint"], row["checkpoint_sha256"], row["config_hash"]) == (
+        "builtin-random:32", CKPT.sha256, CFG.config_hash())
+    assert row["generator_label"] == CKPT.label and row["device"] == "cpu"
+    assert set(row) <= set(METRICS_SCHEMA.names)
+
+
+def test_rows_table_has_the_schema_and_nulls_for_missing_columns() -> None:
+    table = rows_table([failed_row("x", CFG, CKPT, "ImageError: x.png: file is empty (0 bytes)")])
+    assert table.schema.equals(METRICS_SCHEMA)
+    row = table.to_pylist()[0]
+    assert row["status"] == "failed" and row["lpips"] is None and row["error"].startswith("ImageError")
+    assert rows_table([]).num_rows == 0
+
+
+def test_resume_keeps_ok_rows_with_deltas_for_the_same_bytes_checkpoint_and_config(images, tmp_path: Path) -> None:
+    folder = RunFolder(str(tmp_path / "out"))
+    a, b, c = images
+    kept_row = _ok_row(folder, a)
+    _ok_row(folder, b, with_deltas=False)                       # no deltas file: computed again
+    folder.write_row(failed_row(c.image_id, CFG, CKPT, "OSError: disk full"))   # not the image's fault: again
+    kept = folder.reusable_rows(images, {"gani": CFG.config_hash()}, CKPT.sha256)
+    assert kept == {("a", "gani"): kept_row}
+
+
+def test_resume_keeps_a_failure_of_the_image_itself(images, tmp_path: Path) -> None:
+    folder = RunFolder(str(tmp_path / "out"))
+    sha = hashlib.sha256(Path(images[0].source).read_bytes()).hexdigest()
+    folder.write_row(failed_row("a", CFG, CKPT, "ImageError: a.png: truncated", sha))
+    assert set(folder.reusable_rows(images, {"gani": CFG.config_hash()}, CKPT.sha256)) == {("a", "gani")}
+
+
+@pytest.mark.parametrize("change", ["bytes", "checkpoint", "config", "method"])
+def test_resume_recomputes_when_anything_in_the_key_changed(images, tmp_path: Path, change: str) -> None:
+    folder = RunFolder(str(tmp_path / "out"))
+    _ok_row(folder, images[0])
+    hashes, sha = {"gani": CFG.config_hash()}, CKPT.sha256
+    if change == "bytes":
+        Path(images[0].source).write_bytes(b"other bytes under the same name")
+    elif change == "checkpoint":
+        sha = resolve_checkpoint("builtin-random:64").sha256
+    elif change == "config":
+        hashes = {"gani": method_config("gani", pivot_steps=3, tune_steps=2).config_hash()}
+    else:
+        hashes = {"pti": method_config("pti", pivot_steps=2, tune_steps=2).config_hash()}
+    assert folder.reusable_rows(images, hashes, sha) == {}
+
+
+def test_tables_are_written_and_read_back(images, tmp_path: Path) -> None:
+    folder = RunFolder(str(tmp_path / "out"))
+    rows = [_ok_row(folder, images[0]), failed_row("b", CFG, CKPT, "ImageError: b.png: not an image")]
+    summary = summarise(rows, {"gani": CFG}, CKPT, folder.uri, started=0.0, skipped=0)
+    written = folder.write_tables(rows, summary)
+    assert set(written) == {"metrics.parquet", "summary.json"}        # no preview of the ok row: no grid
+    assert [r["image_id"] for r in folder.read_rows()] == ["a", "b"]
+    back = folder.read_summary()
+    assert (back["images"], back["ok"], back["failed"], back["skipped"]) == (2, 1, 1, 0)
+    assert back["methods"]["gani"]["mean"]["lpips"] == pytest.approx(0.1)
+    assert back["methods"]["gani"]["failures"] == {"b": "ImageError: b.png: not an image"}
+    assert json.loads(Path(folder.summary_uri).read_text()) == back
+
+
+def test_reading_a_folder_without_a_run_names_it(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"no metrics\.parquet"):
+        RunFolder(str(tmp_path)).read_rows()
+
+
+def test_image_ids_are_stems_made_unique_and_safe() -> None:
+    ids = [s.image_id for s in image_sources(["x/cat.png", "y/cat.jpg", "z/a b#c.png", "../.png", "..x.png"])]
+    assert ids == ["cat", "cat-1", "a_b_c", "png", "x"]
