@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A Dask cluster of GPU workers for invert-dataset: a scheduler and one worker process per GPU, each pinned to
 # its GPU with CUDA_VISIBLE_DEVICES, running one task at a time (--nthreads 1) and advertising the resource
-# GPU=1. Run the flow with `--param dask_address=tcp://HOST:8786 --param gpu=true`: each task then asks for
+# GPU=1. Run the flow with `--param cluster='{"dask_address": "tcp://HOST:8786", "gpu": true}'`: each task then asks for
 # one `GPU`, so no worker ever runs two inversions on its GPU at once. Needs only dask/distributed (no
 # dask-cuda); with dask-cuda installed, `dask cuda worker tcp://HOST:8786 --resources GPU=1` does the same.
 #
@@ -68,7 +68,7 @@ case "$ACTION" in
 
 $GPUS GPU worker(s) joining $SCHEDULER (dashboard: http://$HOST:8787 if the scheduler was started here).
 Run the flow on them:
-  $BIN/prefect deployment run invert-dataset/default --param dask_address=$SCHEDULER --param gpu=true \\
+  $BIN/prefect deployment run invert-dataset/default --param cluster='{"dask_address": "$SCHEDULER", "gpu": true}' \\
       --param input_uri=s3://BUCKET/photos --param output_uri=s3://BUCKET/runs/NAME
 Stop them: $0 stop
 EOF

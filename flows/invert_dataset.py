@@ -10,7 +10,8 @@ log the MLflow run (tasks/tracking.py); attach a table and a summary to the flow
 
 from __future__ import annotations
 
-from pathlib import Path
+import datetime as dt
+from pathlib import Path, PurePosixPath
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -63,8 +64,11 @@ def invert_dataset(
     ckpt = resolve_checkpoint(checkpoint)
     folder = RunFolder(output_uri)
     uri = tracking.tracking_uri(mlflow_tracking_uri, output_uri)
-    run_id = tracking.start_run(uri, "invert-dataset", run_name=flow_run.get_name() or "invert-dataset",
-                                tags={"prefect_flow_run_id": str(flow_run.get_id()), "dataset_uri": input_uri,
+    # Named for what it is (gani-shapes-2026-12-02), so that runs tell themselves apart in MLflow's table.
+    day = dt.datetime.now(dt.UTC).date().isoformat()
+    run_id = tracking.start_run(uri, "invert-dataset", run_name=f"{method}-{PurePosixPath(input_uri).name}-{day}",
+                                tags={"prefect_flow_run_id": str(flow_run.get_id()),
+                                      "prefect_flow_run_name": str(flow_run.get_name()), "dataset_uri": input_uri,
                                       "method": method})
     with tracking.ended_on_exit(uri, run_id):
         run = invert_dataset_on_dask(input_uri, folder, ckpt, configs, cluster, limit,

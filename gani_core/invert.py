@@ -12,7 +12,7 @@ import json
 import resource
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -32,10 +32,9 @@ from gani_core.pivot import PivotConfig, Progress, find_pivot
 from gani_core.precision import Precision
 from gani_core.tuning import TuneConfig, render_with, tune
 
-Method = Literal["gani", "pti", "wplus", "w"]
-METHODS: tuple[str, ...] = ("gani", "pti", "wplus", "w")
+Method = Literal["gani", "pti", "wplus", "w"]     # the one list of methods; METHODS is the same, as a tuple
+METHODS: tuple[str, ...] = get_args(Method)
 
-# GANI's default GMM form, learning rate and locality weight: docs/method.md has the ablation behind them.
 # GANI's default (docs/method.md, measured on the trained built-in generator): the parameter-conditioned
 # low-rank GMM with a light locality regulariser matches PTI's reconstruction at under half its locality.
 GANI_TUNE = TuneConfig(kind="param-lowrank", lr=3e-3, rank=8, locality_weight=0.1)

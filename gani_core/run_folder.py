@@ -27,6 +27,7 @@ from dataclasses import asdict
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.nn.functional as F
 
 import gani_core
 from gani_core import deltas as deltas_mod
@@ -58,6 +59,7 @@ METRICS_SCHEMA = pa.schema([
 ])
 
 PREVIEW_GRID_MAX = 16       # previews in preview_grid.png (all of them are under previews/)
+PREVIEW_CELL_MIN = 192      # preview cells are upscaled (nearest, by a whole factor) to at least this many pixels
 
 
 def result_key(image_id: str, method: str) -> str:
@@ -161,7 +163,9 @@ class RunFolder:
         table = deltas_mod.deltas_table(result.image_id, result.encoded)
         deltas_mod.write_deltas_parquet(table, self.deltas_uri(result.image_id, result.method))
         caption = f"{result.image_id} | {result.method} | input, pivot, tuned, edit | {generator_label}"
-        save_grid(result.previews, self.preview_uri(result.image_id, result.method), caption=caption)
+        scale = -(-PREVIEW_CELL_MIN // result.previews.shape[-1])      # small generators' cells are hard to see
+        previews = F.interpolate(result.previews, scale_factor=scale, mode="nearest") if scale > 1 else result.previews
+        save_grid(previews, self.preview_uri(result.image_id, result.method), caption=caption)
 
     def write_row(self, row: dict) -> None:
         storage.write_bytes(self.row_uri(row["image_id"], row["method"]), json.dumps(row).encode())

@@ -62,15 +62,21 @@ def tracking_uri(given: str | None, data_folder: str) -> str:
     return f"sqlite:///{folder.resolve() / 'mlflow.db'}"
 
 
+# MLflow's UI opens an experiment in the view its kind says; without it, MLflow 3 shows the GenAI view (traces).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get("mlflow.experimentKind") is None:     # made by an older gani: open it as model training
+            client.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:///"):        # artifacts next to the database, not in the current directory
         location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except MlflowException:                 # created meanwhile by a concurrent flow run
         return client.get_experiment_by_name(name).experiment_id
 

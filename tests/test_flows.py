@@ -126,11 +126,12 @@ def test_a_rerun_of_a_finished_run_computes_nothing(runs):
 def test_mlflow_run_holds_metrics_params_and_artifacts(runs):
     client = MlflowClient(tracking_uri=runs["db"])
     experiment = client.get_experiment_by_name("invert-dataset")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"   # the UI's runs view, not GenAI
     logged = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
     assert [r.info.run_id for r in logged] == [runs[k]["mlflow_run_id"] for k in ("interrupted", "resumed",
                                                                                    "finished")]
     run = client.get_run(runs["resumed"]["mlflow_run_id"])
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.info.run_name.startswith(f"gani-{runs['photos'].name}-")
     m = run.data.metrics
     ok_rows = [r for r in pq.read_table(runs["out"] / "metrics.parquet").to_pylist() if r["status"] == "ok"]
     for name in SUMMARY_METRICS:

@@ -31,6 +31,7 @@ from PIL import Image
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.invert_dataset import invert_dataset
+from flows.parameters import ClusterSettings, InversionSettings
 from gani_core.images import load_image
 
 from .conftest import EXAMPLES, free_port
@@ -96,7 +97,8 @@ def server_run(tmp_path_factory: pytest.TempPathFactory, g32_file: Path, photo_p
               LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster):
             _wait_healthy(url, proc, log)
             summary = invert_dataset(input_uri=str(photo_pair), output_uri=str(out), checkpoint=str(g32_file),
-                                     pivot_steps=3, tune_steps=3, dask_address=cluster.scheduler_address,
+                                     inversion=InversionSettings(pivot_steps=3, tune_steps=3),
+                                     cluster=ClusterSettings(dask_address=cluster.scheduler_address),
                                      mlflow_tracking_uri=url)
         yield {"url": url, "summary": summary, "photos": photo_pair, "artifacts": artifacts, "out": out,
                "checkpoint": str(g32_file)}

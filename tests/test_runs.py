@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 
 from gani_core import load_generator
@@ -54,7 +55,8 @@ def test_bad_image_is_a_failed_row_with_its_reason(run):
 def test_deltas_previews_and_summary_are_written(run):
     assert sorted(p.name for p in (run / "deltas").iterdir()) == [
         "astronaut.gani.parquet", "astronaut.wplus.parquet", "coffee.gani.parquet", "coffee.wplus.parquet"]
-    assert (run / "previews" / "astronaut.gani.png").stat().st_size > 0
+    with Image.open(run / "previews" / "astronaut.gani.png") as preview:     # 4 cells of 32 px, upscaled 6x
+        assert preview.width == 4 * 192 and preview.height > 192
     summary = json.loads((run / "summary.json").read_text())
     assert summary["images"] == 3 and summary["failed"] == 2
     assert summary["methods"]["gani"]["ok"] == 2 and "broken" in summary["methods"]["gani"]["failures"]
