@@ -11,7 +11,7 @@ import dask
 from prefect import flow, get_run_logger
 
 from flows.cluster import api_url_for_workers, dask_task_runner
-from flows.parameters import ClusterSettings
+from flows.parameters import ClusterSettings, InversionSettings
 from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.dataset import ImageSource
 from gani_core.invert import InvertConfig
@@ -20,21 +20,21 @@ from tasks.inversion import invert_on_worker
 from tasks.storage import list_images, reusable_rows, write_tables
 
 
-@flow(name="invert-images", validate_parameters=False)
-def invert_images_on_dask(work: list[tuple[ImageSource, InvertConfig]], ckpt: CheckpointRef, folder: RunFolder,
-                          gpu: bool = False) -> list[dict]:
-    """One ``invert-image`` task per (image, configuration) on this subflow's Dask task runner (built by the
-    caller at call time); the rows in order. A task that raised (after its retry) becomes a failed row here,
-    not written to ``rows/``, so that a rerun tries that image again."""
+@flow(name="invert-images-on-dask", validate_parameters=False)
+def invert_images_on_dask(work: list[tuple[list[ImageSource], InvertConfig]], ckpt: CheckpointRef,
+                          folder: RunFolder, batch_size: int | str = 1, gpu: bool = False) -> list[dict]:
+    """One ``invert-images`` task per (batch of images, configuration) on this subflow's Dask task runner (built
+    by the caller at call time); the rows. A task that raised (after its retry) gives failed rows here, not
+    written to ``rows/``, so that a rerun tries those images again."""
     # With gpu, every task asks the scheduler for one unit of the workers' `GPU` resource.
     with dask.annotate(resources={"GPU": 1}) if gpu else nullcontext():
-        futures = [invert_on_worker.submit(image, cfg, ckpt, folder) for image, cfg in work]
+        futures = [invert_on_worker.submit(images, cfg, ckpt, folder, batch_size) for images, cfg in work]
     rows = []
-    for (image, cfg), future in zip(work, futures, strict=True):
+    for (images, cfg), future in zip(work, futures, strict=True):
         result = future.result(raise_on_failure=False)
-        if not isinstance(result, dict):
-            result = failed_row(image.image_id, cfg, ckpt, f"{type(result).__name__}: {result}")
-        rows.append(result)
+        if not isinstance(result, list):
+            result = [failed_row(image.image_id, cfg, ckpt, f"{type(result).__name__}: {result}") for image in images]
+        rows.extend(result)
     return rows
 
 
@@ -50,26 +50,34 @@ class DatasetRun:
 
 
 def invert_dataset_on_dask(input_uri: str, folder: RunFolder, ckpt: CheckpointRef, configs: dict[str, InvertConfig],
-                           cluster: ClusterSettings, limit: int | None, **summary_extra: object) -> DatasetRun:
-    """Every image under ``input_uri`` x every configuration into ``folder``; runs inside a flow."""
+                           settings: InversionSettings, cluster: ClusterSettings, limit: int | None,
+                           **summary_extra: object) -> DatasetRun:
+    """Every image under ``input_uri`` x every configuration into ``folder``, ``settings.images_per_task()`` images
+    per task; runs inside a flow."""
     logger = get_run_logger()
     started = time.time()
     images = list_images(input_uri, limit)
     kept = reusable_rows(folder, images, {m: c.config_hash() for m, c in configs.items()}, ckpt.sha256)
-    work = [(image, cfg) for image in images for m, cfg in configs.items() if (image.image_id, m) not in kept]
-    logger.info("%d image(s) x %s under %s: %d result(s) kept from earlier runs, %d to compute",
-                len(images), ", ".join(configs), input_uri, len(kept), len(work))
+    per_task = settings.images_per_task()
+    work = []
+    for m, cfg in configs.items():
+        todo = [image for image in images if (image.image_id, m) not in kept]
+        work += [(todo[i : i + per_task], cfg) for i in range(0, len(todo), per_task)]
+    computed = sum(len(batch) for batch, _ in work)
+    logger.info("%d image(s) x %s under %s: %d result(s) kept from earlier runs, %d to compute in %d task(s)",
+                len(images), ", ".join(configs), input_uri, len(kept), computed, len(work))
     t0 = time.perf_counter()
     new: dict[tuple[str, str], dict] = {}
     if work:
         with api_url_for_workers():
             runner = dask_task_runner(cluster, len(work))
-            computed = invert_images_on_dask.with_options(task_runner=runner)(work, ckpt, folder, cluster.gpu)
-        new = {(r["image_id"], r["method"]): r for r in computed}
+            new_rows = invert_images_on_dask.with_options(task_runner=runner)(work, ckpt, folder, settings.batch_size,
+                                                                              cluster.gpu)
+        new = {(r["image_id"], r["method"]): r for r in new_rows}
     wall = time.perf_counter() - t0
     rows = [kept.get((image.image_id, m)) or new[(image.image_id, m)] for image in images for m in configs]
     summary = summarise(rows, configs, ckpt, folder.uri, started, input_uri=input_uri, skipped=len(kept),
-                        computed=len(work), wall_seconds=wall, **summary_extra)
+                        computed=computed, wall_seconds=wall, batch_size=settings.batch_size, **summary_extra)
     written = write_tables(folder, rows, summary)
     if summary["failed"]:
         failures = "; ".join(f"{r['image_id']} [{r['method']}]: {r['error']}" for r in rows if r["status"] != "ok")

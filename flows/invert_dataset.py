@@ -71,9 +71,10 @@ def invert_dataset(
                                       "prefect_flow_run_name": str(flow_run.get_name()), "dataset_uri": input_uri,
                                       "method": method})
     with tracking.ended_on_exit(uri, run_id):
-        run = invert_dataset_on_dask(input_uri, folder, ckpt, configs, cluster, limit,
+        run = invert_dataset_on_dask(input_uri, folder, ckpt, configs, inversion, cluster, limit,
                                      mlflow_run_id=run_id, mlflow_tracking_uri=uri)
-        params = {**tracking.config_params(configs[method]), **tracking.run_params(ckpt, input_uri, folder, limit)}
+        params = {**tracking.config_params(configs[method]), **tracking.run_params(ckpt, input_uri, folder, limit),
+                  "batch_size": inversion.batch_size}
         metrics = tracking.aggregate(run.rows, len(run.kept), run.wall_seconds, run.summary["computed"])
         tracking.log_results(uri, run_id, params, metrics, artifacts=run.written.values())
     s = run.summary

@@ -96,7 +96,7 @@ def nightly_benchmark(
     tags = {"date": day, "dataset_uri": input_uri, "prefect_flow_run_id": str(flow_run.get_id())}
     parent = tracking.start_run(uri, "nightly-benchmark", run_name=f"nightly-{day}", tags=tags)
     with tracking.ended_on_exit(uri, parent):
-        run = invert_dataset_on_dask(input_uri, folder, ckpt, configs, cluster, limit,
+        run = invert_dataset_on_dask(input_uri, folder, ckpt, configs, inversion, cluster, limit,
                                      mlflow_run_id=parent, mlflow_tracking_uri=uri, date=day)
         common = {**tracking.run_params(ckpt, input_uri, folder, limit), "date": day}
         per_method: dict[str, dict[str, float]] = {}

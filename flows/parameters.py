@@ -7,6 +7,8 @@ gani_core's configs (gani_core.pivot.PivotConfig, gani_core.tuning.TuneConfig, g
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from gani_core.invert import METHODS, InvertConfig, has_tuning, method_config
@@ -14,9 +16,11 @@ from gani_core.pivot import PivotConfig
 from gani_core.precision import Precision
 from gani_core.tuning import TuneConfig
 
+AUTO_TASK_IMAGES = 64      # images per task with batch_size "auto" (the worker picks its batch size within them)
+
 
 class InversionSettings(BaseModel):
-    """The step budgets, seed and precision of every method of a run."""
+    """The step budgets, seed, precision and batch size of every method of a run."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -26,6 +30,13 @@ class InversionSettings(BaseModel):
                                 "w and wplus have no tuning stage")
     seed: int = Field(0, description="seed of the pivot noise, the tuning, the locality latents and edit directions")
     precision: Precision = Field(PivotConfig.precision, description="bf16: mixed precision (autocast), for GPUs")
+    batch_size: int | Literal["auto"] = Field(
+        1, description="images per task, inverted together (one forward and backward for all per step); auto: "
+                       "as many as a GPU worker's free memory holds, 8 on a CPU. Results do not depend on it")
+
+    def images_per_task(self) -> int:
+        """How many images one task takes: the batch size, or for ``auto`` a number the worker splits further."""
+        return AUTO_TASK_IMAGES if self.batch_size == "auto" else self.batch_size
 
     def configs(self, methods: list[str]) -> dict[str, InvertConfig]:
         """Each method's configuration; ``tune_steps`` applies to the methods that tune (an error if none does)."""

@@ -82,7 +82,7 @@ def _cmd_invert(args: argparse.Namespace) -> int:
     from gani_core.editing import load_directions
     from gani_core.invert import has_tuning, method_config
     from gani_core.run_folder import RunFolder
-    from gani_core.runs import run_in_process
+    from gani_core.runs import auto_batch_size, run_in_process
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = resolve_checkpoint(args.checkpoint)
@@ -97,29 +97,30 @@ def _cmd_invert(args: argparse.Namespace) -> int:
                for m in args.method}
     directions = load_directions(args.directions, G.w_dim, G.num_ws).to(device) if args.directions else None
     folder = RunFolder(args.out)
+    batch_size = auto_batch_size(G, next(iter(configs.values()))) if args.batch_size == "auto" else args.batch_size
     print(f"gani invert: {len(args.images)} image(s) x {', '.join(args.method)} with {G.label or ckpt.label} "
-          f"({G.img_resolution} px) on {device} into {folder.uri}", file=sys.stderr)
+          f"({G.img_resolution} px) on {device}, {batch_size} image(s) per batch, into {folder.uri}",
+          file=sys.stderr)
     bars: list[tqdm] = []
 
-    def on_result(image_id: str, method: str):
+    def on_batch(image_ids: list[str], method: str):
         for bar in bars:
             bar.close()
         bars.clear()
-        bar = tqdm(total=1, desc=f"{image_id} [{method}]", unit="step", leave=True, disable=args.quiet,
+        what = image_ids[0] if len(image_ids) == 1 else f"{image_ids[0]} +{len(image_ids) - 1}"
+        bar = tqdm(total=1, desc=f"{what} [{method}]", unit="step", leave=True, disable=args.quiet,
                    dynamic_ncols=True)
         bars.append(bar)
 
         def progress(step: int, total: int, loss: float) -> None:
             bar.total = total
             bar.n = step
-            if step % 10 == 0 or step == total:
-                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                bar.refresh()
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            bar.refresh()
 
         return progress
 
-    run = run_in_process(G, image_sources(args.images), configs, folder, ckpt, on_result=on_result,
-                         directions=directions)
+    run = run_in_process(G, image_sources(args.images), configs, folder, ckpt, batch_size, on_batch, directions)
     for bar in bars:
         bar.close()
     _print_rows(run.rows)
@@ -268,6 +269,14 @@ def _cmd_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_size(value: str) -> int | str:
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"a batch size is a whole number of at least 1, or auto; got {value!r}")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gani_core.invert import GANI_TUNE, METHODS, PTI_TUNE
     from gani_core.pivot import PivotConfig
@@ -313,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"pti {PTI_TUNE.locality_weight:g} as in PTI)")
     p.add_argument("--directions", default=None, help=".npy of edit directions in W (default: seeded random)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=_batch_size, default=1, metavar="K|auto",
+                   help="images inverted together, one forward and backward for all per step (default: 1); auto: "
+                        "as many as the GPU's free memory holds, 8 on a CPU")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="bf16: mixed precision (autocast) for the optimisation, for GPUs (default: fp32)")

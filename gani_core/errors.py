@@ -19,3 +19,7 @@ class ImageError(GaniError):
 
 class LpipsWeightsError(GaniError):
     """The pretrained LPIPS backbone weights are not installed; LPIPS is never computed without them."""
+
+
+class InversionError(GaniError):
+    """An image's optimisation diverged (a non-finite loss or pivot); the other images of its batch go on."""

@@ -25,12 +25,13 @@ from gani_core.editing import (
     locality_latents,
     random_directions,
 )
+from gani_core.errors import InversionError
 from gani_core.lpips import lpips_distance
 from gani_core.metrics import image_metrics, to_unit
 from gani_core.networks import Generator
-from gani_core.pivot import PivotConfig, Progress, find_pivot
+from gani_core.pivot import PivotConfig, Progress, find_pivots
 from gani_core.precision import Precision
-from gani_core.tuning import TuneConfig, render_with, tune
+from gani_core.tuning import TuneConfig, TuneResult, render_with, tune_batch
 
 Method = Literal["gani", "pti", "wplus", "w"]     # the one list of methods; METHODS is the same, as a tuple
 METHODS: tuple[str, ...] = get_args(Method)
@@ -162,37 +163,85 @@ def invert_image(
 ) -> InversionResult:
     """Invert ``image`` [3, R, R] in [0, 1] (at G's resolution) with ``cfg.method``; G is left unchanged.
 
-    ``directions`` [K, w_dim] are the edit directions for ``edit_consistency`` (default: the generator's
+    :func:`invert_images` of one image; raises its :class:`InversionError` when the optimisation diverged.
+    """
+    (result,) = invert_images(G, image[None], [image_id], cfg, directions, progress,
+                              None if w_pivot is None else w_pivot[None])
+    if isinstance(result, InversionError):
+        raise result
+    return result
+
+
+def invert_images(
+    G: Generator,
+    images: torch.Tensor,
+    image_ids: list[str],
+    cfg: InvertConfig = InvertConfig(),
+    directions: torch.Tensor | None = None,
+    progress: Progress | None = None,
+    w_pivots: torch.Tensor | None = None,
+) -> list[InversionResult | InversionError]:
+    """Invert K images [K, 3, R, R] in [0, 1] (at G's resolution) at once with ``cfg.method``; G is left unchanged.
+
+    The pivot and tuning stages run the K images in one forward and one backward per step (pivot.find_pivots,
+    tuning.tune_batch): each image gets what a run of it alone gives, within float32 rounding. The metrics are
+    then measured image by image. An image whose optimisation diverged (a non-finite loss or pivot) gets an
+    :class:`InversionError` in its place; the others are unaffected. Seconds of the shared stages are divided
+    evenly among the images (``seconds_pivot``, ``seconds_tune``: amortised).
+
+    ``directions`` [D, w_dim] are the edit directions for ``edit_consistency`` (default: the generator's
     factor directions when it has them, else ``cfg.num_directions`` seeded random unit directions).
-    ``progress(step, total, loss)`` is called after every optimisation step of both stages. A precomputed
-    ``w_pivot`` [num_ws, w_dim] skips the pivot stage (so that methods compared on one image share their
-    pivot exactly).
+    ``progress(step, total, mean loss)`` follows both stages. Precomputed ``w_pivots`` [K, num_ws, w_dim] skip
+    the pivot stage (so that methods compared on one image share their pivot exactly).
     """
     device = G.mapping.w_avg.device
-    if image.shape != (3, G.img_resolution, G.img_resolution):
-        raise ValueError(f"image must be [3, {G.img_resolution}, {G.img_resolution}], got {list(image.shape)}")
+    k = images.shape[0]
+    if images.shape[1:] != (3, G.img_resolution, G.img_resolution) or len(image_ids) != k:
+        raise ValueError(f"images must be [K, 3, {G.img_resolution}, {G.img_resolution}] with K ids, got "
+                         f"{list(images.shape)} and {len(image_ids)} id(s)")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    target = image.to(device).unsqueeze(0) * 2 - 1
+    targets = images.to(device) * 2 - 1
+    seeds = [cfg.seed] * k
     t0 = time.perf_counter()
-    total_steps = (cfg.pivot.steps if w_pivot is None else 0) + (cfg.tune.steps if cfg.tune else 0)
+    pivot_steps = 0 if w_pivots is not None else cfg.pivot.steps
+    total_steps = pivot_steps + (cfg.tune.steps if cfg.tune else 0)
 
     def stage_progress(offset: int) -> Progress | None:
         return None if progress is None else (lambda s, _n, loss: progress(offset + s, total_steps, loss))
 
-    pivot_steps = 0 if w_pivot is not None else cfg.pivot.steps
-    if w_pivot is None:
-        w_pivot = find_pivot(G, target, cfg.pivot, seed=cfg.seed, progress=stage_progress(0))
-    w_pivot = w_pivot.to(device)
+    if w_pivots is None:
+        w_pivots = find_pivots(G, targets, cfg.pivot, seeds, progress=stage_progress(0))
+    w_pivots = w_pivots.to(device)
     t_pivot = time.perf_counter()
-
-    deltas: dict[str, torch.Tensor] = {}
-    losses: list[float] = []
+    tuned: list[TuneResult | None] = [None] * k
     if cfg.tune is not None and cfg.tune.steps > 0:
-        tuned = tune(G, w_pivot, target, cfg.tune, seed=cfg.seed, progress=stage_progress(pivot_steps))
-        deltas, losses = tuned.deltas, tuned.losses
+        tuned = list(tune_batch(G, w_pivots, targets, cfg.tune, seeds, progress=stage_progress(pivot_steps)))
     t_tune = time.perf_counter()
+    shared = {"pivot": (t_pivot - t0) / k, "tune": (t_tune - t_pivot) / k}
+    steps = {"pivot": pivot_steps, "tune": cfg.tune.steps if cfg.tune else 0}
+    results: list[InversionResult | InversionError] = []
+    for i in range(k):
+        if not bool(torch.isfinite(w_pivots[i]).all()):
+            results.append(InversionError(f"{image_ids[i]}: the pivot diverged (a non-finite latent); "
+                                          "try a lower pivot learning rate"))
+        elif tuned[i] is not None and tuned[i].diverged_at is not None:
+            results.append(InversionError(f"{image_ids[i]}: the tuning diverged (non-finite loss at step "
+                                          f"{tuned[i].diverged_at} of {tuned[i].steps}); try a lower tuning lr"))
+        else:
+            results.append(_measure(G, images[i].to(device), image_ids[i], cfg, w_pivots[i], tuned[i], directions,
+                                    shared, steps))
+    return results
 
+
+def _measure(G: Generator, image: torch.Tensor, image_id: str, cfg: InvertConfig, w_pivot: torch.Tensor,
+             tuned: TuneResult | None, directions: torch.Tensor | None, shared: dict[str, float],
+             steps: dict[str, int]) -> InversionResult:
+    """One image's deltas encoded, its metrics, previews and timings (``shared``: its share of the batch's
+    pivot and tuning seconds)."""
+    device = w_pivot.device
+    t_start = time.perf_counter()
+    deltas, losses = (tuned.deltas, tuned.losses) if tuned is not None else ({}, [])
     encoded = deltas_mod.encode_deltas(deltas, encoding=cfg.delta_encoding, max_rel_error=cfg.delta_max_rel_error)
     stored = {n: d.to(device) for n, d in deltas_mod.decode_deltas(encoded).items()}
     ws = w_pivot.unsqueeze(0)
@@ -208,7 +257,7 @@ def invert_image(
         edited_ws = ws + preview_edit(G, directions[0], strength)
         edit_render = render_with(G, stored, edited_ws) if stored else G.synthesis(edited_ws, noise_mode="const")
         delta_change = lpips_distance(in_memory.clamp(-1, 1), tuned_render.clamp(-1, 1)).item() if deltas else 0.0
-    metrics: dict[str, float | None] = {**image_metrics(to_unit(tuned_render), image.to(device).unsqueeze(0))[0]}
+    metrics: dict[str, float | None] = {**image_metrics(to_unit(tuned_render), image.unsqueeze(0))[0]}
     if stored:
         G_tuned = deltas_mod.apply_deltas(G, stored)
         metrics["locality"] = locality(G, G_tuned, locality_latents(G, w_pivot, cfg.locality_count, seed=cfg.seed))
@@ -220,13 +269,12 @@ def invert_image(
     # edit_accuracy needs factor directions and a probe that reads them; without them it is None (n/a).
     accuracy = edit_accuracy(G, G_tuned, w_pivot)
     metrics["edit_accuracy"], edit_ratios = accuracy if accuracy is not None else (None, {})
-    t_end = time.perf_counter()
-    previews = torch.cat([image.unsqueeze(0).to(device), to_unit(pivot_render), to_unit(tuned_render),
+    seconds = {**shared, "metrics": time.perf_counter() - t_start}
+    previews = torch.cat([image.unsqueeze(0), to_unit(pivot_render), to_unit(tuned_render),
                           to_unit(edit_render)]).cpu()
     return InversionResult(
         image_id=image_id, method=cfg.method, w_pivot=w_pivot.cpu(), encoded=encoded, metrics=metrics,
-        seconds={"pivot": t_pivot - t0, "tune": t_tune - t_pivot, "metrics": t_end - t_tune, "total": t_end - t0},
-        steps={"pivot": pivot_steps, "tune": cfg.tune.steps if cfg.tune else 0},
+        seconds={**seconds, "total": sum(seconds.values())}, steps=steps,
         peak_memory_mb=_peak_memory_mb(device), delta_bytes=deltas_mod.delta_bytes(encoded),
         delta_lpips_change=delta_change, previews=previews, losses=losses, edit_ratios=edit_ratios,
     )

@@ -61,6 +61,9 @@ def _noise_regularizer(noises: list[torch.Tensor]) -> torch.Tensor:
     return loss
 
 
+PROGRESS_EVERY = 10     # steps between progress reports: reading a loss back waits for the device
+
+
 def find_pivot(
     G: Generator,
     target: torch.Tensor,
@@ -69,42 +72,64 @@ def find_pivot(
     w_std: float | None = None,
     progress: Progress | None = None,
 ) -> torch.Tensor:
-    """Invert ``target`` [1, 3, R, R] in [-1, 1] to a pivot latent ws [num_ws, w_dim].
+    """Invert ``target`` [1, 3, R, R] in [-1, 1] to a pivot latent ws [num_ws, w_dim] (:func:`find_pivots` of one).
 
-    ``w_std`` is the spread of W around ``w_avg`` (RMS distance), estimated from seeded samples when not
-    given; it scales the latent noise. With ``cfg.optimize_noise`` the optimised noise maps are written
-    into G's ``noise_const`` buffers (call it on a copy if the original must stay intact).
+    With ``cfg.optimize_noise`` the optimised noise maps are written into G's ``noise_const`` buffers (call it
+    on a copy if the original must stay intact).
     """
-    if target.shape != (1, G.img_channels, G.img_resolution, G.img_resolution):
-        raise ValueError(f"target must be [1, 3, {G.img_resolution}, {G.img_resolution}], got {list(target.shape)}")
-    device = target.device
-    gen = torch.Generator().manual_seed(seed)
+    return find_pivots(G, target, cfg, [seed], w_std, progress)[0]
+
+
+def find_pivots(
+    G: Generator,
+    targets: torch.Tensor,
+    cfg: PivotConfig = PivotConfig(),
+    seeds: list[int] | None = None,
+    w_std: float | None = None,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """Invert K images ``targets`` [K, 3, R, R] in [-1, 1] at once: pivots ws [K, num_ws, w_dim].
+
+    Each image gets what :func:`find_pivot` gives it alone with its seed (``seeds``, default 0 for all), within
+    float32 rounding: one render and one backward per step for the batch, the loss summed over images (so each
+    latent's gradient is its own image's), Adam elementwise, each image's latent noise from its own seeded
+    generator. ``w_std`` is the spread of W around ``w_avg`` (RMS distance), estimated from seeded samples when
+    not given; it scales the latent noise. ``progress(step, total, mean loss)`` is called every PROGRESS_EVERY
+    steps and at the end. Noise-map optimisation (``cfg.optimize_noise``) works on one image at a time.
+    """
+    k = targets.shape[0]
+    seeds = list(seeds) if seeds is not None else [0] * k
+    if targets.shape[1:] != (G.img_channels, G.img_resolution, G.img_resolution) or len(seeds) != k:
+        raise ValueError(f"targets must be [K, 3, {G.img_resolution}, {G.img_resolution}] with K seeds, got "
+                         f"{list(targets.shape)} and {len(seeds)} seed(s)")
+    if cfg.optimize_noise and k != 1:
+        raise ValueError("optimize_noise changes G's noise maps: invert one image at a time with it")
+    device = targets.device
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
     w_avg = G.mapping.w_avg.detach()
-    if w_std is None:
-        z = torch.randn([2000, G.z_dim], generator=gen).to(device)
-        with torch.no_grad():
-            w_std = (G.mapping(z)[:, 0] - w_avg).square().sum(1).mean().sqrt().item()
+    spreads = [w_std] * k if w_std is not None else _w_std(G, seeds, gens)
     num = 1 if cfg.space == "w" else G.num_ws
-    w_opt = w_avg.reshape(1, 1, -1).repeat(1, num, 1).clone().requires_grad_(True)
+    w_opt = w_avg.reshape(1, 1, -1).repeat(k, num, 1).clone().requires_grad_(True)
     params: list[torch.Tensor] = [w_opt]
     noises: list[torch.Tensor] = []
     if cfg.optimize_noise:
         for name, buf in G.synthesis.named_buffers():
             if name.endswith("noise_const"):
-                buf.copy_(torch.randn(buf.shape, generator=gen).to(device))
+                buf.copy_(torch.randn(buf.shape, generator=gens[0]).to(device))
                 noises.append(buf.requires_grad_(True))
         params += noises
     opt = torch.optim.Adam(params, betas=(0.9, 0.999), lr=cfg.lr)
     for step in range(cfg.steps):
         t = step / max(cfg.steps, 1)
-        w_noise_scale = w_std * cfg.noise_factor * max(0.0, 1.0 - t / cfg.noise_ramp) ** 2
+        decay = cfg.noise_factor * max(0.0, 1.0 - t / cfg.noise_ramp) ** 2
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.lr_rampup, cfg.lr_rampdown)
-        w_noise = torch.randn(w_opt.shape, generator=gen).to(device) * w_noise_scale
-        ws = (w_opt + w_noise).expand(1, G.num_ws, -1) if num == 1 else w_opt + w_noise
+        w_noise = torch.cat([torch.randn([1, num, G.w_dim], generator=g).to(device) * (spread * decay)
+                             for g, spread in zip(gens, spreads, strict=True)])
+        ws = (w_opt + w_noise).expand(k, G.num_ws, -1) if num == 1 else w_opt + w_noise
         with autocast(device, cfg.precision):
             render = G.synthesis(ws, noise_mode="const")
-            loss = reconstruction_loss(render.float(), target, cfg.l2_weight, cfg.lpips_weight)
+            loss = reconstruction_loss(render.float(), targets, cfg.l2_weight, cfg.lpips_weight)
         if noises:
             loss = loss + cfg.noise_regularize * _noise_regularizer(noises)
         opt.zero_grad(set_to_none=True)
@@ -114,8 +139,20 @@ def find_pivot(
             with torch.no_grad():  # keep each noise map zero-mean, unit-variance
                 for n in noises:
                     n.sub_(n.mean()).div_(n.square().mean().sqrt())
-        if progress is not None:
-            progress(step + 1, cfg.steps, loss.item())
+        if progress is not None and ((step + 1) % PROGRESS_EVERY == 0 or step + 1 == cfg.steps):
+            progress(step + 1, cfg.steps, loss.item() / k)
     for n in noises:
         n.requires_grad_(False)
-    return w_opt.detach().expand(1, G.num_ws, -1)[0].clone()
+    return w_opt.detach().expand(k, G.num_ws, -1).clone()
+
+
+def _w_std(G: Generator, seeds: list[int], gens: list[torch.Generator]) -> list[float]:
+    """Per image, the RMS distance from w_avg of 2000 latents mapped from its generator's first draws (computed once
+    per distinct seed; every generator advances as in a run of its image alone)."""
+    by_seed: dict[int, float] = {}
+    for seed, g in zip(seeds, gens, strict=True):
+        z = torch.randn([2000, G.z_dim], generator=g).to(G.mapping.w_avg.device)
+        if seed not in by_seed:
+            with torch.no_grad():
+                by_seed[seed] = (G.mapping(z)[:, 0] - G.mapping.w_avg).square().sum(1).mean().sqrt().item()
+    return [by_seed[s] for s in seeds]

@@ -7,20 +7,19 @@ weights. Same pivot, same losses, same step budget: a comparison differs only in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
 from dataclasses import dataclass, field
 
 import torch
-from torch.func import functional_call
+from torch.func import functional_call, stack_module_state, vmap
 
 from gani_core.editing import sample_regulariser_latents
 from gani_core.gmm import GMMKind, GMMSet
-from gani_core.losses import reconstruction_loss
+from gani_core.losses import reconstruction_loss, reconstruction_losses
 from gani_core.lpips import lpips_distance
 from gani_core.networks import Generator
+from gani_core.pivot import PROGRESS_EVERY, Progress
 from gani_core.precision import Precision, autocast
-
-Progress = Callable[[int, int, float], None]  # (step, total, loss)
 
 
 @dataclass(frozen=True)
@@ -47,6 +46,7 @@ class TuneResult:
     losses: list[float]                 # reconstruction loss per step
     steps: int
     gmm_parameters: int                 # number of trained parameters
+    diverged_at: int | None = None      # the first step whose loss was not finite (the deltas are then unusable)
 
 
 def tuned_layers(G: Generator, layers: str) -> dict[str, torch.Tensor]:
@@ -85,35 +85,85 @@ def tune(
 ) -> TuneResult:
     """Train the update networks so that ``G`` with ``W + ΔW`` renders ``target`` from ``w_pivot``.
 
-    w_pivot: [num_ws, w_dim]; target: [1, 3, R, R] in [-1, 1]. G is left unchanged.
+    w_pivot: [num_ws, w_dim]; target: [1, 3, R, R] in [-1, 1]. G is left unchanged. :func:`tune_batch` of one.
     """
-    ws = w_pivot.unsqueeze(0)
+    return tune_batch(G, w_pivot[None], target, cfg, [seed], progress)[0]
+
+
+def tune_batch(
+    G: Generator,
+    w_pivots: torch.Tensor,
+    targets: torch.Tensor,
+    cfg: TuneConfig = TuneConfig(),
+    seeds: list[int] | None = None,
+    progress: Progress | None = None,
+) -> list[TuneResult]:
+    """Tune K images at once: each its own update networks (or, for ``full``, its own copy of the weights).
+
+    w_pivots: [K, num_ws, w_dim]; targets: [K, 3, R, R] in [-1, 1]; ``seeds`` (default 0 for all) seed each
+    image's initialisation and regulariser latents. Each image gets what :func:`tune` gives it alone, within
+    float32 rounding: the K sets of parameters are stacked, one vmapped render per step applies image k's
+    ``W + ΔW_k`` to its own latents (StyleGAN2's modulated convolution then runs per-sample weights as a grouped
+    convolution), the losses are summed over images (each image's parameters see only their own image's
+    gradient) and Adam is elementwise. Losses stay on the device until the end; ``progress(step, total, mean
+    loss)`` is called every PROGRESS_EVERY steps. An image whose loss stops being finite ends with
+    ``diverged_at`` set; the others are unaffected.
+    """
+    k = w_pivots.shape[0]
+    seeds = list(seeds) if seeds is not None else [0] * k
+    if targets.shape[0] != k or len(seeds) != k:
+        raise ValueError(f"{k} pivots need {k} targets and seeds, got {targets.shape[0]} and {len(seeds)}")
     weights = tuned_layers(G, cfg.layers)
-    grads = layer_gradients(G, list(weights), ws, target, cfg) if cfg.kind == "grad" else None
-    torch.manual_seed(seed)  # nn.Linear's default init in the "param" form
-    gmms = GMMSet({n: w.detach() for n, w in weights.items()}, cfg.kind, rank=cfg.rank, hidden=cfg.hidden,
-                  grads=grads, seed=seed)
-    opt = torch.optim.Adam(gmms.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
-    gen = torch.Generator().manual_seed(seed + 1)
-    losses: list[float] = []
+    sets = []
+    for i in range(k):
+        grads = (layer_gradients(G, list(weights), w_pivots[i : i + 1], targets[i : i + 1], cfg)
+                 if cfg.kind == "grad" else None)
+        torch.manual_seed(seeds[i])  # nn.Linear's default init in the "param" form
+        sets.append(GMMSet({n: w.detach() for n, w in weights.items()}, cfg.kind, rank=cfg.rank, hidden=cfg.hidden,
+                           grads=grads, seed=seeds[i]))
+    params, buffers = stack_module_state(sets)          # {name: [K, ...]}: the trained leaves, and the inputs
+    template = copy.deepcopy(sets[0]).to("meta")
+
+    def deltas_of(p: dict, b: dict) -> dict[str, torch.Tensor]:
+        return functional_call(template, (p, b), ())
+
+    def render_k(p: dict, b: dict, ws: torch.Tensor) -> torch.Tensor:      # ws [M, num_ws, w_dim] -> [M, 3, R, R]
+        return render_with(G, deltas_of(p, b), ws)
+
+    opt = torch.optim.Adam(params.values(), lr=cfg.lr, betas=(0.9, 0.999))
+    gens = [torch.Generator().manual_seed(s + 1) for s in seeds]
+    history: list[torch.Tensor] = []                    # per step: [K] reconstruction losses, on the device
     for step in range(cfg.steps):
-        deltas = gmms.deltas()
+        regularise = bool(cfg.locality_weight) and step % cfg.locality_interval == 0
+        ws = w_pivots[:, None]                                                        # [K, 1, num_ws, w_dim]
+        if regularise:
+            w_loc = torch.stack([sample_regulariser_latents(G, w_pivots[i], cfg.locality_samples, gens[i],
+                                                            cfg.locality_alpha) for i in range(k)])
+            ws = torch.cat([ws, w_loc], dim=1)                                        # [K, 1 + S, num_ws, w_dim]
         with autocast(ws.device, cfg.precision):
-            render = render_with(G, deltas, ws).float()
-            loss = reconstruction_loss(render, target, cfg.l2_weight, cfg.lpips_weight)
-            losses.append(loss.item())
-            if cfg.locality_weight and step % cfg.locality_interval == 0:
-                w_loc = sample_regulariser_latents(G, w_pivot, cfg.locality_samples, gen, cfg.locality_alpha)
+            renders = vmap(render_k)(params, buffers, ws).float()                     # [K, M, 3, R, R]
+            per_image = reconstruction_losses(renders[:, 0], targets, cfg.l2_weight, cfg.lpips_weight)
+            history.append(per_image.detach())
+            loss = per_image.sum()
+            if regularise:
                 with torch.no_grad():
-                    original = G.synthesis(w_loc, noise_mode="const").float()
-                tuned = render_with(G, deltas, w_loc).float()
-                loc = torch.nn.functional.mse_loss(tuned, original) + lpips_distance(tuned, original).mean()
-                loss = loss + cfg.locality_weight * loc
+                    original = G.synthesis(w_loc.flatten(0, 1), noise_mode="const").float()
+                tuned = renders[:, 1:].flatten(0, 1)
+                loc = (torch.nn.functional.mse_loss(tuned, original, reduction="none").view(k, -1).mean(1)
+                       + lpips_distance(tuned, original).view(k, -1).mean(1))
+                loss = loss + cfg.locality_weight * loc.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if progress is not None:
-            progress(step + 1, cfg.steps, losses[-1])
+        if progress is not None and ((step + 1) % PROGRESS_EVERY == 0 or step + 1 == cfg.steps):
+            progress(step + 1, cfg.steps, per_image.mean().item())
     with torch.no_grad():
-        final = {n: d.detach().clone() for n, d in gmms.deltas().items()}
-    return TuneResult(deltas=final, losses=losses, steps=cfg.steps, gmm_parameters=gmms.num_parameters())
+        final = vmap(deltas_of)(params, buffers)                                       # {name: [K, ...]}
+    losses = torch.stack(history).cpu() if history else torch.zeros(0, k)             # one read: [steps, K]
+    results = []
+    for i in range(k):
+        finite = torch.isfinite(losses[:, i])
+        diverged = None if bool(finite.all()) else int((~finite).nonzero()[0]) + 1
+        results.append(TuneResult(deltas={n: d[i].clone() for n, d in final.items()}, losses=losses[:, i].tolist(),
+                                  steps=cfg.steps, gmm_parameters=sets[i].num_parameters(), diverged_at=diverged))
+    return results

@@ -1,4 +1,4 @@
-"""The inversion task: one image, one method, on whichever Dask worker runs it.
+"""The inversion task: a batch of images, one method, on whichever Dask worker runs it.
 
 A worker process keeps its generator (:func:`worker_generator`) and LPIPS networks (gani_core.lpips caches
 them per process) for all the tasks it runs: the first task on a worker pays for loading, the rest do not.
@@ -25,7 +25,7 @@ from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.dataset import ImageSource
 from gani_core.invert import InvertConfig
 from gani_core.run_folder import RunFolder, failed_row
-from gani_core.runs import invert_source
+from gani_core.runs import auto_batch_size, invert_sources
 
 
 def worker_device() -> str:
@@ -79,13 +79,16 @@ def worker_generator(ckpt: CheckpointRef, device: str) -> Generator:
     return ckpt.load(device)
 
 
-@task(name="invert-image", task_run_name="invert-{image.image_id}-{cfg.method}", retries=1, cache_policy=NO_CACHE)
-def invert_on_worker(image: ImageSource, cfg: InvertConfig, ckpt: CheckpointRef, folder: RunFolder) -> dict:
-    """Invert one image with ``cfg`` and write its deltas, preview and row into ``folder``; return the row.
+@task(name="invert-images", task_run_name="invert-{images[0].image_id}-x{batch_size}-{cfg.method}", retries=1,
+      cache_policy=NO_CACHE)
+def invert_on_worker(images: list[ImageSource], cfg: InvertConfig, ckpt: CheckpointRef, folder: RunFolder,
+                     batch_size: int | str = 1) -> list[dict]:
+    """Invert ``images`` with ``cfg``, ``batch_size`` at a time (``auto``: as the worker's device memory allows),
+    writing each image's deltas, preview and row into ``folder`` as its batch ends; return the rows.
 
-    A bad image, or a checkpoint this worker cannot read, returns a failed row saying why
-    (gani_core.runs.invert_source); anything else that goes wrong (a lost GPU, out of memory) raises, is
-    retried once, and then becomes a failed row in the flow.
+    A bad image, or a checkpoint this worker cannot read, gives failed rows saying why
+    (gani_core.runs.invert_sources); anything else that goes wrong (a lost GPU) raises, is retried once, and
+    then becomes failed rows in the flow.
     """
     process = prepare_worker_process()
     device = worker_device()
@@ -93,14 +96,18 @@ def invert_on_worker(image: ImageSource, cfg: InvertConfig, ckpt: CheckpointRef,
     try:
         G = worker_generator(ckpt, device)
     except CheckpointError as exc:
-        row = failed_row(image.image_id, cfg, ckpt, f"{type(exc).__name__}: {exc}", device=device)
-        folder.write_row(row)
-        logger.warning("%s [%s] failed: %s", image.image_id, cfg.method, row["error"])
-        return row
-    row = invert_source(G, image, cfg, folder, ckpt)
-    if row["status"] == "ok":
-        logger.info("%s [%s]: lpips %.4f, %.1f s on %s (%d torch thread(s))", image.image_id, cfg.method,
-                    row["lpips"], row["seconds"], device, process["torch_threads"])
-    else:
-        logger.warning("%s [%s] failed: %s", image.image_id, cfg.method, row["error"])
-    return row
+        rows = [failed_row(image.image_id, cfg, ckpt, f"{type(exc).__name__}: {exc}", device=device)
+                for image in images]
+        for row in rows:
+            folder.write_row(row)
+        logger.warning("%d image(s) [%s] failed: %s", len(rows), cfg.method, rows[0]["error"])
+        return rows
+    k = auto_batch_size(G, cfg) if batch_size == "auto" else int(batch_size)
+    rows = invert_sources(G, images, cfg, folder, ckpt, batch_size=k)
+    for row in rows:
+        if row["status"] == "ok":
+            logger.info("%s [%s]: lpips %.4f, %.1f s on %s (%d torch thread(s), batches of %d)", row["image_id"],
+                        cfg.method, row["lpips"], row["seconds"], device, process["torch_threads"], k)
+        else:
+            logger.warning("%s [%s] failed: %s", row["image_id"], cfg.method, row["error"])
+    return rows

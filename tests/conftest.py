@@ -23,6 +23,12 @@ import torch
 from gani_core import Generator, build_builtin, save_generator
 from gani_core.images import load_image
 
+# One intra-op thread in the test process. The tests' tensors are small (32-256 px), and on a 2-core machine
+# whose other core is busy (a Dask worker, a server, a second job) torch's second thread spin-waits: a 128 x 128
+# float64 SVD took 0.59 s with two threads against 0.002 s with one, and tests/test_inversion.py 134 s against
+# 12 s. Child processes (servers, Dask workers, deployments) choose their own.
+torch.set_num_threads(1)
+
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).parent.parent
 EXAMPLES = REPO / "examples" / "photos"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from itertools import pairwise
 
 import pyarrow as pa
 import pytest
@@ -60,6 +61,9 @@ def gani(G: Generator, image: torch.Tensor, progress_calls: list) -> InversionRe
 
 @pytest.fixture(scope="module")
 def pti(G: Generator, image: torch.Tensor, gani: InversionResult) -> InversionResult:
+    """PTI from GANI's pivot with GANI's step budget. Not asserted: that GANI is the more local of the two. At
+    this budget, on an untrained generator, it is not (measured locality 0.038 against PTI's 0.020, while its
+    lpips is 0.071 against 0.119); docs/method.md compares them at 200 steps on the trained generator."""
     cfg = method_config("pti", tune_steps=TUNE_STEPS, seed=0)
     return invert_image(G, image, "astronaut", cfg, w_pivot=gani.w_pivot)
 
@@ -215,11 +219,17 @@ def test_same_seed_gives_identical_rows(G: Generator, image: torch.Tensor) -> No
     assert all(math.isfinite(a[k]) for k in ("lpips", "mse", "locality", "edit_consistency"))
 
 
-def test_progress_reports_every_step_of_both_stages(progress_calls: list, gani: InversionResult) -> None:
+def test_progress_reports_rising_steps_through_both_stages_up_to_the_total(
+    progress_calls: list, gani: InversionResult
+) -> None:
     total = PIVOT_STEPS + TUNE_STEPS
-    assert [(step, n) for step, n, _ in progress_calls] == [(step, total) for step in range(1, total + 1)]
+    steps = [step for step, _, _ in progress_calls]
+    assert all(a < b for a, b in pairwise(steps)) and steps[-1] == total
+    assert PIVOT_STEPS in steps                 # the pivot stage's last step, then the tuning's continue the count
+    assert all(n == total for _, n, _ in progress_calls)
+    tuning = [(step - PIVOT_STEPS, loss) for step, _, loss in progress_calls if step > PIVOT_STEPS]
+    assert [loss for _, loss in tuning] == pytest.approx([gani.losses[step - 1] for step, _ in tuning])
     assert all(isinstance(loss, float) and math.isfinite(loss) for _, _, loss in progress_calls)
-    assert [loss for *_, loss in progress_calls[PIVOT_STEPS:]] == pytest.approx(gani.losses)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -237,5 +247,5 @@ def test_method_config_validates() -> None:
 
 
 def test_image_of_wrong_size_is_refused(G: Generator) -> None:
-    with pytest.raises(ValueError, match=r"image must be \[3, 32, 32\]"):
+    with pytest.raises(ValueError, match=r"32, 32\].*64, 64\]"):     # what it must be, what it was
         invert_image(G, torch.zeros(3, 64, 64), "x", method_config("w", pivot_steps=1))

@@ -147,20 +147,22 @@ def test_artifacts_are_served_back_over_http_as_the_flow_wrote_them(server_run, 
 def test_preview_grid_stacks_each_images_preview_input_first(server_run, tmp_path):
     client = MlflowClient(tracking_uri=server_run["url"])
     grid_path = client.download_artifacts(server_run["summary"]["mlflow_run_id"], "preview_grid.png", str(tmp_path))
-    previews = [server_run["out"] / "previews" / f"{image_id}.gani.png" for image_id in ("astronaut", "coffee")]
-    heights = []
-    for path in previews:
-        with Image.open(path) as preview:
-            heights.append(preview.height)
+    sizes = []
+    for image_id in ("astronaut", "coffee"):
+        with Image.open(server_run["out"] / "previews" / f"{image_id}.gani.png") as preview:
+            sizes.append(preview.size)
     with Image.open(grid_path) as grid:
-        # One row per image: input | pivot | tuned | edit, four 32 px tiles, each preview with its caption.
-        assert grid.size == (4 * 32, sum(heights))
-        first_tile = np.asarray(grid.convert("RGB").crop((0, 0, 32, 32)))
-        second_row_tile = np.asarray(grid.convert("RGB").crop((0, heights[0], 32, heights[0] + 32)))
-    for tile, name in ((first_tile, "astronaut.jpg"), (second_row_tile, "coffee.jpg")):
-        photo = load_image(EXAMPLES / name, resolution=32)
-        expected = (photo.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        assert np.array_equal(tile, expected), name
+        pixels = np.asarray(grid.convert("RGB"))
+    # Each preview is input | pivot | tuned | edit in four square cells (the 32 px images upscaled by a whole
+    # factor), its caption under them; the grid stacks the previews in image order.
+    cell = sizes[0][0] // 4
+    scale = cell // 32
+    assert [w for w, _ in sizes] == [4 * cell, 4 * cell] and cell == 32 * scale
+    assert pixels.shape == (sum(h for _, h in sizes), 4 * cell, 3)
+    for top, name in ((0, "astronaut.jpg"), (sizes[0][1], "coffee.jpg")):
+        photo = (load_image(EXAMPLES / name, resolution=32).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        upscaled = photo.repeat(scale, axis=0).repeat(scale, axis=1)
+        assert np.array_equal(pixels[top : top + cell, :cell], upscaled), name
 
 
 def test_logged_metrics_are_the_aggregates_of_metrics_parquet(server_run):

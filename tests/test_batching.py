@@ -1,0 +1,129 @@
+"""The batched engine: K images in one forward and backward per step give each image what a run of it alone gives.
+
+Equal within float32 rounding: the batched modulated convolution (per-sample weights as a grouped convolution)
+sums in another order than K separate ones. Adam's first steps move each parameter by about ±lr whatever the
+size of its gradient, so a gradient component within rounding of zero can take the other sign: in the ``param``
+form (whose output layer starts at zero) that makes renders differ by up to 4e-4 (of a [-1, 1] range; an 8-bit
+level is 8e-3) after a few steps; the other forms agree to about 1e-5.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from gani_core import build_builtin
+from gani_core.checkpoints.ref import resolve_checkpoint
+from gani_core.dataset import list_images
+from gani_core.invert import InversionError, invert_image, invert_images, method_config
+from gani_core.pivot import PivotConfig, find_pivot, find_pivots
+from gani_core.run_folder import RunFolder
+from gani_core.runs import invert_sources
+from gani_core.tuning import TuneConfig, render_with, tune, tune_batch
+
+SEEDS = [0, 1, 0]       # two images with the same seed, one with another
+
+
+@pytest.fixture(scope="module")
+def G():
+    return build_builtin(32)
+
+
+@pytest.fixture(scope="module")
+def targets() -> torch.Tensor:
+    return torch.rand([3, 3, 32, 32], generator=torch.Generator().manual_seed(5)) * 2 - 1
+
+
+@pytest.mark.parametrize("space", ["w", "wplus"])
+def test_pivots_of_a_batch_are_the_pivots_of_each_image_alone(G, targets, space) -> None:
+    cfg = PivotConfig(space=space, steps=4)
+    batch = find_pivots(G, targets, cfg, SEEDS)
+    alone = torch.stack([find_pivot(G, targets[i : i + 1], cfg, seed=s) for i, s in enumerate(SEEDS)])
+    assert batch.shape == (3, G.num_ws, G.w_dim)
+    torch.testing.assert_close(batch, alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(alone[0], alone[2])       # same seed, other image: another pivot
+
+
+@pytest.mark.parametrize(("kind", "layers"), [("param-lowrank", "conv+torgb"), ("lowrank", "conv+torgb"),
+                                              ("param", "conv+torgb"), ("grad", "conv+torgb"), ("full", "all")])
+def test_tuning_a_batch_is_tuning_each_image_alone(G, targets, kind, layers) -> None:
+    w = G.mapping(torch.randn([3, G.z_dim], generator=torch.Generator().manual_seed(1)))
+    cfg = TuneConfig(kind=kind, layers=layers, steps=3, locality_weight=0.1)
+    batch = tune_batch(G, w, targets, cfg, SEEDS)
+    for i, seed in enumerate(SEEDS):
+        alone = tune(G, w[i], targets[i : i + 1], cfg, seed=seed)
+        assert batch[i].losses == pytest.approx(alone.losses, rel=1e-4, abs=1e-6)
+        with torch.no_grad():
+            torch.testing.assert_close(render_with(G, batch[i].deltas, w[i : i + 1]),
+                                       render_with(G, alone.deltas, w[i : i + 1]), atol=1e-3, rtol=0)
+        assert batch[i].diverged_at is None
+
+
+def test_an_inverted_batch_has_each_image_row_of_a_run_alone(G, targets) -> None:
+    images = (targets + 1) / 2
+    cfg = method_config("gani", pivot_steps=3, tune_steps=3)
+    batch = invert_images(G, images, ["a", "b", "c"], cfg)
+    for i, image_id in enumerate("abc"):
+        alone = invert_image(G, images[i], image_id, cfg).row()
+        row = batch[i].row()
+        for name in ("mse", "lpips", "locality", "edit_consistency", "delta_bytes"):
+            assert row[name] == pytest.approx(alone[name], rel=2e-3, abs=1e-5), name
+        assert row["w_pivot"] == pytest.approx(alone["w_pivot"], abs=1e-5)
+
+
+def test_a_diverging_image_fails_alone_and_the_batch_goes_on(G, targets) -> None:
+    images = ((targets + 1) / 2).clone()
+    images[1, 0, 0, 0] = float("nan")
+    cfg = method_config("gani", pivot_steps=2, tune_steps=2)
+    a, b, c = invert_images(G, images, ["a", "b", "c"], cfg)
+    assert isinstance(b, InversionError) and "diverged" in str(b)
+    assert a.metrics["lpips"] > 0 and c.metrics["lpips"] > 0
+    alone = invert_image(G, images[2], "c", cfg)
+    assert c.metrics["lpips"] == pytest.approx(alone.metrics["lpips"], rel=2e-3)
+
+
+def test_sources_fail_before_joining_a_batch_and_rows_are_written_per_image(photos_with_broken: Path,
+                                                                            tmp_path: Path) -> None:
+    images = list_images(str(photos_with_broken))                  # astronaut, broken, coffee
+    ckpt = resolve_checkpoint("builtin-random:32")
+    folder = RunFolder(str(tmp_path))
+    rows = invert_sources(ckpt.load(), images, method_config("wplus", pivot_steps=2), folder, ckpt, batch_size=2)
+    assert [(r["image_id"], r["status"]) for r in rows] == [("astronaut", "ok"), ("broken", "failed"),
+                                                            ("coffee", "ok")]
+    assert rows[1]["error"].startswith("ImageError")
+    assert sorted(p.name for p in (tmp_path / "rows").iterdir()) == [
+        "astronaut.wplus.json", "broken.wplus.json", "coffee.wplus.json"]
+
+
+def test_a_batch_out_of_memory_is_split_and_nothing_is_lost(photos_with_broken: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device that holds one image at a time (the out-of-memory error a GPU raises, injected for K > 1)."""
+    import gani_core.runs as runs
+
+    calls: list[int] = []
+    real = runs.invert_images
+
+    def one_at_a_time(G, images, *args, **kwargs):
+        calls.append(len(images))
+        if len(images) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(G, images, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "invert_images", one_at_a_time)
+    (tmp_path / "in").mkdir()
+    for name in ("astronaut.jpg", "coffee.jpg"):
+        (tmp_path / "in" / name).write_bytes((photos_with_broken / name).read_bytes())
+    ckpt = resolve_checkpoint("builtin-random:32")
+    rows = invert_sources(ckpt.load(), list_images(str(tmp_path / "in")), method_config("w", pivot_steps=2),
+                          RunFolder(str(tmp_path / "out")), ckpt, batch_size=2)
+    assert calls == [2, 1, 1]
+    assert [(r["image_id"], r["status"]) for r in rows] == [("astronaut", "ok"), ("coffee", "ok")]
+
+
+def test_batch_size_must_be_positive(tmp_path: Path) -> None:
+    ckpt = resolve_checkpoint("builtin-random:32")
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        invert_sources(ckpt.load(), [], method_config("w"), RunFolder(str(tmp_path)), ckpt, batch_size=0)
+
