@@ -172,7 +172,7 @@ def sample_regulariser_latents(
     G: Generator,
     w_pivot: torch.Tensor,
     count: int,
-    generator: torch.Generator,
+    generator: torch.Generator | list[torch.Generator],
     alpha: float,
     truncation_psi: float = 1.0,
 ) -> torch.Tensor:
@@ -184,6 +184,9 @@ def sample_regulariser_latents(
     the normalised direction (w_z - w_p), a value tuned to FFHQ's W scale; a fraction `alpha` in (0, 1]
     of the distance to a mapped latent is generator-agnostic and never leaves the segment between the
     pivot and the generator's domain. The result is detached: the regulariser moves weights, not latents.
+
+    Batched: K pivots [K, num_ws, w_dim] and K generators (one per image) give [K, count, num_ws, w_dim], each
+    image's z drawn from its own generator and all of them mapped at once.
     """
     if not 0 < alpha <= 1:
         raise ValueError(
@@ -191,6 +194,12 @@ def sample_regulariser_latents(
         )
     if count < 1:
         raise ValueError(f"sample_regulariser_latents needs count >= 1, got {count}")
+    if isinstance(generator, list):
+        if w_pivot.ndim != 3 or len(generator) != w_pivot.shape[0]:
+            raise ValueError(f"{len(generator)} generators need pivots [K, num_ws, w_dim], got {list(w_pivot.shape)}")
+        z = torch.cat([torch.randn([count, G.z_dim], generator=g, device=g.device) for g in generator]).to(_device(G))
+        ws = _map(G, z, truncation_psi).view(len(generator), count, G.num_ws, G.w_dim)
+        return w_pivot.detach()[:, None] + alpha * (ws - w_pivot.detach()[:, None])
     w_pivot = _as_pivot(G, w_pivot).detach()
     ws = _mapped_ws(G, count, generator, truncation_psi)
     return w_pivot + alpha * (ws - w_pivot)
@@ -342,8 +351,12 @@ def _as_pivot(G: Generator, w_pivot: torch.Tensor) -> torch.Tensor:
 def _mapped_ws(G: Generator, count: int, generator: torch.Generator, truncation_psi: float = 1.0) -> torch.Tensor:
     """Map `count` z drawn from `generator` (on its own device): [count, num_ws, w_dim] on G's device."""
     z = torch.randn([count, G.z_dim], generator=generator, device=generator.device).to(_device(G))
+    return _map(G, z, truncation_psi)
+
+
+def _map(G: Generator, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Tensor:
     # A conditional generator gets zero labels, as `Generator.mean_w` does.
-    c = torch.zeros([count, G.c_dim], device=z.device) if G.c_dim > 0 else None
+    c = torch.zeros([z.shape[0], G.c_dim], device=z.device) if G.c_dim > 0 else None
     with torch.no_grad():
         return G.mapping(z, c, truncation_psi=truncation_psi)
 

@@ -124,8 +124,8 @@ def find_pivots(
         decay = cfg.noise_factor * max(0.0, 1.0 - t / cfg.noise_ramp) ** 2
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.lr_rampup, cfg.lr_rampdown)
-        w_noise = torch.cat([torch.randn([1, num, G.w_dim], generator=g).to(device) * (spread * decay)
-                             for g, spread in zip(gens, spreads, strict=True)])
+        w_noise = torch.cat([torch.randn([1, num, G.w_dim], generator=g) * (spread * decay)     # one copy to the
+                             for g, spread in zip(gens, spreads, strict=True)]).to(device)   # device per step
         ws = (w_opt + w_noise).expand(k, G.num_ws, -1) if num == 1 else w_opt + w_noise
         with autocast(device, cfg.precision):
             render = G.synthesis(ws, noise_mode="const")

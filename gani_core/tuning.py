@@ -137,8 +137,7 @@ def tune_batch(
         regularise = bool(cfg.locality_weight) and step % cfg.locality_interval == 0
         ws = w_pivots[:, None]                                                        # [K, 1, num_ws, w_dim]
         if regularise:
-            w_loc = torch.stack([sample_regulariser_latents(G, w_pivots[i], cfg.locality_samples, gens[i],
-                                                            cfg.locality_alpha) for i in range(k)])
+            w_loc = sample_regulariser_latents(G, w_pivots, cfg.locality_samples, gens, cfg.locality_alpha)
             ws = torch.cat([ws, w_loc], dim=1)                                        # [K, 1 + S, num_ws, w_dim]
         with autocast(ws.device, cfg.precision):
             renders = vmap(render_k)(params, buffers, ws).float()                     # [K, M, 3, R, R]
