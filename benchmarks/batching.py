@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/batching.py                                   # CPU: builtin, K = 1 2 4 8 16
     .venv/bin/python benchmarks/batching.py --device cuda --ks 1 8 64 256 512 --checkpoint builtin
-    .venv/bin/python benchmarks/batching.py --device cuda --checkpoint builtin-random:256 --ks 1 8 32 64
+    .venv/bin/python benchmarks/batching.py --device cuda --checkpoint paper256 --ks 1 8 32 64
     .venv/bin/python benchmarks/batching.py --device cuda --checkpoint config-f-1024 --ks 1 4 8 16
     .venv/bin/python benchmarks/batching.py --flops --checkpoint config-f-1024   # FLOPs per image, any machine
 
@@ -16,7 +16,8 @@ step budgets (450 pivot + 350 tuning steps) is then
 that is, the full budget at the measured step times; ``--full`` runs the whole budget instead (slow on a CPU).
 Methods are interleaved over K so that drifting machine load hits them alike. On CUDA: peak memory per image,
 and TFLOP/s achieved against ``--peak-tflops`` (FLOPs counted with torch.utils.flop_counter). ``config-f-1024``
-is a 1024 px StyleGAN2 config-f generator with random weights (speed does not depend on training).
+and ``paper256`` are StyleGAN2 generators of those sizes with random weights (speed does not depend on training);
+``benchmarks/gpu_batching.sh`` runs every GPU row in one command.
 Writes a JSON with every figure to ``--out``.
 """
 
@@ -41,13 +42,18 @@ from gani_core.tuning import TuneConfig, tune_batch
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = sorted((REPO / "examples" / "photos").glob("*.jpg"))
 METHODS = ("gani", "pti", "wplus")
-CONFIG_F = GeneratorConfig(z_dim=512, w_dim=512, img_resolution=1024, mapping_layers=8, channel_base=32768,
-                           channel_max=512, label="config-f 1024 px, random weights")
+# Random-weight generators of real models' sizes (speed does not depend on training).
+SIZES = {
+    "config-f-1024": GeneratorConfig(z_dim=512, w_dim=512, img_resolution=1024, mapping_layers=8,
+                                     channel_base=32768, channel_max=512, label="config-f 1024 px, random weights"),
+    "paper256": GeneratorConfig(z_dim=512, w_dim=512, img_resolution=256, mapping_layers=8, channel_base=16384,
+                                channel_max=512, label="paper256 (stylegan2-ada), random weights"),
+}
 
 
 def load(spec: str, device: str) -> Generator:
-    if spec == "config-f-1024":
-        return Generator(CONFIG_F).eval().requires_grad_(False).to(device)
+    if spec in SIZES:
+        return Generator(SIZES[spec]).eval().requires_grad_(False).to(device)
     return resolve_checkpoint(spec).load(device)
 
 
@@ -104,7 +110,7 @@ def flops_per_image(G: Generator, method: str, k: int, device: str) -> dict[str,
     t = targets(G, k, device)
     out = {}
     with FlopCounterMode(display=False) as counter:
-        find_pivots(G, t, replace(cfg.pivot, steps=1, lpips_weight=cfg.pivot.lpips_weight))
+        find_pivots(G, t, replace(cfg.pivot, steps=1))
     out["pivot_step"] = counter.get_total_flops() / k
     if cfg.tune is not None:
         with FlopCounterMode(display=False) as counter:
@@ -115,7 +121,7 @@ def flops_per_image(G: Generator, method: str, k: int, device: str) -> dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="builtin", help="a checkpoint spec, or config-f-1024")
+    parser.add_argument("--checkpoint", default="builtin", help=f"a checkpoint spec, or one of {sorted(SIZES)}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -146,6 +152,13 @@ def main() -> None:
                 per_batch = budget["pivot"] * s["pivot"] + budget["tune"] * s["tune"] + k * metrics[method]
                 row = {"method": method, "k": k, **s, "metrics": metrics[method],
                        "images_per_hour": 3600 * k / per_batch}
+                if args.device.startswith("cuda"):       # achieved TFLOP/s of each stage, and of the peak
+                    f = flops_per_image(G, method, k, args.device)
+                    for stage in ("pivot", "tune"):
+                        if s[stage]:
+                            row[f"{stage}_tflops"] = f[f"{stage}_step"] * k / s[stage] / 1e12
+                            if args.peak_tflops:
+                                row[f"{stage}_of_peak"] = row[f"{stage}_tflops"] / args.peak_tflops
                 report["rows"].append(row)
         print(f"{G.img_resolution} px ({args.checkpoint}) on {args.device}, {torch.get_num_threads()} thread(s); "
               f"images per hour at {budget['pivot']} + {budget['tune']} steps (x: against K = 1 of this run)")
