@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import dask
 from prefect import flow, get_run_logger
+from prefect.futures import as_completed
 
 from flows.cluster import api_url_for_workers, dask_task_runner
 from flows.parameters import ClusterSettings, InversionSettings
@@ -29,13 +30,39 @@ def invert_images_on_dask(work: list[tuple[list[ImageSource], InvertConfig]], ck
     # With gpu, every task asks the scheduler for one unit of the workers' `GPU` resource.
     with dask.annotate(resources={"GPU": 1}) if gpu else nullcontext():
         futures = [invert_on_worker.submit(images, cfg, ckpt, folder, batch_size) for images, cfg in work]
+    batch_of = {future: batch for future, batch in zip(futures, work, strict=True)}
+    progress = Progress(total=sum(len(images) for images, _ in work))
     rows = []
-    for (images, cfg), future in zip(work, futures, strict=True):
+    for future in as_completed(futures):
+        images, cfg = batch_of[future]
         result = future.result(raise_on_failure=False)
         if not isinstance(result, list):
             result = [failed_row(image.image_id, cfg, ckpt, f"{type(result).__name__}: {result}") for image in images]
+        progress.done(result)
         rows.extend(result)
     return rows
+
+
+class Progress:
+    """One log line per finished image: done / total, its lpips (or why it failed), and the time left."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.count, self.started = total, 0, time.perf_counter()
+        self.logger = get_run_logger()
+
+    def done(self, rows: list[dict]) -> None:
+        for row in rows:
+            self.count += 1
+            elapsed = time.perf_counter() - self.started
+            left = elapsed / self.count * (self.total - self.count)
+            what = f"lpips {row['lpips']:.4f}" if row["status"] == "ok" else f"failed: {row['error']}"
+            self.logger.info("%d/%d %s [%s]: %s; about %s left", self.count, self.total, row["image_id"],
+                             row["method"], what, _duration(left))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else \
+        f"{seconds / 3600:.1f} h"
 
 
 @dataclass

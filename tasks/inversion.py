@@ -15,6 +15,7 @@ import ctypes
 import functools
 import os
 import platform
+import time
 
 import torch
 from prefect import get_run_logger, task
@@ -103,11 +104,10 @@ def invert_on_worker(images: list[ImageSource], cfg: InvertConfig, ckpt: Checkpo
         logger.warning("%d image(s) [%s] failed: %s", len(rows), cfg.method, rows[0]["error"])
         return rows
     k = auto_batch_size(G, cfg) if batch_size == "auto" else int(batch_size)
+    started = time.perf_counter()
     rows = invert_sources(G, images, cfg, folder, ckpt, batch_size=k)
-    for row in rows:
-        if row["status"] == "ok":
-            logger.info("%s [%s]: lpips %.4f, %.1f s on %s (%d torch thread(s), batches of %d)", row["image_id"],
-                        cfg.method, row["lpips"], row["seconds"], device, process["torch_threads"], k)
-        else:
-            logger.warning("%s [%s] failed: %s", row["image_id"], cfg.method, row["error"])
+    ok = sum(r["status"] == "ok" for r in rows)
+    logger.info("%d image(s) [%s] in %.1f s on %s (%d torch thread(s), batches of %d): %d ok, %d failed",
+                len(rows), cfg.method, time.perf_counter() - started, device, process["torch_threads"], k, ok,
+                len(rows) - ok)
     return rows
