@@ -34,14 +34,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gani_core.checkpoints.ref import resolve_checkpoint
 from gani_core.images import load_image
-from gani_core.invert import invert_images, method_config
+from gani_core.invert import GANI_TUNE, InvertConfig, invert_images, method_config
 from gani_core.networks import Generator, GeneratorConfig
 from gani_core.pivot import PivotConfig, find_pivots
 from gani_core.tuning import TuneConfig, tune_batch
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = sorted((REPO / "examples" / "photos").glob("*.jpg"))
-METHODS = ("gani", "pti", "wplus")
+METHODS = ("gani", "pti", "pti-reg", "wplus")    # pti-reg: PTI with GANI's regulariser setting (a GANI step
+                                                # against a PTI step at the same regulariser)
 # Random-weight generators of real models' sizes (speed does not depend on training).
 SIZES = {
     "config-f-1024": GeneratorConfig(z_dim=512, w_dim=512, img_resolution=1024, mapping_layers=8,
@@ -49,6 +50,12 @@ SIZES = {
     "paper256": GeneratorConfig(z_dim=512, w_dim=512, img_resolution=256, mapping_layers=8, channel_base=16384,
                                 channel_max=512, label="paper256 (stylegan2-ada), random weights"),
 }
+
+
+def config_of(method: str, **kwargs: int | None) -> InvertConfig:
+    if method == "pti-reg":
+        return method_config("pti", locality_weight=GANI_TUNE.locality_weight, **kwargs)
+    return method_config(method, **kwargs)
 
 
 def load(spec: str, device: str) -> Generator:
@@ -69,7 +76,7 @@ def sync(device: str) -> None:
 
 def stage_seconds(G: Generator, method: str, k: int, steps: int, device: str) -> dict[str, float]:
     """Seconds per step of the pivot and tuning stages at K images (after one warm-up step each)."""
-    cfg = method_config(method)
+    cfg = config_of(method)
     t = targets(G, k, device)
     out = {}
     for stage in ("pivot", "tune"):
@@ -97,16 +104,17 @@ def stage_seconds(G: Generator, method: str, k: int, steps: int, device: str) ->
 
 
 def metrics_seconds(G: Generator, method: str, device: str) -> float:
-    """Seconds of one image's metrics (previews, locality, edit metrics, LPIPS) after a 1 + 1 step inversion."""
-    cfg = method_config(method, pivot_steps=1, tune_steps=1 if method != "wplus" else None)
+    """Seconds of one image's metrics (previews, locality, edit metrics, LPIPS) after a 1 + 1 step inversion,
+    the second time (the first loads LPIPS' VGG and warms the allocator)."""
+    cfg = config_of(method, pivot_steps=1, tune_steps=1 if method != "wplus" else None)
     image = (targets(G, 1, device) + 1) / 2
-    result = invert_images(G, image, ["m"], cfg)[0]
-    return result.seconds["metrics"]
+    invert_images(G, image, ["warm-up"], cfg)
+    return invert_images(G, image, ["m"], cfg)[0].seconds["metrics"]
 
 
 def flops_per_image(G: Generator, method: str, k: int, device: str) -> dict[str, float]:
     """FLOPs per image of one pivot step and one tuning step at K images (torch.utils.flop_counter)."""
-    cfg = method_config(method)
+    cfg = config_of(method)
     t = targets(G, k, device)
     out = {}
     with FlopCounterMode(display=False) as counter:
@@ -124,7 +132,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="builtin", help=f"a checkpoint spec, or one of {sorted(SIZES)}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=["gani", "pti", "wplus"], choices=METHODS)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per stage (default: 10)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for utilisation")

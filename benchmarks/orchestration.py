@@ -1,13 +1,14 @@
 """Orchestration overhead: the `invert-dataset` flow on Dask against a plain loop of gani_core calls.
 
     .venv/bin/python benchmarks/orchestration.py --images 4 --pivot-steps 100 --tune-steps 50
+    .venv/bin/python benchmarks/orchestration.py --images 4 --batch-size 4 --configs loop-1t,flow-1w,flow-1w-warm
 
 Same work in every configuration: N example photos, GANI, the built-in 64 px generator, the same step budgets
 and seed, fresh output folders (nothing is skipped as already done). Each configuration runs in its own
 Python process so that its torch thread count is its own:
 
-    loop-1t    gani_core.runs.run_inversions (process_image per image, then the run's tables), one process,
-               torch.set_num_threads(1)
+    loop-1t    gani_core.runs.run_in_process (the batched engine, --batch-size images at a time, then the run's
+               tables), one process, torch.set_num_threads(1)
     loop-2t    the same with torch.set_num_threads(2): the whole machine for one plain process
     flow-1w    invert_dataset(n_workers=1): a LocalCluster with 1 worker process, 1 thread
     flow-2w    invert_dataset(n_workers=2): 2 worker processes, 1 thread each
@@ -70,7 +71,7 @@ def run_loop(args: argparse.Namespace, threads: int, work: Path) -> dict:
     ckpt = resolve_checkpoint(args.checkpoint)
     G = ckpt.load("cpu")
     configs = {"gani": method_config("gani", args.pivot_steps, args.tune_steps, seed=args.seed)}
-    run = run_in_process(G, images, configs, RunFolder(str(work / "out")), ckpt)
+    run = run_in_process(G, images, configs, RunFolder(str(work / "out")), ckpt, batch_size=args.batch_size)
     wall = time.perf_counter() - started
     return {"wall": wall, "rows": run.rows, "torch_threads": torch.get_num_threads()}
 
@@ -116,11 +117,13 @@ def run_flow(args: argparse.Namespace, n_workers: int, work: Path, warm: bool = 
                 env={"PREFECT_API_URL": api, "GANI_TORCH_THREADS": "1"}))
             address = cluster.scheduler_address
             invert_dataset(input_uri=str(photos), output_uri=str(work / "warmup"),
-                           inversion=InversionSettings(pivot_steps=1, tune_steps=1, seed=args.seed), limit=1,
+                           inversion=InversionSettings(pivot_steps=1, tune_steps=1, seed=args.seed,
+                                                       batch_size=args.batch_size), limit=1,
                            cluster=ClusterSettings(dask_address=address), **common)
             extra["cluster_warmup"] = time.perf_counter() - started
         started = time.perf_counter()
-        inversion = InversionSettings(pivot_steps=args.pivot_steps, tune_steps=args.tune_steps, seed=args.seed)
+        inversion = InversionSettings(pivot_steps=args.pivot_steps, tune_steps=args.tune_steps, seed=args.seed,
+                                      batch_size=args.batch_size)
         invert_dataset(input_uri=str(photos), output_uri=str(work / "out"), inversion=inversion,
                        cluster=ClusterSettings(n_workers=n_workers, dask_address=address), **common)
         wall = time.perf_counter() - started
@@ -151,6 +154,7 @@ def main() -> None:
     p.add_argument("--pivot-steps", type=int, default=100)
     p.add_argument("--tune-steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=1, help="images per batch (and per flow task); default 1")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {', '.join(CONFIGS)}")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
@@ -178,7 +182,7 @@ def main() -> None:
         result_file, log = logs / f"{config}.json", logs / f"{config}.log"
         cmd = [sys.executable, __file__, "--child", config, "--result", str(result_file),
                "--images", str(args.images), "--checkpoint", args.checkpoint, "--pivot-steps", str(args.pivot_steps),
-               "--tune-steps", str(args.tune_steps), "--seed", str(args.seed)]
+               "--tune-steps", str(args.tune_steps), "--seed", str(args.seed), "--batch-size", str(args.batch_size)]
         print(f"{config}: running ...", file=sys.stderr, flush=True)
         with log.open("wb") as f:
             rc = subprocess.run(cmd, env=env, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
@@ -188,7 +192,7 @@ def main() -> None:
         print(f"{config}: {results[config]['wall']:.1f} s", file=sys.stderr, flush=True)
 
     print(f"\n{args.images} images, {args.checkpoint}, gani, pivot {args.pivot_steps} + tune {args.tune_steps} steps, "
-          f"seed {args.seed}; {os.cpu_count()} CPUs\n")
+          f"seed {args.seed}, batches of {args.batch_size}; {os.cpu_count()} CPUs\n")
     print("| configuration | wall s | in-task s (sum) | in-task s / image | failed |")
     print("|---|---|---|---|---|")
     for config, r in results.items():

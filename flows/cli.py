@@ -11,7 +11,6 @@ import argparse
 import inspect
 import json
 import re
-import sys
 import typing
 from collections.abc import Callable
 from typing import Any, Literal, get_args, get_origin
@@ -95,5 +94,8 @@ def run_flow_from_shell(flow: Flow, argv: list[str] | None = None) -> dict:
     print("tables: " + ", ".join(written.values()) + f"; previews under {storage.join(summary['output'], 'previews')}")
     print(f"see them with: .venv/bin/gani show {summary['output']}")
     print(f"MLflow run {summary['mlflow_run_id']}: open the UI with .venv/bin/mlflow ui --backend-store-uri "
-          f"{summary['mlflow_tracking_uri']} --host 127.0.0.1 --port 5000 --workers 1", file=sys.stdout)
+          f"{summary['mlflow_tracking_uri']} --host 127.0.0.1 --port 5000 --workers 1")
+    # MLflow 3 opens experiments in its GenAI view unless asked for the runs table (its "Model training" view).
+    print(f"then the runs of {flow.name}: http://127.0.0.1:5000/#/experiments/{summary['mlflow_experiment_id']}"
+          "?workflowType=machine_learning")
     return summary

@@ -19,7 +19,7 @@ from prefect.runtime import flow_run
 from flows.cli import run_flow_from_shell
 from flows.fan_out import invert_dataset_on_dask
 from flows.parameters import ClusterSettings, InversionSettings
-from flows.reports import rows_artifact, summary_artifact
+from flows.reports import mlflow_run_link, rows_artifact, summary_artifact
 from gani_core.checkpoints.ref import resolve_checkpoint
 from gani_core.invert import Method
 from gani_core.run_folder import RunFolder
@@ -72,7 +72,8 @@ def invert_dataset(
                                       "method": method})
     with tracking.ended_on_exit(uri, run_id):
         run = invert_dataset_on_dask(input_uri, folder, ckpt, configs, inversion, cluster, limit,
-                                     mlflow_run_id=run_id, mlflow_tracking_uri=uri)
+                                     mlflow_run_id=run_id, mlflow_tracking_uri=uri,
+                                     mlflow_experiment_id=tracking.experiment_id(uri, "invert-dataset"))
         params = {**tracking.config_params(configs[method]), **tracking.run_params(ckpt, input_uri, folder, limit),
                   "batch_size": inversion.batch_size}
         metrics = tracking.aggregate(run.rows, len(run.kept), run.wall_seconds, run.summary["computed"])
@@ -82,7 +83,8 @@ def invert_dataset(
     summary_artifact("invert-dataset-summary", f"invert-dataset: {method}", {
         "input": f"`{input_uri}`", "output": f"`{folder.uri}`", "generator": s["generator_label"],
         "images": s["images"], "ok": s["ok"], "failed": s["failed"], "skipped (kept)": s["skipped"],
-        "lpips (mean)": metrics.get("lpips_mean", "-"), "MLflow run": f"`{run_id}` at `{uri}`"},
+        "lpips (mean)": metrics.get("lpips_mean", "-"),
+        "MLflow run": mlflow_run_link(uri, s["mlflow_experiment_id"], run_id)},
         "invert-dataset summary")
     get_run_logger().info("wrote %s: %d ok, %d failed, %d kept from earlier runs; MLflow run %s (%s)",
                           folder.metrics_uri, s["ok"], s["failed"], s["skipped"], run_id, uri)

@@ -97,7 +97,8 @@ def nightly_benchmark(
     parent = tracking.start_run(uri, "nightly-benchmark", run_name=f"nightly-{day}", tags=tags)
     with tracking.ended_on_exit(uri, parent):
         run = invert_dataset_on_dask(input_uri, folder, ckpt, configs, inversion, cluster, limit,
-                                     mlflow_run_id=parent, mlflow_tracking_uri=uri, date=day)
+                                     mlflow_run_id=parent, mlflow_tracking_uri=uri, date=day,
+                                     mlflow_experiment_id=tracking.experiment_id(uri, "nightly-benchmark"))
         common = {**tracking.run_params(ckpt, input_uri, folder, limit), "date": day}
         per_method: dict[str, dict[str, float]] = {}
         children: dict[str, str] = {}

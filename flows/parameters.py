@@ -7,7 +7,7 @@ gani_core's configs (gani_core.pivot.PivotConfig, gani_core.tuning.TuneConfig, g
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,7 +30,7 @@ class InversionSettings(BaseModel):
                                 "w and wplus have no tuning stage")
     seed: int = Field(0, description="seed of the pivot noise, the tuning, the locality latents and edit directions")
     precision: Precision = Field(PivotConfig.precision, description="bf16: mixed precision (autocast), for GPUs")
-    batch_size: int | Literal["auto"] = Field(
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         1, description="images per task, inverted together (one forward and backward for all per step); auto: "
                        "as many as a GPU worker's free memory holds, 4 on a CPU. Results do not depend on it")
 

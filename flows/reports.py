@@ -17,6 +17,14 @@ def rows_artifact(rows: list[dict], key: str, description: str) -> None:
                           description=description)
 
 
+def mlflow_run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """Markdown for an MLflow run: a link on a tracking server, else the command that opens its UI."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"[{run_id}]({tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id})"
+    return (f"`{run_id}`: open with `mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000 "
+            f"--workers 1`, then http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}")
+
+
 def summary_artifact(key: str, title: str, facts: dict[str, object], description: str) -> None:
     """A two-column markdown table under ``title``."""
     lines = [f"# {title}", "", "| | |", "|---|---|", *(f"| {k} | {_cell(v)} |" for k, v in facts.items())]

@@ -19,8 +19,12 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from gani_core.errors import GaniError
+
+if TYPE_CHECKING:
+    from gani_core.dataset import ImageSource
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
@@ -78,12 +82,12 @@ def _cmd_invert(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from gani_core.checkpoints.ref import resolve_checkpoint
-    from gani_core.dataset import image_sources
     from gani_core.editing import load_directions
     from gani_core.invert import has_tuning, method_config
     from gani_core.run_folder import RunFolder
     from gani_core.runs import auto_batch_size, run_in_process
 
+    images = _input_images(args.images)     # before the generator loads: a mistyped path fails at once
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = resolve_checkpoint(args.checkpoint)
     G = ckpt.load(device)
@@ -98,7 +102,7 @@ def _cmd_invert(args: argparse.Namespace) -> int:
     directions = load_directions(args.directions, G.w_dim, G.num_ws).to(device) if args.directions else None
     folder = RunFolder(args.out)
     batch_size = auto_batch_size(G, next(iter(configs.values()))) if args.batch_size == "auto" else args.batch_size
-    print(f"gani invert: {len(args.images)} image(s) x {', '.join(args.method)} with {G.label or ckpt.label} "
+    print(f"gani invert: {len(images)} image(s) x {', '.join(args.method)} with {G.label or ckpt.label} "
           f"({G.img_resolution} px) on {device}, {batch_size} image(s) per batch, into {folder.uri}",
           file=sys.stderr)
     bars: list[tqdm] = []
@@ -120,7 +124,7 @@ def _cmd_invert(args: argparse.Namespace) -> int:
 
         return progress
 
-    run = run_in_process(G, image_sources(args.images), configs, folder, ckpt, batch_size, on_batch, directions)
+    run = run_in_process(G, images, configs, folder, ckpt, batch_size, on_batch, directions)
     for bar in bars:
         bar.close()
     _print_rows(run.rows)
@@ -129,6 +133,24 @@ def _cmd_invert(args: argparse.Namespace) -> int:
     print(f"wrote {folder.metrics_uri}, deltas/, previews/, summary.json ({s['ok']} ok, {s['failed']} failed{kept})",
           file=sys.stderr)
     return 1 if s["failed"] and s["failed"] == s["rows"] else 0
+
+
+def _input_images(args: list[str]) -> list[ImageSource]:
+    """`gani invert`'s images: a file is taken as given (a bad one becomes a failed row), a folder or prefix gives
+    the images under it (gani_core.dataset.list_images); a path that does not exist, or a folder without images,
+    is an error before anything runs."""
+    from gani_core.dataset import image_sources, input_fs, list_images
+
+    sources: list[str] = []
+    for arg in args:
+        fs, path = input_fs(arg)
+        if fs.isdir(path):
+            sources += [image.source for image in list_images(arg)]
+        elif fs.exists(path):
+            sources.append(arg)
+        else:
+            raise FileNotFoundError(f"{arg}: no such file or folder")
+    return image_sources(sources)
 
 
 def _print_rows(rows: list[dict]) -> None:
@@ -269,6 +291,12 @@ def _cmd_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _steps(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"a number of steps is a whole number of at least 0, got {value!r}")
+    return int(value)
+
+
 def _batch_size(value: str) -> int | str:
     if value == "auto":
         return value
@@ -304,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_render)
 
     p = sub.add_parser("invert", help="invert images into a generator (gani, pti, wplus, w), writing a run")
-    p.add_argument("images", nargs="+", help="image files (png, jpg, ...; local paths or fsspec URIs)")
+    p.add_argument("images", nargs="+", help="image files (png, jpg, ...), or folders of them: local paths or "
+                   "fsspec URIs (s3://bucket/prefix)")
     p.add_argument("--checkpoint", default="builtin",
                    help="builtin, builtin-random[:RES], a checkpoint file or its URI (s3://bucket/g.pkl)")
     p.add_argument("--method", nargs="+", default=["gani"], choices=METHODS,
@@ -312,9 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True,
                    help="output folder or URI (s3://bucket/prefix); results already there for the same image, "
                         "checkpoint and configuration are kept")
-    p.add_argument("--pivot-steps", type=int, default=None,
+    p.add_argument("--pivot-steps", type=_steps, default=None,
                    help=f"pivot optimisation steps (default: {PivotConfig.steps})")
-    p.add_argument("--tune-steps", type=int, default=None,
+    p.add_argument("--tune-steps", type=_steps, default=None,
                    help=f"generator tuning steps of gani and pti (default: {TuneConfig.steps})")
     p.add_argument("--tune-lr", type=float, default=None, help="tuning learning rate (default: per method)")
     p.add_argument("--locality-weight", type=float, default=None,

@@ -10,11 +10,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from gani_core import storage
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
+# Longest image id. With ".wplus.parquet" and a temporary file's extra 14 characters (gani_core.storage) a file
+# name stays far below the 255 bytes file systems allow; a longer stem is cut here, not refused at write time.
+MAX_ID_LENGTH = 120
 
 
 @dataclass(frozen=True)
@@ -23,16 +28,37 @@ class ImageSource:
     image_id: str       # the file stem, unique within the run
 
 
+def input_fs(uri: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and path of an input ``uri``, whose path is taken literally. fsspec reads ``::`` as a chain
+    of filesystems (``simplecache::s3://...``), so a file named ``a::b.png`` would be opened as ``a``, another
+    file, or fail; here only a ``::`` before the ``://`` chains, and a string without ``://`` is a local path."""
+    text = str(uri)
+    if isinstance(uri, Path) or "://" not in text:
+        return LocalFileSystem(), LocalFileSystem._strip_protocol(text)
+    protocol, rest = text.split("://", 1)
+    if "::" in rest and "::" not in protocol:
+        fs = fsspec.filesystem(protocol)
+        return fs, fs._strip_protocol(text)
+    return storage.resolve(text)
+
+
 def image_ids(sources: list[str]) -> list[str]:
-    """Readable, unique ids: the file stem, made safe for paths (no separators, no leading dot: never a hidden
-    file or a step up in the run folder); repeated stems get a numeric suffix."""
+    """Readable, unique ids: the file stem, made safe for paths (ASCII letters, digits, ``_.-``; no separators, no
+    leading dot: never a hidden file or a step up in the run folder), cut to MAX_ID_LENGTH characters; a stem
+    already taken, ignoring case (macOS and Windows disks do), gets the first free numeric suffix."""
     ids: list[str] = []
-    seen: dict[str, int] = {}
+    taken: set[str] = set()
+    next_suffix: dict[str, int] = {}
     for src in sources:
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(src.rstrip("/")).stem).lstrip(".") or "image"
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        ids.append(stem if n == 0 else f"{stem}-{n}")
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(src.rstrip("/")).stem).lstrip(".")[:MAX_ID_LENGTH] or "image"
+        n = next_suffix.get(stem.casefold(), 0)
+        image_id = stem if n == 0 else f"{stem}-{n}"
+        while image_id.casefold() in taken:            # "a.png", "a.jpg", "a-1.png": the third is a-1-1
+            n += 1
+            image_id = f"{stem}-{n}"
+        next_suffix[stem.casefold()] = n + 1
+        taken.add(image_id.casefold())
+        ids.append(image_id)
     return ids
 
 
@@ -42,18 +68,33 @@ def image_sources(sources: list[str]) -> list[ImageSource]:
 
 
 def list_images(input_uri: str, limit: int | None = None) -> list[ImageSource]:
-    """The image files under ``input_uri`` (recursively; by extension; hidden files skipped), sorted by path.
+    """The image files under ``input_uri`` (recursively; by extension, IMAGE_EXTENSIONS; hidden files and
+    folders skipped, such as macOS's ``._IMG.jpg`` and ``.thumbnails/``), sorted by path.
 
-    ``limit`` keeps the first ``limit`` of them. A single image file is a dataset of one.
+    ``limit`` keeps the first ``limit`` of them. A single image file is a dataset of one. Raises ValueError for a
+    ``limit`` under 1 and FileNotFoundError when ``input_uri`` does not exist or holds no image file.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1 (or None for every image), got {limit}")
-    fs, root = storage.resolve(input_uri)
+    fs, root = input_fs(input_uri)
     if not fs.exists(root):
         raise FileNotFoundError(f"input_uri {input_uri}: no such folder or object")
     paths = [root] if fs.isfile(root) else fs.find(root)
-    images = sorted(
-        p for p in paths
-        if PurePosixPath(p).suffix.lower() in IMAGE_EXTENSIONS and not PurePosixPath(p).name.startswith(".")
-    )[:limit]
+    visible = [p for p in paths if not any(part.startswith(".") and part not in (".", "..")
+                                           for part in _below(p, root))]
+    images = sorted(p for p in visible if PurePosixPath(p).suffix.lower() in IMAGE_EXTENSIONS)[:limit]
+    if not images:
+        others = sorted(PurePosixPath(p).name for p in visible)
+        seen = f"; it holds {len(others)} other file(s), such as {others[0]!r}" if others else ""
+        raise FileNotFoundError(
+            f"input_uri {input_uri}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under it{seen}"
+        )
     return image_sources([p if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(p) for p in images])
+
+
+def _below(path: str, root: str) -> tuple[str, ...]:
+    """The parts of ``path`` under the folder ``root`` (the file's own name when ``path`` is ``root``)."""
+    try:
+        return PurePosixPath(path).relative_to(root).parts or (PurePosixPath(path).name,)
+    except ValueError:              # a listing that spells the root differently: judge the file's own name
+        return (PurePosixPath(path).name,)

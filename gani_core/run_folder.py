@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -127,7 +128,9 @@ class RunFolder:
     """The folder of one run; see the module docstring for its layout."""
 
     def __init__(self, uri: str) -> None:
-        self.uri = str(uri).rstrip("/")
+        uri = str(uri)
+        # A local folder is kept absolute, so that every path a run reports (summary, logs, MLflow) is usable as is.
+        self.uri = (uri if "://" in uri else os.path.abspath(uri)).rstrip("/")
 
     def __repr__(self) -> str:
         return f"RunFolder({self.uri!r})"

@@ -1,20 +1,126 @@
 """Reading and writing run outputs by URI: a local folder or anything fsspec reads (``s3://`` via s3fs).
 
 Writes are atomic: on a local disk the bytes go to a temporary file in the same folder that is renamed
-into place; on object stores a PUT is all-or-nothing. A reader or a crash never sees half an object.
+into place; on object stores a PUT is all-or-nothing. A reader or a crash never sees half an object. A process
+killed in the middle of a local write leaves its hidden temporary file behind (nothing runs on SIGKILL):
+:func:`remove_orphaned_temp_files` removes those of writers that are gone.
+
+A call that cannot reach the storage (connection refused or reset, a timeout: an S3 endpoint restarting) is tried
+again, with exponential backoff, a bounded number of times (:func:`retry_policy`); every retry is logged on this
+module's logger. When the attempts run out it raises :class:`ConnectionError` (an ``OSError``) saying what, where
+and how often it tried. Nothing else is retried: a missing object (``FileNotFoundError``), a refused permission or a
+full disk fails at once.
+
+    GANI_STORAGE_RETRIES    retries after the first attempt (default 4; 0: no retry)
+    GANI_STORAGE_BACKOFF    seconds before the first retry, doubled for each next one up to 30 s (default 1)
+
+The defaults ride out about 15 s of outage on top of the client's own retries (botocore tries a connection 5 times
+over about 10 s unless ``AWS_MAX_ATTEMPTS`` says otherwise).
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
 import os
+import random
+import re
+import socket
 import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
+
+log = logging.getLogger(__name__)
+
+RETRIES_ENV = "GANI_STORAGE_RETRIES"
+BACKOFF_ENV = "GANI_STORAGE_BACKOFF"
+DEFAULT_RETRIES = 4
+DEFAULT_BACKOFF = 1.0       # seconds before the first retry
+MAX_BACKOFF = 30.0          # the longest wait between two attempts
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retries: int            # attempts after the first one
+    backoff: float          # seconds before the first retry; doubled each time, at most MAX_BACKOFF
+
+    def delay(self, retry: int) -> float:
+        """Seconds before retry number ``retry`` (1-based), with up to 25% jitter so that workers cut off
+        together do not come back together."""
+        return min(self.backoff * 2 ** (retry - 1), MAX_BACKOFF) * random.uniform(1.0, 1.25)
+
+
+def retry_policy() -> RetryPolicy:
+    """The policy from ``$GANI_STORAGE_RETRIES`` and ``$GANI_STORAGE_BACKOFF`` (read at each call, so a worker
+    process follows its environment), else the defaults."""
+    retries, backoff = os.environ.get(RETRIES_ENV, "").strip(), os.environ.get(BACKOFF_ENV, "").strip()
+    try:
+        policy = RetryPolicy(int(retries) if retries else DEFAULT_RETRIES,
+                             float(backoff) if backoff else DEFAULT_BACKOFF)
+    except ValueError:
+        policy = RetryPolicy(-1, -1.0)
+    if policy.retries < 0 or policy.backoff < 0:
+        raise ValueError(f"${RETRIES_ENV} must be a whole number and ${BACKOFF_ENV} a number of seconds, both at "
+                         f"least 0; got {retries!r} and {backoff!r}")
+    return policy
+
+
+@functools.cache
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "the storage could not be reached", worth another attempt: the OS's connection
+    errors and timeouts, and those of botocore and aiohttp (s3fs) when they are installed."""
+    kinds: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+
+        kinds += [BotoConnectionError, HTTPClientError]      # endpoint unreachable; connection closed, read timeout
+    except ImportError:
+        pass
+    try:
+        from aiohttp import ClientConnectionError
+
+        kinds.append(ClientConnectionError)
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, transient_errors()) and not isinstance(exc, FileNotFoundError)
+
+
+def with_retries(what: str, uri: str | Path, call: Callable[[], T]) -> T:
+    """``call()``, tried again after a transient error (see the module docstring); ``what`` and ``uri`` name it in
+    the log and in the final error."""
+    policy = retry_policy()
+    started = time.monotonic()
+    attempt = 1
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not _is_transient(exc):
+                raise
+            if attempt > policy.retries:
+                raise ConnectionError(f"{uri}: {what} failed after {attempt} attempt(s) over "
+                                      f"{time.monotonic() - started:.1f} s: {type(exc).__name__}: {exc}") from exc
+            delay = policy.delay(attempt)
+            log.warning("%s: %s failed (%s: %s); retry %d of %d in %.1f s", uri, what, type(exc).__name__, exc,
+                        attempt, policy.retries, delay)
+        time.sleep(delay)
+        attempt += 1
 
 
 def resolve(uri: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -27,36 +133,75 @@ def join(uri: str | Path, *parts: str) -> str:
     return "/".join([str(uri).rstrip("/"), *parts])
 
 
+# Temporary files of local writes: ``.NAME.~PID@HOST~RANDOM.tmp`` beside the target, so that a sweep can tell
+# whether their writer still runs.
+_TEMP_FILE = re.compile(r"\..+\.~(\d+)@([\w-]*)~\w*\.tmp")
+ORPHAN_AGE = 3600.0         # seconds after which a temp file written on another host is an orphan
+
+
+def _host() -> str:
+    return re.sub(r"[^\w-]", "_", socket.gethostname())
+
+
 def write_bytes(uri: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``uri`` atomically, creating parent folders."""
+    """Write ``data`` to ``uri`` atomically, creating parent folders.
+
+    A local write that fails (a full disk: ``ENOSPC``, a file size limit: ``EFBIG``) raises the OSError with the
+    target's path in it and leaves nothing behind; the file keeps its previous content, if it had one.
+    """
     fs, path = resolve(uri)
     if isinstance(fs, LocalFileSystem):
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_local(Path(path), data)
     else:
-        with fs.open(path, "wb") as f:
+        def put() -> None:
+            with fs.open(path, "wb") as f:
+                f.write(data)
+
+        with_retries("write", uri, put)
+
+
+def _write_local(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.~{os.getpid()}@{_host()}~", suffix=".tmp",
+                               dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            # A failed write() or fsync() says only "No space left on device": name the file that was not written.
+            raise OSError(exc.errno, exc.strerror, str(target)) from exc
+        raise
 
 
 def read_bytes(uri: str | Path) -> bytes:
     fs, path = resolve(uri)
-    with fs.open(path, "rb") as f:
-        return f.read()
+
+    def get() -> bytes:
+        with fs.open(path, "rb") as f:
+            return f.read()
+
+    return with_retries("read", uri, get)
 
 
 def exists(uri: str | Path) -> bool:
+    """Whether ``uri`` names a file or a folder now (not in a cached listing). A storage that cannot be reached
+    raises (after the retries) rather than answering False, as s3fs's own ``exists`` would."""
     fs, path = resolve(uri)
-    return fs.exists(path)
+
+    def info() -> bool:
+        fs.invalidate_cache(path)
+        try:
+            fs.info(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    return with_retries("exists", uri, info)
 
 
 def write_parquet(uri: str | Path, table: pa.Table, **options: object) -> None:
@@ -72,23 +217,79 @@ def read_parquet(uri: str | Path) -> pa.Table:
 
 def read_many(uris: list[str], batch: int = 64) -> dict[str, bytes | None]:
     """Read many objects, ``batch`` per call (s3fs fetches a batch concurrently); a missing or unreadable one is
-    None. All ``uris`` are on one filesystem."""
+    None. All ``uris`` are on one filesystem. Objects the storage could not be reached for are fetched again (the
+    retries of :func:`with_retries`), and raise ConnectionError when they never are: unreachable is not missing."""
     found: dict[str, bytes | None] = {}
     for start in range(0, len(uris), batch):
         chunk = uris[start : start + batch]
         fs, _ = resolve(chunk[0])
-        paths = [resolve(u)[1] for u in chunk]
-        got = fs.cat(paths, on_error="return")
-        for uri, path in zip(chunk, paths, strict=True):
-            value = got.get(path)
-            found[uri] = value if isinstance(value, bytes) else None
+        pending = {uri: resolve(uri)[1] for uri in chunk}
+        with_retries(f"read of {len(chunk)} object(s)", chunk[0].rsplit("/", 1)[0],
+                     functools.partial(_cat, fs, pending, found))
     return found
 
 
+def _cat(fs: fsspec.AbstractFileSystem, pending: dict[str, str], found: dict[str, bytes | None]) -> None:
+    """Fetch the ``pending`` objects (uri -> path) into ``found``; the unreachable ones stay pending (and raise)."""
+    got = fs.cat(list(pending.values()), on_error="return")
+    unreachable = None
+    for uri, path in list(pending.items()):
+        value = got.get(path)
+        if isinstance(value, BaseException) and _is_transient(value):
+            unreachable = value
+            continue
+        found[uri] = value if isinstance(value, bytes) else None
+        del pending[uri]
+    if unreachable is not None:
+        raise unreachable
+
+
 def names_under(uri: str) -> set[str]:
-    """The names of the entries directly under the folder ``uri`` (empty when it does not exist)."""
+    """The names of the entries directly under the folder ``uri`` (empty when it does not exist), as they are now:
+    a cached listing would miss what other processes (the workers) wrote since."""
     fs, path = resolve(uri)
+
+    def listing() -> set[str]:
+        fs.invalidate_cache(path)
+        try:
+            return {PurePosixPath(p).name for p in fs.ls(path, detail=False)}
+        except FileNotFoundError:
+            return set()
+
+    return with_retries("list", uri, listing)
+
+
+def remove_orphaned_temp_files(uri: str | Path) -> list[str]:
+    """Remove the temporary files under the local folder ``uri`` that interrupted writes left behind (their writer
+    was killed before it could clean up); their paths. A temp file is an orphan when the process that wrote it on
+    this host is gone, or, written on another host (a shared filesystem), when it is ORPHAN_AGE old. Live writers'
+    files are left alone. Object stores have no temp files: nothing to do there."""
+    fs, path = resolve(uri)
+    if not isinstance(fs, LocalFileSystem) or not Path(path).is_dir():
+        return []
+    host, now, removed = _host(), time.time(), []
+    for folder, _, files in os.walk(path):
+        for name in files:
+            m = _TEMP_FILE.fullmatch(name)
+            if not m:
+                continue
+            file = Path(folder) / name
+            try:
+                orphan = (not _running(int(m.group(1))) if m.group(2) == host
+                          else now - file.stat().st_mtime > ORPHAN_AGE)
+                if orphan:
+                    file.unlink()
+                    removed.append(str(file))
+            except FileNotFoundError:      # renamed into place or removed by its writer meanwhile
+                pass
+    return removed
+
+
+def _running(pid: int) -> bool:
     try:
-        return {PurePosixPath(p).name for p in fs.ls(path, detail=False)}
-    except FileNotFoundError:
-        return set()
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:     # someone else's process
+        return True
+    return True

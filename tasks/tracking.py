@@ -166,3 +166,8 @@ def log_results(uri: str, run_id: str, params: dict[str, object], metrics: dict[
                 local = Path(tmp) / Path(path).name
                 local.write_bytes(storage.read_bytes(artifact))
                 client.log_artifact(run_id, str(local))
+
+
+def experiment_id(uri: str, name: str) -> str:
+    """The id of the experiment ``name`` in the tracking store ``uri`` (created when missing)."""
+    return _experiment_id(MlflowClient(tracking_uri=uri), uri, name)
