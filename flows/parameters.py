@@ -18,6 +18,10 @@ from gani_core.tuning import TuneConfig
 
 AUTO_TASK_IMAGES = 64      # images per task with batch_size "auto" (the worker picks its batch size within them)
 
+# A flow's ``limit`` (how many of the sorted images to invert): a flow parameter typed ``ImageLimit | None`` is
+# refused at 0 or below by Prefect before the flow runs, and shows its minimum in the UI.
+ImageLimit = Annotated[int, Field(ge=1)]
+
 
 class InversionSettings(BaseModel):
     """The step budgets, seed, precision and batch size of every method of a run."""

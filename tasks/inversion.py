@@ -27,6 +27,7 @@ from gani_core.dataset import ImageSource
 from gani_core.invert import InvertConfig
 from gani_core.run_folder import RunFolder, failed_row
 from gani_core.runs import auto_batch_size, invert_sources
+from tasks.storage import storage_retries_logged
 
 
 def worker_device() -> str:
@@ -88,24 +89,27 @@ def invert_on_worker(images: list[ImageSource], cfg: InvertConfig, ckpt: Checkpo
     writing each image's deltas, preview and row into ``folder`` as its batch ends; return the rows.
 
     A bad image, or a checkpoint this worker cannot read, gives failed rows saying why
-    (gani_core.runs.invert_sources); anything else that goes wrong (a lost GPU) raises, is retried once, and
-    then becomes failed rows in the flow.
+    (gani_core.runs.invert_sources); anything else that goes wrong (a lost GPU, a storage unreachable for longer
+    than gani_core.storage's retries) raises, is retried once, and then becomes failed rows in the flow. A worker
+    lost in the middle of a task (killed, out of memory) is Dask's to handle: it runs the task again on another
+    worker. Storage retries show in this task run's log.
     """
     process = prepare_worker_process()
     device = worker_device()
     logger = get_run_logger()
-    try:
-        G = worker_generator(ckpt, device)
-    except CheckpointError as exc:
-        rows = [failed_row(image.image_id, cfg, ckpt, f"{type(exc).__name__}: {exc}", device=device)
-                for image in images]
-        for row in rows:
-            folder.write_row(row)
-        logger.warning("%d image(s) [%s] failed: %s", len(rows), cfg.method, rows[0]["error"])
-        return rows
-    k = auto_batch_size(G, cfg) if batch_size == "auto" else int(batch_size)
-    started = time.perf_counter()
-    rows = invert_sources(G, images, cfg, folder, ckpt, batch_size=k)
+    with storage_retries_logged(logger):
+        try:
+            G = worker_generator(ckpt, device)
+        except CheckpointError as exc:
+            rows = [failed_row(image.image_id, cfg, ckpt, f"{type(exc).__name__}: {exc}", device=device)
+                    for image in images]
+            for row in rows:
+                folder.write_row(row)
+            logger.warning("%d image(s) [%s] failed: %s", len(rows), cfg.method, rows[0]["error"])
+            return rows
+        k = auto_batch_size(G, cfg) if batch_size == "auto" else int(batch_size)
+        started = time.perf_counter()
+        rows = invert_sources(G, images, cfg, folder, ckpt, batch_size=k)
     ok = sum(r["status"] == "ok" for r in rows)
     logger.info("%d image(s) [%s] in %.1f s on %s (%d torch thread(s), batches of %d): %d ok, %d failed",
                 len(rows), cfg.method, time.perf_counter() - started, device, process["torch_threads"], k, ok,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import os
 import subprocess
@@ -32,6 +33,7 @@ from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.invert import InvertConfig
 from gani_core.run_folder import SUMMARY_METRICS, RunFolder
 
+log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_DATA = REPO / "out"                                   # the sqlite store when the output is not local
 
@@ -98,12 +100,17 @@ def end_run(uri: str, run_id: str, ok: bool = True) -> None:
 
 @contextlib.contextmanager
 def ended_on_exit(uri: str, *run_ids: str) -> Iterator[None]:
-    """End the runs when the block ends: FINISHED, or FAILED when it raised (the error goes on)."""
+    """End the runs when the block ends: FINISHED, or FAILED when it raised (the error goes on, also when the
+    runs cannot be marked: the store may share the disk that just filled up)."""
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
         for run_id in run_ids:
-            end_run(uri, run_id, ok=False)
+            try:
+                end_run(uri, run_id, ok=False)
+            except Exception as end_exc:
+                log.warning("MLflow run %s at %s not marked FAILED (%s: %s) after %s: %s", run_id, uri,
+                            type(end_exc).__name__, end_exc, type(exc).__name__, exc)
         raise
     for run_id in run_ids:
         end_run(uri, run_id)
