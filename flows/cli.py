@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Literal, get_args, get_origin
 
 from prefect import Flow
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gani_core import storage
 
@@ -82,7 +82,17 @@ def parse_flow_args(flow: Flow, argv: list[str] | None = None) -> dict[str, Any]
     """The keyword arguments of ``flow`` from the command line ``argv``."""
     parser, models = flow_parser(flow)
     values = vars(parser.parse_args(argv))
-    kwargs = {name: model(**{f: values.pop(f) for f in model.model_fields}) for name, model in models.items()}
+    try:    # the flow's own validation, here, so that a bad option is one line before anything starts
+        kwargs = {name: model(**{f: values.pop(f) for f in model.model_fields}) for name, model in models.items()}
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        parser.error(f"argument {_option(str(error['loc'][0]))}: {error['msg']}")
+    hints = typing.get_type_hints(flow.fn, include_extras=True)
+    for name, value in values.items():
+        try:
+            TypeAdapter(hints.get(name, str)).validate_python(value)
+        except ValidationError as exc:
+            parser.error(f"argument {_option(name)}: {exc.errors()[0]['msg']}")
     return {**values, **kwargs}
 
 

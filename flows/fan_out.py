@@ -18,7 +18,7 @@ from gani_core.dataset import ImageSource
 from gani_core.invert import InvertConfig
 from gani_core.run_folder import RunFolder, failed_row, summarise
 from tasks.inversion import invert_on_worker
-from tasks.storage import list_images, reusable_rows, write_tables
+from tasks.storage import reusable_rows, write_tables
 
 
 @flow(name="invert-images-on-dask", validate_parameters=False)
@@ -76,14 +76,13 @@ class DatasetRun:
     wall_seconds: float         # of the fan-out
 
 
-def invert_dataset_on_dask(input_uri: str, folder: RunFolder, ckpt: CheckpointRef, configs: dict[str, InvertConfig],
-                           settings: InversionSettings, cluster: ClusterSettings, limit: int | None,
+def invert_dataset_on_dask(input_uri: str, images: list[ImageSource], folder: RunFolder, ckpt: CheckpointRef,
+                           configs: dict[str, InvertConfig], settings: InversionSettings, cluster: ClusterSettings,
                            **summary_extra: object) -> DatasetRun:
-    """Every image under ``input_uri`` x every configuration into ``folder``, ``settings.images_per_task()`` images
-    per task; runs inside a flow."""
+    """Every image (listed under ``input_uri`` by the flow, tasks.storage.list_images) x every configuration into
+    ``folder``, ``settings.images_per_task()`` images per task; runs inside a flow."""
     logger = get_run_logger()
     started = time.time()
-    images = list_images(input_uri, limit)
     kept = reusable_rows(folder, images, {m: c.config_hash() for m, c in configs.items()}, ckpt.sha256)
     per_task = settings.images_per_task()
     work = []

@@ -18,12 +18,13 @@ from prefect.runtime import flow_run
 
 from flows.cli import run_flow_from_shell
 from flows.fan_out import invert_dataset_on_dask
-from flows.parameters import ClusterSettings, InversionSettings
+from flows.parameters import ClusterSettings, ImageLimit, InversionSettings
 from flows.reports import mlflow_run_link, rows_artifact, summary_artifact
 from gani_core.checkpoints.ref import resolve_checkpoint
 from gani_core.invert import Method
 from gani_core.run_folder import RunFolder
 from tasks import tracking
+from tasks.storage import list_images
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "shapes"    # held-out images of the built-in generator's domain
@@ -38,7 +39,7 @@ def invert_dataset(
     inversion: InversionSettings = InversionSettings(),  # noqa: B008 (frozen: a default never mutated)
     cluster: ClusterSettings = ClusterSettings(),  # noqa: B008
     mlflow_tracking_uri: str | None = None,
-    limit: int | None = None,
+    limit: ImageLimit | None = None,
 ) -> dict:
     """Invert every image under ``input_uri`` into the generator ``checkpoint``, one Dask task per image.
 
@@ -62,6 +63,7 @@ def invert_dataset(
     """
     configs = inversion.configs([method])
     ckpt = resolve_checkpoint(checkpoint)
+    images = list_images(input_uri, limit)      # a bad input fails here, before the MLflow run starts
     folder = RunFolder(output_uri)
     uri = tracking.tracking_uri(mlflow_tracking_uri, output_uri)
     # Named for what it is (gani-shapes-2026-12-02), so that runs tell themselves apart in MLflow's table.
@@ -71,7 +73,7 @@ def invert_dataset(
                                       "prefect_flow_run_name": str(flow_run.get_name()), "dataset_uri": input_uri,
                                       "method": method})
     with tracking.ended_on_exit(uri, run_id):
-        run = invert_dataset_on_dask(input_uri, folder, ckpt, configs, inversion, cluster, limit,
+        run = invert_dataset_on_dask(input_uri, images, folder, ckpt, configs, inversion, cluster,
                                      mlflow_run_id=run_id, mlflow_tracking_uri=uri,
                                      mlflow_experiment_id=tracking.experiment_id(uri, "invert-dataset"))
         params = {**tracking.config_params(configs[method]), **tracking.run_params(ckpt, input_uri, folder, limit),

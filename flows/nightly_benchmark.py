@@ -18,13 +18,14 @@ from prefect.runtime import flow_run
 from flows.cli import run_flow_from_shell
 from flows.fan_out import invert_dataset_on_dask
 from flows.invert_dataset import EXAMPLES, REPO
-from flows.parameters import ClusterSettings, InversionSettings
+from flows.parameters import ClusterSettings, ImageLimit, InversionSettings
 from flows.reports import rows_artifact
 from gani_core import storage
 from gani_core.checkpoints.ref import resolve_checkpoint
 from gani_core.invert import Method
 from gani_core.run_folder import SUMMARY_METRICS, RunFolder
 from tasks import tracking
+from tasks.storage import list_images
 
 BENCHMARK_METHODS: list[Method] = ["gani", "pti", "wplus"]
 COUNTS = ("images", "ok", "failed")
@@ -68,7 +69,7 @@ def nightly_benchmark(
     date: str | None = None,
     cluster: ClusterSettings = ClusterSettings(),  # noqa: B008
     mlflow_tracking_uri: str | None = None,
-    limit: int | None = None,
+    limit: ImageLimit | None = None,
 ) -> dict:
     """Run every method of ``methods`` on the benchmark images with fixed seeds and compare them.
 
@@ -91,12 +92,13 @@ def nightly_benchmark(
     day = date or dt.datetime.now(dt.UTC).date().isoformat()
     configs = inversion.configs(list(methods))
     ckpt = resolve_checkpoint(checkpoint)
+    images = list_images(input_uri, limit)      # a bad input fails here, before the MLflow run starts
     folder = RunFolder(storage.join(output_uri.rstrip("/"), day))
     uri = tracking.tracking_uri(mlflow_tracking_uri, output_uri)
     tags = {"date": day, "dataset_uri": input_uri, "prefect_flow_run_id": str(flow_run.get_id())}
     parent = tracking.start_run(uri, "nightly-benchmark", run_name=f"nightly-{day}", tags=tags)
     with tracking.ended_on_exit(uri, parent):
-        run = invert_dataset_on_dask(input_uri, folder, ckpt, configs, inversion, cluster, limit,
+        run = invert_dataset_on_dask(input_uri, images, folder, ckpt, configs, inversion, cluster,
                                      mlflow_run_id=parent, mlflow_tracking_uri=uri, date=day,
                                      mlflow_experiment_id=tracking.experiment_id(uri, "nightly-benchmark"))
         common = {**tracking.run_params(ckpt, input_uri, folder, limit), "date": day}

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from gani_core import storage
 from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.dataset import ImageSource
 from gani_core.errors import GaniError, InversionError
-from gani_core.images import load_image
+from gani_core.images import load_image, read_image_bytes
 from gani_core.invert import InversionResult, InvertConfig, invert_images
 from gani_core.networks import Generator
 from gani_core.pivot import Progress
@@ -68,7 +67,7 @@ def _batches(G: Generator, images: list[ImageSource], cfg: InvertConfig, folder:
     for image in images:
         sha = None
         try:
-            data = storage.read_bytes(image.source)
+            data = read_image_bytes(image.source)
             sha = hashlib.sha256(data).hexdigest()
             batch.append(_Decoded(image, sha, load_image(data, resolution=G.img_resolution, name=image.source)))
         except (GaniError, ValueError, OSError) as exc:

@@ -24,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from gani_core import CheckpointError, Generator
 from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.dataset import ImageSource
-from gani_core.invert import InvertConfig
+from gani_core.invert import InvertConfig, invert_images, method_config
 from gani_core.run_folder import RunFolder, failed_row
 from gani_core.runs import auto_batch_size, invert_sources
 from tasks.storage import storage_retries_logged
@@ -79,6 +79,17 @@ def prepare_worker_process() -> dict:
 def worker_generator(ckpt: CheckpointRef, device: str) -> Generator:
     """The generator of ``ckpt`` on ``device``, loaded once per process."""
     return ckpt.load(device)
+
+
+def warm_worker(ckpt: CheckpointRef) -> dict:
+    """Pay a worker process's one-off costs now (its preparation, ``ckpt``'s generator, the LPIPS networks and the
+    metrics, by inverting one blank image for one step): on a long-lived cluster, ``client.run(warm_worker, ckpt)``
+    before a run, so that no task pays them. Returns what :func:`prepare_worker_process` returns."""
+    process = prepare_worker_process()
+    G = worker_generator(ckpt, worker_device())
+    blank = torch.zeros(1, 3, G.img_resolution, G.img_resolution, device=G.mapping.w_avg.device)
+    invert_images(G, blank, ["warm-up"], method_config("wplus", pivot_steps=1))
+    return process
 
 
 @task(name="invert-images", task_run_name="invert-{images[0].image_id}-x{batch_size}-{cfg.method}", retries=1,

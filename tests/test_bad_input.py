@@ -23,10 +23,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
+from pydantic import TypeAdapter, ValidationError
 
 from flows.cli import parse_flow_args
 from flows.invert_dataset import invert_dataset
-from flows.parameters import InversionSettings
+from flows.parameters import ImageLimit, InversionSettings
 from gani_core.cli import main as cli_main
 from gani_core.dataset import MAX_ID_LENGTH, image_ids, list_images
 from gani_core.errors import ImageError
@@ -346,15 +347,12 @@ def test_a_link_to_nothing_is_a_failed_row(unreadable: Run) -> None:
     assert f"{unreadable.inputs}/gone.png" in error and "\n" not in error
 
 
-@pytest.mark.xfail(strict=True, reason="gani_core/runs.py reads with storage.read_bytes: its OSError is the row's "
-                   "error; reading with images.read_image_bytes makes it an ImageError (docs/reliability.md)")
 def test_read_failures_are_image_errors(unreadable: Run) -> None:
-    assert _error(unreadable, "locked") == f"ImageError: {unreadable.inputs}/locked.png: cannot be read (Permission denied)"
+    locked = unreadable.inputs / "locked.png"
+    assert _error(unreadable, "locked") == f"ImageError: {locked}: cannot be read (Permission denied)"
     assert _error(unreadable, "gone") == f"ImageError: {unreadable.inputs}/gone.png: no such file"
 
 
-@pytest.mark.xfail(strict=True, reason="gani_core/runs.py reads with storage.read_bytes, where fsspec opens "
-                   "'a::b.png' as the chained URL 'a' (docs/reliability.md)")
 def test_a_double_colon_in_a_name_is_read_from_that_file(unreadable: Run) -> None:
     assert unreadable.rows["a_b"]["status"] == "ok"
 
@@ -365,7 +363,7 @@ def test_load_image_reads_a_double_colon_name_as_a_path(tmp_path: Path) -> None:
     assert [i.image_id for i in list_images(str(tmp_path))] == ["a_b"]
 
 
-def test_load_image_refuses_an_unreadable_file(catalogue: Run) -> None:
+def test_load_image_refuses_an_unreadable_file() -> None:
     with _folder_anyone_reaches() as top:
         locked = top / "locked.png"
         locked.write_bytes(_noise())
@@ -404,11 +402,10 @@ def test_cli_refuses_an_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixtu
         err.count("\n") == 1
 
 
-def test_a_folder_of_files_that_are_not_images_is_refused_naming_one() -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        Path(folder, "IMG_0001.HEIC").write_bytes(HEIC)
-        with pytest.raises(FileNotFoundError, match=r"no image files .* 1 other file\(s\), such as 'IMG_0001.HEIC'"):
-            list_images(folder)
+def test_a_folder_of_files_that_are_not_images_is_refused_naming_one(tmp_path: Path) -> None:
+    (tmp_path / "IMG_0001.HEIC").write_bytes(HEIC)
+    with pytest.raises(FileNotFoundError, match=r"no image files .* 1 other file\(s\), such as 'IMG_0001.HEIC'"):
+        list_images(str(tmp_path))
 
 
 def test_an_input_uri_that_does_not_exist(tmp_path: Path) -> None:
@@ -451,16 +448,20 @@ def test_flow_settings_refuse_a_batch_size_below_1(batch_size: int) -> None:
         InversionSettings(batch_size=batch_size)
 
 
-@pytest.mark.xfail(strict=True, reason="flows/cli.py and the flows' signatures take any int as --limit; "
-                   "the fix is in docs/reliability.md")
+def test_the_flows_limit_type_refuses_0_and_below() -> None:
+    limit = TypeAdapter(ImageLimit | None)
+    assert limit.validate_python(1) == 1 and limit.validate_python(None) is None
+    for bad in (0, -1):
+        with pytest.raises(ValidationError, match="greater than or equal to 1"):
+            limit.validate_python(bad)
+
+
 def test_flow_shell_refuses_a_limit_below_1_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         parse_flow_args(invert_dataset, ["--limit", "0"])
     assert exit_info.value.code == 2 and "--limit" in capsys.readouterr().err.splitlines()[-1]
 
 
-@pytest.mark.xfail(strict=True, reason="flows/cli.py lets pydantic's several-line ValidationError escape; "
-                   "the fix is in docs/reliability.md")
 def test_flow_shell_refuses_negative_steps_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         parse_flow_args(invert_dataset, ["--pivot-steps", "-1"])
@@ -498,3 +499,9 @@ def test_gani_invert_of_an_s3_prefix_with_odd_keys(s3, tmp_path: Path) -> None:
     assert all(r["status"] == "ok" for i, r in rows.items() if i != "broken")
     assert rows["broken"]["error"].startswith(f"ImageError: s3://{S3_BUCKET}/inv/broken.png: ")
 
+
+
+@pytest.mark.services
+def test_gani_invert_of_an_s3_key_with_a_double_colon(s3, tmp_path: Path) -> None:
+    s3.put_object(Bucket=S3_BUCKET, Key="colon/a::b.png", Body=_noise())
+    assert cli_main(["invert", f"s3://{S3_BUCKET}/colon", "--out", str(tmp_path / "out"), *FAST]) == 0
