@@ -80,6 +80,7 @@ def invert_dataset(
                   "batch_size": inversion.batch_size}
         metrics = tracking.aggregate(run.rows, len(run.kept), run.wall_seconds, run.summary["computed"])
         tracking.log_results(uri, run_id, params, metrics, artifacts=run.written.values())
+        tracking.log_image_table(uri, run_id, run.rows, folder)
     s = run.summary
     rows_artifact(run.rows, "invert-dataset-metrics", f"{method} on {input_uri}: one row per image")
     summary_artifact("invert-dataset-summary", f"invert-dataset: {method}", {

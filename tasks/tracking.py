@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import logging
 import math
 import os
@@ -178,3 +179,30 @@ def log_results(uri: str, run_id: str, params: dict[str, object], metrics: dict[
 def experiment_id(uri: str, name: str) -> str:
     """The id of the experiment ``name`` in the tracking store ``uri`` (created when missing)."""
     return _experiment_id(MlflowClient(tracking_uri=uri), uri, name)
+
+
+IMAGE_TABLE = "per_image.json"          # the run's per-image table, with images, in MLflow's evaluation views
+IMAGE_TABLE_MAX = 64                    # rows with images (the whole table is metrics.parquet)
+
+
+def log_image_table(uri: str, run_id: str, rows: list[dict], folder: RunFolder) -> None:
+    """The run's ok results as an MLflow table: ids, method, the headline metrics and four images per row
+    (input, pivot, tuned, edit: the cells of each preview), so that MLflow compares each image across runs."""
+    import pandas as pd
+    from PIL import Image
+
+    ok = [r for r in rows if r["status"] == "ok"][:IMAGE_TABLE_MAX]
+    previews = storage.read_many([folder.preview_uri(r["image_id"], r["method"]) for r in ok]) if ok else {}
+    table: dict[str, list] = {k: [] for k in ("image_id", "method", "lpips", "locality", "edit_accuracy",
+                                              "input", "pivot", "tuned", "edit")}
+    for row, png in zip(ok, previews.values(), strict=True):
+        if png is None:
+            continue
+        grid = Image.open(io.BytesIO(png)).convert("RGB")
+        cell = grid.width // 4                      # four square cells side by side, the caption below
+        for i, name in enumerate(("input", "pivot", "tuned", "edit")):
+            table[name].append(grid.crop((i * cell, 0, (i + 1) * cell, cell)))
+        for name in ("image_id", "method", "lpips", "locality", "edit_accuracy"):
+            table[name].append(row.get(name))
+    if table["image_id"]:
+        MlflowClient(tracking_uri=uri).log_table(run_id, data=pd.DataFrame(table), artifact_file=IMAGE_TABLE)

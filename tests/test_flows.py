@@ -123,7 +123,7 @@ def test_a_rerun_of_a_finished_run_computes_nothing(runs):
     assert before == after and len(before) == 3 + 2 + 2     # rows (incl. the failed one), deltas, previews
 
 
-def test_mlflow_run_holds_metrics_params_and_artifacts(runs):
+def test_mlflow_run_holds_metrics_params_and_artifacts(runs, tmp_path):
     client = MlflowClient(tracking_uri=runs["db"])
     experiment = client.get_experiment_by_name("invert-dataset")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"   # the UI's runs view, not GenAI
@@ -147,7 +147,14 @@ def test_mlflow_run_holds_metrics_params_and_artifacts(runs):
     assert p["dataset_uri"] == str(runs["photos"]) and p["output_uri"] == str(runs["out"])
     assert len(p["checkpoint_sha256"]) == 64 and p["code_version"].startswith("0.1.0")
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
-        "metrics.parquet", "preview_grid.png", "summary.json"}
+        "metrics.parquet", "preview_grid.png", "summary.json", "per_image.json", "table_images"}
+    split = json.loads(Path(client.download_artifacts(run.info.run_id, "per_image.json", str(tmp_path))).read_text())
+    table = [dict(zip(split["columns"], values, strict=True)) for values in split["data"]]
+    assert sorted(r["image_id"] for r in table) == ["astronaut", "coffee"]   # the ok images; the corrupt one has none
+    lpips = {r["image_id"]: r["lpips"] for r in ok_rows}
+    assert all(r["lpips"] == pytest.approx(lpips[r["image_id"]]) for r in table)
+    assert all(r[name]["type"] == "image" for r in table for name in ("input", "pivot", "tuned", "edit"))
+    assert json.loads(run.data.tags["mlflow.loggedArtifacts"]) == [{"path": "per_image.json", "type": "table"}]
 
 
 def test_nightly_benchmark_parent_run_with_a_child_per_method(photos, cluster, small, tmp_path):
