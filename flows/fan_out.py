@@ -1,5 +1,6 @@
 """Inverting a dataset on Dask, the body both flows share: list the images, keep what the run folder already
-holds (the resume rule of gani_core.run_folder), fan the rest out as ``invert-image`` tasks, write the tables."""
+holds (the resume rule of gani_core.run_folder), fan the rest out as ``invert-images`` tasks (a batch of
+images each), write the tables."""
 
 from __future__ import annotations
 

@@ -1,8 +1,12 @@
-"""Inverting one image with one method: pivot, tuning, compact deltas, and every metric of method.md.
+"""Inverting images with one method: pivot, tuning, compact deltas, and every metric of method.md.
 
     cfg = method_config("gani", pivot_steps=450, tune_steps=350)
     result = invert_image(G, image, "astronaut", cfg)      # image: [3, R, R] in [0, 1]
     result.row()                                          # the metrics.parquet row
+    results = invert_images(G, images, ids, cfg)          # K images [K, 3, R, R] at once, one result each
+
+The K images of a batch share every forward and backward (pivot.find_pivots, tuning.tune_batch); each gets what
+a run of it alone gives, within float32 rounding (docs/method.md, "Batched").
 """
 
 from __future__ import annotations
