@@ -9,8 +9,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import dask
+import distributed
 from prefect import flow, get_run_logger
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 
 from flows.cluster import api_url_for_workers, dask_task_runner
 from flows.parameters import ClusterSettings, InversionSettings
@@ -27,7 +28,11 @@ def invert_images_on_dask(work: list[tuple[list[ImageSource], InvertConfig]], ck
                           folder: RunFolder, batch_size: int | str = 1, gpu: bool = False) -> list[dict]:
     """One ``invert-images`` task per (batch of images, configuration) on this subflow's Dask task runner (built
     by the caller at call time); the rows. A task that raised (after its retry) gives failed rows here, not
-    written to ``rows/``, so that a rerun tries those images again."""
+    written to ``rows/``, so that a rerun tries those images again.
+
+    A worker lost in the middle of a task (killed, out of memory) is Dask's to handle: the scheduler runs the task
+    again on another worker. Each task's result is released as soon as it is read, so that a worker lost later
+    does not make Dask compute finished tasks again (their files written a second time, maybe after the tables)."""
     # With gpu, every task asks the scheduler for one unit of the workers' `GPU` resource.
     with dask.annotate(resources={"GPU": 1}) if gpu else nullcontext():
         futures = [invert_on_worker.submit(images, cfg, ckpt, folder, batch_size) for images, cfg in work]
@@ -37,11 +42,19 @@ def invert_images_on_dask(work: list[tuple[list[ImageSource], InvertConfig]], ck
     for future in as_completed(futures):
         images, cfg = batch_of[future]
         result = future.result(raise_on_failure=False)
+        _release(future)
         if not isinstance(result, list):
             result = [failed_row(image.image_id, cfg, ckpt, f"{type(result).__name__}: {result}") for image in images]
         progress.done(result)
         rows.extend(result)
     return rows
+
+
+def _release(future: PrefectFuture) -> None:
+    """Let the Dask scheduler forget a task whose result the flow holds now (its state is kept in ``future``)."""
+    wrapped = getattr(future, "wrapped_future", None)
+    if isinstance(wrapped, distributed.Future):
+        wrapped.release()
 
 
 class Progress:

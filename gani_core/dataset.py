@@ -77,9 +77,9 @@ def list_images(input_uri: str, limit: int | None = None) -> list[ImageSource]:
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1 (or None for every image), got {limit}")
     fs, root = input_fs(input_uri)
-    if not fs.exists(root):
+    if not storage.with_retries("list", input_uri, lambda: fs.exists(root)):
         raise FileNotFoundError(f"input_uri {input_uri}: no such folder or object")
-    paths = [root] if fs.isfile(root) else fs.find(root)
+    paths = storage.with_retries("list", input_uri, lambda: [root] if fs.isfile(root) else fs.find(root))
     visible = [p for p in paths if not any(part.startswith(".") and part not in (".", "..")
                                            for part in _below(p, root))]
     images = sorted(p for p in visible if PurePosixPath(p).suffix.lower() in IMAGE_EXTENSIONS)[:limit]

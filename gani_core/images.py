@@ -20,6 +20,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from gani_core import storage
 from gani_core.dataset import input_fs
 from gani_core.errors import ImageError
 
@@ -103,9 +104,10 @@ def read_image_bytes(uri: str | Path, name: str | None = None) -> bytes:
             if not stat.S_ISREG(Path(path).stat().st_mode):
                 raise ImageError(f"{name}: not a regular file")
             data = Path(path).read_bytes()
-        else:
-            with fs.open(path, "rb") as f:
-                data = f.read()
+        else:       # an object store: retried while it cannot be reached (gani_core.storage)
+            data = storage.with_retries("read", uri, lambda: fs.cat_file(path))
+    except ConnectionError:
+        raise       # the storage, not the image: not an ImageError (a rerun reads it again)
     except FileNotFoundError as exc:
         raise ImageError(f"{name}: no such file") from exc
     except IsADirectoryError as exc:

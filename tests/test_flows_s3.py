@@ -78,4 +78,4 @@ def test_mlflow_artifacts_are_copied_from_s3(runs):
     run = client.get_run(runs["first"]["mlflow_run_id"])
     assert run.data.params["dataset_uri"] == f"s3://{BUCKET}/in"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
-        "metrics.parquet", "preview_grid.png", "summary.json"}
+        "metrics.parquet", "preview_grid.png", "summary.json", "per_image.json", "table_images"}

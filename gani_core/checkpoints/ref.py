@@ -138,7 +138,7 @@ def resolve_checkpoint(spec: str | Path) -> CheckpointRef:
 def _resolve_uri(uri: str) -> CheckpointRef:
     try:
         fs, path = storage.resolve(uri)
-        info = fs.info(path)
+        info = storage.with_retries("read", uri, lambda: fs.info(path))
     except (OSError, ValueError, ImportError) as exc:
         raise CheckpointError(f"checkpoint {uri}: cannot be read ({type(exc).__name__}: {exc})") from exc
     # Which content this URI held when last downloaded here (keyed by its ETag and size): no second download.
