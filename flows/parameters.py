@@ -36,7 +36,7 @@ class InversionSettings(BaseModel):
     precision: Precision = Field(PivotConfig.precision, description="bf16: mixed precision (autocast), for GPUs")
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         1, description="images per task, inverted together (one forward and backward for all per step); auto: "
-                       "as many as a GPU worker's free memory holds, 4 on a CPU. Results do not depend on it")
+                       "as many as a GPU worker's free memory holds, 8 on a CPU. Results do not depend on it")
 
     def images_per_task(self) -> int:
         """How many images one task takes: the batch size, or for ``auto`` a number the worker splits further."""

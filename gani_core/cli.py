@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=_batch_size, default=1, metavar="K|auto",
                    help="images inverted together, one forward and backward for all per step (default: 1); auto: "
-                        "as many as the GPU's free memory holds, 4 on a CPU")
+                        "as many as the GPU's free memory holds, 8 on a CPU")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="bf16: mixed precision (autocast) for the optimisation, for GPUs (default: fp32)")

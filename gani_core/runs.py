@@ -148,7 +148,7 @@ def run_in_process(
     return RunResult(rows, summary, folder.write_tables(rows, summary), set(kept))
 
 
-CPU_BATCH_SIZE = 4          # `auto` on a CPU: benchmarks/batching.py measured the most images per hour at K = 4
+CPU_BATCH_SIZE = 8          # `auto` on a CPU: benchmarks/batching.py measured GANI's most images per hour at K = 8
 MAX_BATCH_SIZE = 512
 
 
