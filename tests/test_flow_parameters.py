@@ -60,3 +60,10 @@ def test_prefect_describes_the_settings_as_nested_parameters() -> None:
     definitions = schema["definitions"]
     assert set(definitions["InversionSettings"]["properties"]) == set(InversionSettings.model_fields)
     assert definitions["InversionSettings"]["properties"]["pivot_steps"]["default"] == method_config("gani").pivot.steps
+
+
+def test_batch_size_is_a_count_or_auto_from_the_shell() -> None:
+    assert parse_flow_args(invert_dataset, ["--batch-size", "8"])["inversion"].batch_size == 8
+    assert parse_flow_args(invert_dataset, ["--batch-size", "auto"])["inversion"].batch_size == "auto"
+    with pytest.raises(SystemExit):
+        parse_flow_args(invert_dataset, ["--batch-size", "0"])
