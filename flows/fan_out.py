@@ -37,7 +37,7 @@ def invert_images_on_dask(work: list[tuple[list[ImageSource], InvertConfig]], ck
     with dask.annotate(resources={"GPU": 1}) if gpu else nullcontext():
         futures = [invert_on_worker.submit(images, cfg, ckpt, folder, batch_size) for images, cfg in work]
     batch_of = {future: batch for future, batch in zip(futures, work, strict=True)}
-    progress = Progress(total=sum(len(images) for images, _ in work))
+    progress = FinishedImagesLog(total=sum(len(images) for images, _ in work))
     rows = []
     for future in as_completed(futures):
         images, cfg = batch_of[future]
@@ -57,7 +57,7 @@ def _release(future: PrefectFuture) -> None:
         wrapped.release()
 
 
-class Progress:
+class FinishedImagesLog:
     """One log line per finished image: done / total, its lpips (or why it failed), and the time left."""
 
     def __init__(self, total: int) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -24,8 +24,9 @@ from gani_core.errors import GaniError, InversionError
 from gani_core.images import load_image, read_image_bytes
 from gani_core.invert import InversionResult, InvertConfig, invert_images
 from gani_core.networks import Generator
-from gani_core.pivot import Progress
+from gani_core.pivot import Progress, find_pivots
 from gani_core.run_folder import RunFolder, complete_row, failed_row, summarise
+from gani_core.tuning import tune_batch
 
 # A batch's progress callback, made when the batch starts: (image ids, method) -> Progress.
 OnBatch = Callable[[list[str], str], Progress | None]
@@ -158,10 +159,6 @@ def auto_batch_size(G: Generator, cfg: InvertConfig, memory_fraction: float = 0.
     device = G.mapping.w_avg.device
     if device.type != "cuda":
         return CPU_BATCH_SIZE
-    from dataclasses import replace
-
-    from gani_core.tuning import tune_batch
-
     tune_cfg = replace(cfg.tune, steps=1) if cfg.tune is not None else None
     peaks = []
     for k in (1, 2):
@@ -173,8 +170,6 @@ def auto_batch_size(G: Generator, cfg: InvertConfig, memory_fraction: float = 0.
         if tune_cfg is not None:
             tune_batch(G, ws, target, tune_cfg)
         else:
-            from gani_core.pivot import find_pivots
-
             find_pivots(G, target, replace(cfg.pivot, steps=1))
         peaks.append(torch.cuda.max_memory_allocated(device) - start)
     per_image = max(peaks[1] - peaks[0], 1)
