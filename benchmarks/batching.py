@@ -11,7 +11,7 @@ warm-up step) on K photos: the pivot (gani_core.pivot.find_pivots), the tuning (
 with the method's default regulariser setting) and the metrics of one image. Images per hour at the default
 step budgets (450 pivot + 350 tuning steps) is then
 
-    3600 * K / (450 * pivot_step(K) + 350 * tune_step(K) + K * metrics)
+    3600 * K / (450 * pivot_step(K) + 350 * tune_step(K) + K * metrics(K))
 
 that is, the full budget at the measured step times; ``--full`` runs the whole budget instead (slow on a CPU).
 Methods are interleaved over K so that drifting machine load hits them alike. On CUDA: peak memory per image,
@@ -103,13 +103,15 @@ def stage_seconds(G: Generator, method: str, k: int, steps: int, device: str) ->
     return out
 
 
-def metrics_seconds(G: Generator, method: str, device: str) -> float:
-    """Seconds of one image's metrics (previews, locality, edit metrics, LPIPS) after a 1 + 1 step inversion,
-    the second time (the first loads LPIPS' VGG and warms the allocator)."""
+def metrics_seconds(G: Generator, method: str, k: int, device: str) -> float:
+    """Seconds per image of the metrics of K images measured together (previews, locality, edit metrics, LPIPS;
+    gani_core.measure) after a 1 + 1 step inversion, the second time (the first loads LPIPS' VGG and warms the
+    allocator)."""
     cfg = config_of(method, pivot_steps=1, tune_steps=1 if method != "wplus" else None)
-    image = (targets(G, 1, device) + 1) / 2
-    invert_images(G, image, ["warm-up"], cfg)
-    return invert_images(G, image, ["m"], cfg)[0].seconds["metrics"]
+    images = (targets(G, k, device) + 1) / 2
+    ids = [str(i) for i in range(k)]
+    invert_images(G, images, ids, cfg)
+    return invert_images(G, images, ids, cfg)[0].seconds["metrics"]
 
 
 def flops_per_image(G: Generator, method: str, k: int, device: str) -> dict[str, float]:
@@ -153,12 +155,12 @@ def main() -> None:
             print(f"{method:6s} pivot step {f['pivot_step'] / 1e9:9.1f} GFLOP  tune step "
                   f"{f.get('tune_step', 0) / 1e9:9.1f} GFLOP  full budget {total / 1e12:8.2f} TFLOP per image")
     else:
-        metrics = {m: metrics_seconds(G, m, args.device) for m in args.methods}
         for k in args.ks:
             for method in args.methods:
                 s = stage_seconds(G, method, k, args.steps, args.device)
-                per_batch = budget["pivot"] * s["pivot"] + budget["tune"] * s["tune"] + k * metrics[method]
-                row = {"method": method, "k": k, **s, "metrics": metrics[method],
+                metrics = metrics_seconds(G, method, k, args.device)
+                per_batch = budget["pivot"] * s["pivot"] + budget["tune"] * s["tune"] + k * metrics
+                row = {"method": method, "k": k, **s, "metrics": metrics,
                        "images_per_hour": 3600 * k / per_batch}
                 if args.device.startswith("cuda"):       # achieved TFLOP/s of each stage, and of the peak
                     f = flops_per_image(G, method, k, args.device)
@@ -170,12 +172,12 @@ def main() -> None:
                 report["rows"].append(row)
         print(f"{G.img_resolution} px ({args.checkpoint}) on {args.device}, {torch.get_num_threads()} thread(s); "
               f"images per hour at {budget['pivot']} + {budget['tune']} steps (x: against K = 1 of this run)")
-        print(f"{'method':6s} {'K':>4s} {'pivot s/step':>13s} {'tune s/step':>12s} {'metrics s':>10s} "
+        print(f"{'method':6s} {'K':>4s} {'pivot s/step':>13s} {'tune s/step':>12s} {'metrics s/img':>14s} "
               f"{'images/h':>9s} {'x K=1':>6s}")
         for row in report["rows"]:
             base = next(r for r in report["rows"] if r["method"] == row["method"] and r["k"] == args.ks[0])
             row["vs_k1"] = row["images_per_hour"] / base["images_per_hour"]
-            print(f"{row['method']:6s} {row['k']:4d} {row['pivot']:13.4f} {row['tune']:12.4f} {row['metrics']:10.2f} "
+            print(f"{row['method']:6s} {row['k']:4d} {row['pivot']:13.4f} {row['tune']:12.4f} {row['metrics']:14.3f} "
                   f"{row['images_per_hour']:9.1f} {row['vs_k1']:6.2f}")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))

@@ -304,20 +304,42 @@ def factor_changes(G: Generator, probe: FactorProbe, w_pivot: torch.Tensor, edit
     return f[:k][idx, idx] - f[k:][idx, idx]
 
 
-def edit_accuracy(G_orig: Generator, G_tuned: Generator, w_pivot: torch.Tensor,
-                  strength: float = 1.0) -> tuple[float, dict[str, float]] | None:
-    """(edit_accuracy, {factor: Δt/Δo}) at the pivot w_p [num_ws, w_dim]; see the module docstring.
+def factor_tools(G: Generator) -> tuple[FactorEdits, FactorProbe] | None:
+    """G's factor edit directions and factor probe (what edit_accuracy needs); None when it lacks either.
 
-    Uses G_orig's ``factor_edits`` and ``factor_probe``; None when it lacks either (not applicable).
-    ``strength``: the edit, in steps of each direction. Computed on G_orig's device; G_tuned is G_orig
-    (nothing tuned) gives exactly 1 without rendering.
+    Raises ValueError when the probe does not read the directions' factors in the same order.
     """
-    edits, probe = G_orig.factor_edits, G_orig.factor_probe
+    edits, probe = G.factor_edits, G.factor_probe
     if edits is None or probe is None:
         return None
     if probe.factor_names != edits.names:
         raise ValueError(f"the factor probe reads {list(probe.factor_names)}, the edit directions are "
                          f"{list(edits.names)}: edit_accuracy needs the same factors in the same order")
+    return edits, probe
+
+
+def accuracy_of_changes(before: torch.Tensor, after: torch.Tensor,
+                        names: tuple[str, ...]) -> tuple[float, dict[str, float]]:
+    """(edit_accuracy, {factor: Δt/Δo}) from the factor changes [F] of the original (Δo) and tuned (Δt) generator."""
+    before, after = before.cpu(), after.cpu()
+    per_factor = (1 - (after - before).abs() / before.abs().clamp_min(1e-6)).clamp(0, 1)
+    ratios = {name: float(a / b) if abs(float(b)) > 1e-6 else float("nan")
+              for name, a, b in zip(names, after.tolist(), before.tolist(), strict=True)}
+    return float(per_factor.mean()), ratios
+
+
+def edit_accuracy(G_orig: Generator, G_tuned: Generator, w_pivot: torch.Tensor,
+                  strength: float = 1.0) -> tuple[float, dict[str, float]] | None:
+    """(edit_accuracy, {factor: Δt/Δo}) at the pivot w_p [num_ws, w_dim]; see the module docstring.
+
+    Uses G_orig's ``factor_edits`` and ``factor_probe`` (`factor_tools`); None when it lacks either (not
+    applicable). ``strength``: the edit, in steps of each direction. Computed on G_orig's device; G_tuned is
+    G_orig (nothing tuned) gives exactly 1 without rendering.
+    """
+    tools = factor_tools(G_orig)
+    if tools is None:
+        return None
+    edits, probe = tools
     if G_tuned is G_orig:
         return 1.0, dict.fromkeys(edits.names, 1.0)
     device = G_orig.mapping.w_avg.device
@@ -326,10 +348,7 @@ def edit_accuracy(G_orig: Generator, G_tuned: Generator, w_pivot: torch.Tensor,
     w_pivot = w_pivot.to(device)
     before = factor_changes(G_orig, probe, w_pivot, edits, strength)
     after = factor_changes(G_tuned, probe, w_pivot, edits, strength)
-    per_factor = (1 - (after - before).abs() / before.abs().clamp_min(1e-6)).clamp(0, 1)
-    ratios = {name: float(a / b) if abs(float(b)) > 1e-6 else float("nan")
-              for name, a, b in zip(edits.names, after.tolist(), before.tolist(), strict=True)}
-    return float(per_factor.mean()), ratios
+    return accuracy_of_changes(before, after, edits.names)
 
 
 # ----------------------------------------------------------------------------------------------------

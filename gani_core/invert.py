@@ -21,21 +21,13 @@ from typing import Literal, get_args
 import torch
 
 from gani_core import deltas as deltas_mod
-from gani_core.editing import (
-    default_edit_strength,
-    edit_accuracy,
-    edit_consistency,
-    locality,
-    locality_latents,
-    random_directions,
-)
+from gani_core.editing import default_edit_strength, random_directions
 from gani_core.errors import InversionError
-from gani_core.lpips import lpips_distance
-from gani_core.metrics import image_metrics, to_unit
+from gani_core.measure import measure_images
 from gani_core.networks import Generator
 from gani_core.pivot import PivotConfig, Progress, find_pivots
 from gani_core.precision import Precision
-from gani_core.tuning import TuneConfig, TuneResult, render_with, tune_batch
+from gani_core.tuning import TuneConfig, TuneResult, tune_batch
 
 Method = Literal["gani", "pti", "wplus", "w"]     # the one list of methods; METHODS is the same, as a tuple
 METHODS: tuple[str, ...] = get_args(Method)
@@ -189,9 +181,10 @@ def invert_images(
 
     The pivot and tuning stages run the K images in one forward and one backward per step (pivot.find_pivots,
     tuning.tune_batch): each image gets what a run of it alone gives, within float32 rounding. The metrics are
-    then measured image by image. An image whose optimisation diverged (a non-finite loss or pivot) gets an
-    :class:`InversionError` in its place; the others are unaffected. Seconds of the shared stages are divided
-    evenly among the images (``seconds_pivot``, ``seconds_tune``: amortised).
+    measured for the K images together too (measure.measure_images). An image whose optimisation diverged (a
+    non-finite loss or pivot) gets an :class:`InversionError` in its place; the others are unaffected. Seconds
+    of the shared stages are divided evenly among the images (``seconds_pivot``, ``seconds_tune``,
+    ``seconds_metrics``: amortised).
 
     ``directions`` [D, w_dim] are the edit directions for ``edit_consistency`` (default: the generator's
     factor directions when it has them, else ``cfg.num_directions`` seeded random unit directions).
@@ -222,63 +215,72 @@ def invert_images(
     if cfg.tune is not None and cfg.tune.steps > 0:
         tuned = list(tune_batch(G, w_pivots, targets, cfg.tune, seeds, progress=stage_progress(pivot_steps)))
     t_tune = time.perf_counter()
-    shared = {"pivot": (t_pivot - t0) / k, "tune": (t_tune - t_pivot) / k}
     steps = {"pivot": pivot_steps, "tune": cfg.tune.steps if cfg.tune else 0}
-    results: list[InversionResult | InversionError] = []
+    shared = {"pivot": (t_pivot - t0) / k, "tune": (t_tune - t_pivot) / k}
+    return finish_inversions(G, images.to(device), image_ids, cfg, w_pivots, tuned, directions, shared, steps)
+
+
+def finish_inversions(
+    G: Generator,
+    images: torch.Tensor,
+    image_ids: list[str],
+    cfg: InvertConfig,
+    w_pivots: torch.Tensor,
+    tuned: list[TuneResult | None],
+    directions: torch.Tensor | None,
+    shared: dict[str, float],
+    steps: dict[str, int],
+) -> list[InversionResult | InversionError]:
+    """The results of K images whose pivots and tuning are done: an :class:`InversionError` for each image whose
+    pivot or tuning diverged, and for the others their deltas encoded and every metric (batched).
+
+    ``shared``: each image's seconds of the pivot and tuning stages; ``steps``: their step counts. (invert_images
+    ends here; a benchmark that keeps tuning snapshots measures each of them with it.)
+    """
+    k = len(image_ids)
+    results: list[InversionResult | InversionError | None] = [None] * k
     for i in range(k):
         if not bool(torch.isfinite(w_pivots[i]).all()):
-            results.append(InversionError(f"{image_ids[i]}: the pivot diverged (a non-finite latent); "
-                                          "try a lower pivot learning rate"))
+            results[i] = InversionError(f"{image_ids[i]}: the pivot diverged (a non-finite latent); "
+                                        "try a lower pivot learning rate")
         elif tuned[i] is not None and tuned[i].diverged_at is not None:
-            results.append(InversionError(f"{image_ids[i]}: the tuning diverged (non-finite loss at step "
-                                          f"{tuned[i].diverged_at} of {tuned[i].steps}); try a lower tuning lr"))
-        else:
-            results.append(_measure(G, images[i].to(device), image_ids[i], cfg, w_pivots[i], tuned[i], directions,
-                                    shared, steps))
+            results[i] = InversionError(f"{image_ids[i]}: the tuning diverged (non-finite loss at step "
+                                        f"{tuned[i].diverged_at} of {tuned[i].steps}); try a lower tuning lr")
+    ok = [i for i in range(k) if results[i] is None]
+    if ok:
+        measured = _measure(G, images[ok], [image_ids[i] for i in ok], cfg, w_pivots[ok],
+                            [tuned[i] for i in ok], directions, shared, steps)
+        for i, result in zip(ok, measured, strict=True):
+            results[i] = result
     return results
 
 
-def _measure(G: Generator, image: torch.Tensor, image_id: str, cfg: InvertConfig, w_pivot: torch.Tensor,
-             tuned: TuneResult | None, directions: torch.Tensor | None, shared: dict[str, float],
-             steps: dict[str, int]) -> InversionResult:
-    """One image's deltas encoded, its metrics, previews and timings (``shared``: its share of the batch's
-    pivot and tuning seconds)."""
-    device = w_pivot.device
+def _measure(G: Generator, images: torch.Tensor, image_ids: list[str], cfg: InvertConfig, w_pivots: torch.Tensor,
+             tuned: list[TuneResult | None], directions: torch.Tensor | None, shared: dict[str, float],
+             steps: dict[str, int]) -> list[InversionResult]:
+    """The images' deltas encoded, their metrics (measure.measure_images, batched), previews and timings
+    (``shared``: each image's share of the batch's pivot and tuning seconds; the metrics' seconds are shared
+    the same way)."""
+    device = w_pivots.device
     t_start = time.perf_counter()
-    deltas, losses = (tuned.deltas, tuned.losses) if tuned is not None else ({}, [])
-    encoded = deltas_mod.encode_deltas(deltas, encoding=cfg.delta_encoding, max_rel_error=cfg.delta_max_rel_error)
-    stored = {n: d.to(device) for n, d in deltas_mod.decode_deltas(encoded).items()}
-    ws = w_pivot.unsqueeze(0)
+    deltas = [t.deltas if t is not None else {} for t in tuned]
+    encoded = [deltas_mod.encode_deltas(d, encoding=cfg.delta_encoding, max_rel_error=cfg.delta_max_rel_error)
+               for d in deltas]
+    stored = [{n: d.to(device) for n, d in deltas_mod.decode_deltas(e).items()} for e in encoded]
     if directions is None and G.factor_edits is not None:   # directions with ground truth (the built-in G)
-        directions = G.factor_edits.directions.to(device)
+        directions = G.factor_edits.directions
     elif directions is None:
-        directions = random_directions(G.w_dim, cfg.num_directions, seed=cfg.seed).to(device)
+        directions = random_directions(G.w_dim, cfg.num_directions, seed=cfg.seed)
+    directions = directions.to(device)
     strength = cfg.edit_strength if cfg.edit_strength is not None else default_edit_strength(G)
-    with torch.no_grad():
-        pivot_render = G.synthesis(ws, noise_mode="const")
-        in_memory = render_with(G, deltas, ws) if deltas else pivot_render
-        tuned_render = render_with(G, stored, ws) if stored else pivot_render
-        edited_ws = ws + preview_edit(G, directions[0], strength)
-        edit_render = render_with(G, stored, edited_ws) if stored else G.synthesis(edited_ws, noise_mode="const")
-        delta_change = lpips_distance(in_memory.clamp(-1, 1), tuned_render.clamp(-1, 1)).item() if deltas else 0.0
-    metrics: dict[str, float | None] = {**image_metrics(to_unit(tuned_render), image.unsqueeze(0))[0]}
-    if stored:
-        G_tuned = deltas_mod.apply_deltas(G, stored)
-        metrics["locality"] = locality(G, G_tuned, locality_latents(G, w_pivot, cfg.locality_count, seed=cfg.seed))
-        metrics["edit_consistency"] = edit_consistency(G, G_tuned, w_pivot, directions, strength)
-    else:  # the generator is unchanged: nothing moved elsewhere
-        G_tuned = G
-        metrics["locality"] = 0.0
-        metrics["edit_consistency"] = 0.0
-    # edit_accuracy needs factor directions and a probe that reads them; without them it is None (n/a).
-    accuracy = edit_accuracy(G, G_tuned, w_pivot)
-    metrics["edit_accuracy"], edit_ratios = accuracy if accuracy is not None else (None, {})
-    seconds = {**shared, "metrics": time.perf_counter() - t_start}
-    previews = torch.cat([image.unsqueeze(0), to_unit(pivot_render), to_unit(tuned_render),
-                          to_unit(edit_render)]).cpu()
-    return InversionResult(
-        image_id=image_id, method=cfg.method, w_pivot=w_pivot.cpu(), encoded=encoded, metrics=metrics,
-        seconds={**seconds, "total": sum(seconds.values())}, steps=steps,
-        peak_memory_mb=_peak_memory_mb(device), delta_bytes=deltas_mod.delta_bytes(encoded),
-        delta_lpips_change=delta_change, previews=previews, losses=losses, edit_ratios=edit_ratios,
-    )
+    measured = measure_images(G, images, w_pivots, deltas, stored, directions=directions, strength=strength,
+                              preview_offset=preview_edit(G, directions[0], strength),
+                              locality_count=cfg.locality_count, seed=cfg.seed)
+    seconds = {**shared, "metrics": (time.perf_counter() - t_start) / len(tuned)}
+    peak = _peak_memory_mb(device)
+    return [InversionResult(
+        image_id=image_id, method=cfg.method, w_pivot=w.cpu(), encoded=e, metrics=m.metrics,
+        seconds={**seconds, "total": sum(seconds.values())}, steps=steps, peak_memory_mb=peak,
+        delta_bytes=deltas_mod.delta_bytes(e), delta_lpips_change=m.delta_lpips_change, previews=m.previews,
+        losses=t.losses if t is not None else [], edit_ratios=m.edit_ratios)
+        for image_id, w, e, m, t in zip(image_ids, w_pivots, encoded, measured, tuned, strict=True)]

@@ -47,6 +47,7 @@ class TuneResult:
     steps: int
     gmm_parameters: int                 # number of trained parameters
     diverged_at: int | None = None      # the first step whose loss was not finite (the deltas are then unusable)
+    snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)   # ΔW after each snapshot step
 
 
 def tuned_layers(G: Generator, layers: str) -> dict[str, torch.Tensor]:
@@ -97,6 +98,7 @@ def tune_batch(
     cfg: TuneConfig = TuneConfig(),
     seeds: list[int] | None = None,
     progress: Progress | None = None,
+    snapshot_steps: tuple[int, ...] = (),
 ) -> list[TuneResult]:
     """Tune K images at once: each its own update networks (or, for ``full``, its own copy of the weights).
 
@@ -107,7 +109,8 @@ def tune_batch(
     convolution), the losses are summed over images (each image's parameters see only their own image's
     gradient) and Adam is elementwise. Losses stay on the device until the end; ``progress(step, total, mean
     loss)`` is called every PROGRESS_EVERY steps. An image whose loss stops being finite ends with
-    ``diverged_at`` set; the others are unaffected.
+    ``diverged_at`` set; the others are unaffected. ``snapshot_steps``: the deltas after each of these steps are
+    kept too (``TuneResult.snapshots``), so that one run gives the results of shorter budgets.
     """
     k = w_pivots.shape[0]
     seeds = list(seeds) if seeds is not None else [0] * k
@@ -133,6 +136,7 @@ def tune_batch(
     opt = torch.optim.Adam(params.values(), lr=cfg.lr, betas=(0.9, 0.999))
     gens = [torch.Generator().manual_seed(s + 1) for s in seeds]
     history: list[torch.Tensor] = []                    # per step: [K] reconstruction losses, on the device
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}  # step -> {name: [K, ...]}
     for step in range(cfg.steps):
         regularise = bool(cfg.locality_weight) and step % cfg.locality_interval == 0
         ws = w_pivots[:, None]                                                        # [K, 1, num_ws, w_dim]
@@ -154,6 +158,9 @@ def tune_batch(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if step + 1 in snapshot_steps:
+            with torch.no_grad():
+                snapshots[step + 1] = vmap(deltas_of)(params, buffers)
         if progress is not None and ((step + 1) % PROGRESS_EVERY == 0 or step + 1 == cfg.steps):
             progress(step + 1, cfg.steps, per_image.mean().item())
     with torch.no_grad():
@@ -164,5 +171,7 @@ def tune_batch(
         finite = torch.isfinite(losses[:, i])
         diverged = None if bool(finite.all()) else int((~finite).nonzero()[0]) + 1
         results.append(TuneResult(deltas={n: d[i].clone() for n, d in final.items()}, losses=losses[:, i].tolist(),
-                                  steps=cfg.steps, gmm_parameters=sets[i].num_parameters(), diverged_at=diverged))
+                                  steps=cfg.steps, gmm_parameters=sets[i].num_parameters(), diverged_at=diverged,
+                                  snapshots={s: {n: d[i].clone() for n, d in snap.items()}
+                                             for s, snap in snapshots.items()}))
     return results

@@ -17,7 +17,16 @@ import torch
 from gani_core import build_builtin
 from gani_core.checkpoints.ref import resolve_checkpoint
 from gani_core.dataset import list_images
+from gani_core.deltas import apply_deltas, decode_deltas
+from gani_core.editing import (
+    default_edit_strength,
+    edit_accuracy,
+    edit_consistency,
+    locality,
+    locality_latents,
+)
 from gani_core.invert import InversionError, invert_image, invert_images, method_config
+from gani_core.metrics import image_metrics, to_unit
 from gani_core.pivot import PivotConfig, find_pivot, find_pivots
 from gani_core.run_folder import RunFolder
 from gani_core.runs import invert_sources
@@ -71,6 +80,41 @@ def test_an_inverted_batch_has_each_image_row_of_a_run_alone(G, targets) -> None
         for name in ("mse", "lpips", "locality", "edit_consistency", "delta_bytes"):
             assert row[name] == pytest.approx(alone[name], rel=2e-3, abs=1e-5), name
         assert row["w_pivot"] == pytest.approx(alone["w_pivot"], abs=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gani", "pti"])
+def test_batched_metrics_are_the_one_image_definitions(method: str) -> None:
+    """measure.measure_images (every metric of K images in shared renders) against editing.py's functions, which
+    render one tuned generator (deltas.apply_deltas) at a time: the trained built-in generator, with factor edits
+    and a probe, so edit_accuracy is measured too."""
+    G = resolve_checkpoint("builtin").load()
+    images = torch.rand([3, 3, 64, 64], generator=torch.Generator().manual_seed(7))
+    cfg = method_config(method, pivot_steps=3, tune_steps=3, seed=2)
+    results = invert_images(G, images, ["a", "b", "c"], cfg)
+    directions = G.factor_edits.directions
+    strength = default_edit_strength(G)
+    for image, result in zip(images, results, strict=True):
+        w = result.w_pivot
+        G_tuned = apply_deltas(G, decode_deltas(result.encoded))
+        with torch.no_grad():
+            tuned_render = G_tuned.synthesis(w[None], noise_mode="const")
+        expected = {
+            **image_metrics(to_unit(tuned_render), image[None])[0],
+            "locality": locality(G, G_tuned, locality_latents(G, w, cfg.locality_count, seed=cfg.seed)),
+            "edit_consistency": edit_consistency(G, G_tuned, w, directions, strength),
+            "edit_accuracy": edit_accuracy(G, G_tuned, w)[0],
+        }
+        assert result.metrics["locality"] > 1e-4 and result.metrics["edit_consistency"] != 0
+        for name, value in expected.items():
+            assert result.metrics[name] == pytest.approx(value, rel=1e-3, abs=2e-5), name
+        torch.testing.assert_close(result.previews[2], to_unit(tuned_render)[0], atol=1e-4, rtol=0)
+
+
+def test_untuned_methods_measure_an_unchanged_generator(G, targets) -> None:
+    (result,) = invert_images(G, (targets[:1] + 1) / 2, ["a"], method_config("wplus", pivot_steps=2))
+    assert (result.metrics["locality"], result.metrics["edit_consistency"]) == (0.0, 0.0)
+    assert result.delta_bytes == 0 and result.delta_lpips_change == 0.0
+    torch.testing.assert_close(result.previews[1], result.previews[2])      # tuned is the pivot's render
 
 
 def test_a_diverging_image_fails_alone_and_the_batch_goes_on(G, targets) -> None:

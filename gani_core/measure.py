@@ -1,0 +1,198 @@
+"""The final metrics of K inverted images, measured in batched renders.
+
+    measured = measure_images(G, images, w_pivots, deltas, stored, cfg)   # one Measured per image
+
+Every latent a metric renders (the pivot, the preview's edit, the locality latents, the edited pivots of
+``edit_consistency`` and the factor edits of ``edit_accuracy``) is laid out per image, and all of them are
+rendered at once: each tuned generator ``W + ΔW_k`` through one vmapped call (per-sample weights, as in
+tuning.tune_batch), the original generator in plain batches, and LPIPS over all pairs together. The
+definitions are editing.py's (``locality``, ``edit_gaps``, ``edit_accuracy``) and method.md's; the results
+equal those one-image functions within float32 rounding (tests/test_batching.py).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch.func import vmap
+
+from gani_core.editing import LOCALITY_AROUND_PIVOT, accuracy_of_changes, factor_tools, locality_latents
+from gani_core.lpips import lpips_distance
+from gani_core.metrics import image_metrics, to_unit
+from gani_core.networks import Generator
+from gani_core.tuning import render_with
+
+# Renders per call: K tuned generators times this many latents each, at most (at least one latent each).
+RENDERS_PER_CALL = 64
+
+Deltas = dict[str, torch.Tensor]
+
+
+@dataclass
+class Measured:
+    metrics: dict[str, float | None]        # METRIC_NAMES, locality, edit_consistency, edit_accuracy (None: n/a)
+    delta_lpips_change: float               # LPIPS between renders with the stored and the in-memory deltas
+    previews: torch.Tensor                  # [4, 3, R, R] in [0, 1] on the CPU: input, pivot, tuned, edit
+    edit_ratios: dict[str, float] = field(default_factory=dict)   # per factor: tuned / original edit response
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each metric's latents sit among an image's M latents (slices along the latent axis)."""
+
+    locality: slice
+    shared: slice           # the locality latents that are the same for every image (plain mapped latents)
+    edits: slice
+    factors: slice          # the first half +s_k d_k, the second -s_k d_k; empty without factor edits
+    size: int
+
+
+@torch.no_grad()
+def measure_images(
+    G: Generator,
+    images: torch.Tensor,
+    w_pivots: torch.Tensor,
+    deltas: list[Deltas],
+    stored: list[Deltas],
+    *,
+    directions: torch.Tensor,
+    strength: float,
+    preview_offset: torch.Tensor,
+    locality_count: int,
+    seed: int,
+) -> list[Measured]:
+    """The metrics of K images [K, 3, R, R] in [0, 1] inverted to ``w_pivots`` [K, num_ws, w_dim].
+
+    ``deltas[k]``: image k's ΔW as tuned (in memory); ``stored[k]``: as decoded from its stored encoding (the
+    metrics are of the stored ones); both empty for a method without tuning, whose generator is unchanged
+    (locality and edit_consistency 0, edit_accuracy 1 where it applies). ``directions`` [D, w_dim] or
+    [D, num_ws, w_dim] at ``strength`` for edit_consistency; ``preview_offset`` [w_dim] or [num_ws, w_dim] is the
+    previews' edit; ``locality_count`` and ``seed`` choose editing.locality_latents.
+    """
+    device = w_pivots.device
+    k = w_pivots.shape[0]
+    tuned_any = [bool(s) for s in stored]
+    if any(tuned_any) and not all(tuned_any):
+        raise ValueError("measure_images takes images of one method: all tuned or none")
+    pivots = w_pivots[:, None]                                                    # [K, 1, num_ws, w_dim]
+    edited = pivots + preview_offset.to(device)
+    if not all(tuned_any):
+        renders = _render_original(G, torch.cat([pivots, edited], 1))           # [K, 2, 3, R, R]
+        metrics = image_metrics(to_unit(renders[:, 0]), images)
+        tools = factor_tools(G)
+        accuracy = 1.0 if tools is not None else None
+        ratios = dict.fromkeys(tools[0].names, 1.0) if tools is not None else {}
+        return [Measured({**metrics[i], "locality": 0.0, "edit_consistency": 0.0, "edit_accuracy": accuracy},
+                         0.0, _previews(images[i], renders[i, 0], renders[i, 0], renders[i, 1]), dict(ratios))
+                for i in range(k)]
+
+    layout, ws = _latents(G, w_pivots, directions, strength, locality_count, seed)    # ws [K, M, num_ws, w_dim]
+    ws = torch.cat([pivots, edited, ws], 1)                                        # the pivot first, then its edit
+    original = _render_original(G, ws, slice(2 + layout.shared.start, 2 + layout.shared.stop))  # [K, 2 + M, ...]
+    tuned = _render_tuned(G, _stack(stored), ws)
+    in_memory = _render_tuned(G, _stack(deltas), pivots)[:, 0]
+    distances = _lpips_pairs(tuned, original)                                      # [K, 2 + M]
+    delta_change = lpips_distance(in_memory.clamp(-1, 1), tuned[:, 0].clamp(-1, 1)).cpu()
+    metrics = image_metrics(to_unit(tuned[:, 0]), images)
+    locality = distances[:, 2 + layout.locality.start : 2 + layout.locality.stop].mean(1)
+    gaps = distances[:, 2 + layout.edits.start : 2 + layout.edits.stop] - distances[:, :1]
+    factor_slice = slice(2 + layout.factors.start, 2 + layout.factors.stop)
+    accuracy = _edit_accuracy(G, original[:, factor_slice], tuned[:, factor_slice])
+    results = []
+    for i in range(k):
+        acc, ratios = accuracy[i] if accuracy is not None else (None, {})
+        results.append(Measured(
+            {**metrics[i], "locality": float(locality[i]), "edit_consistency": float(gaps[i].mean()),
+             "edit_accuracy": acc},
+            float(delta_change[i]), _previews(images[i], original[i, 0], tuned[i, 0], tuned[i, 1]), ratios))
+    return results
+
+
+def _latents(G: Generator, w_pivots: torch.Tensor, directions: torch.Tensor, strength: float,
+             locality_count: int, seed: int) -> tuple[_Layout, torch.Tensor]:
+    """Each image's metric latents [K, M, num_ws, w_dim]: its locality latents, its pivot edited along each
+    direction, then its pivot moved ±s_k d_k along each factor direction (when G has factor edits and a probe)."""
+    num_ws = G.num_ws
+    directions = directions.to(w_pivots)
+    per_layer = directions if directions.ndim == 3 else directions[:, None].expand(-1, num_ws, -1)  # [D, L, C]
+    local = torch.stack([locality_latents(G, w, locality_count, seed=seed) for w in w_pivots])
+    edits = w_pivots[:, None] + strength * per_layer[None]
+    parts = [local, edits]
+    n_factors = 0
+    tools = factor_tools(G)
+    if tools is not None:
+        fe = tools[0].to(w_pivots.device)
+        shift = (fe.steps[:, None] * fe.directions)[None, :, None]                # [1, F, 1, w_dim]
+        parts += [w_pivots[:, None] + shift, w_pivots[:, None] - shift]
+        n_factors = len(fe.names)
+    d = per_layer.shape[0]
+    shared = locality_count - int(locality_count * LOCALITY_AROUND_PIVOT)
+    layout = _Layout(locality=slice(0, locality_count), shared=slice(0, shared),
+                     edits=slice(locality_count, locality_count + d),
+                     factors=slice(locality_count + d, locality_count + d + 2 * n_factors),
+                     size=locality_count + d + 2 * n_factors)
+    return layout, torch.cat(parts, 1)
+
+
+def _stack(deltas: list[Deltas]) -> Deltas:
+    return {name: torch.stack([d[name] for d in deltas]) for name in deltas[0]}
+
+
+def _chunks(k: int, m: int) -> list[slice]:
+    step = max(1, RENDERS_PER_CALL // k)
+    return [slice(j, min(j + step, m)) for j in range(0, m, step)]
+
+
+def _render_tuned(G: Generator, deltas: Deltas, ws: torch.Tensor) -> torch.Tensor:
+    """Image k's latents ws[k] [M, num_ws, w_dim] rendered with W + deltas[k]: [K, M, 3, R, R]."""
+    render = vmap(lambda d, w: render_with(G, d, w))
+    return torch.cat([render(deltas, ws[:, s]) for s in _chunks(*ws.shape[:2])], 1)
+
+
+def _render_original(G: Generator, ws: torch.Tensor, shared: slice = slice(0)) -> torch.Tensor:
+    """ws [K, M, num_ws, w_dim] rendered with G's own weights: [K, M, 3, R, R]. The latents ws[:, shared] are the
+    same for every image: rendered once."""
+    k, m = ws.shape[:2]
+    own = torch.ones(m, dtype=torch.bool)
+    own[shared] = False
+    flat = torch.cat([ws[0, shared], ws[:, own].flatten(0, 1)])
+    out = torch.cat([G.synthesis(flat[i : i + RENDERS_PER_CALL], noise_mode="const")
+                     for i in range(0, flat.shape[0], RENDERS_PER_CALL)])
+    n_shared = int((~own).sum())
+    renders = out.new_empty([k, m, *out.shape[1:]])
+    renders[:, ~own] = out[:n_shared][None]
+    renders[:, own] = out[n_shared:].view(k, int(own.sum()), *out.shape[1:])
+    return renders
+
+
+def _lpips_pairs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """LPIPS (alex) of clamped pairs a[k, m], b[k, m] [K, M, 3, R, R]: [K, M] on the CPU."""
+    fa, fb = a.flatten(0, 1).clamp(-1, 1), b.flatten(0, 1).clamp(-1, 1)
+    out = torch.cat([lpips_distance(fa[i : i + RENDERS_PER_CALL], fb[i : i + RENDERS_PER_CALL], net="alex")
+                     for i in range(0, fa.shape[0], RENDERS_PER_CALL)])
+    return out.view(a.shape[:2]).cpu()
+
+
+def _edit_accuracy(G: Generator, original: torch.Tensor, tuned: torch.Tensor
+                   ) -> list[tuple[float, dict[str, float]]] | None:
+    """editing.edit_accuracy of each image from its factor renders [K, 2F, 3, R, R] (+s_k d_k, then -s_k d_k)."""
+    tools = factor_tools(G)
+    if tools is None:
+        return None
+    edits, probe = tools
+    probe = copy.deepcopy(probe).to(original.device)     # the generator keeps its own probe (on the CPU)
+    n = len(edits.names)
+    idx = torch.arange(n)
+
+    def changes(renders: torch.Tensor) -> torch.Tensor:                        # [K, F]: Δ_k of each image
+        f = probe(renders.flatten(0, 1).clamp(-1, 1)).view(renders.shape[0], 2 * n, n)
+        return f[:, :n][:, idx, idx] - f[:, n:][:, idx, idx]
+
+    before, after = changes(original), changes(tuned)
+    return [accuracy_of_changes(b, a, edits.names) for b, a in zip(before, after, strict=True)]
+
+
+def _previews(image: torch.Tensor, pivot: torch.Tensor, tuned: torch.Tensor, edit: torch.Tensor) -> torch.Tensor:
+    return torch.cat([image[None], to_unit(torch.stack([pivot, tuned, edit]))]).cpu()
