@@ -66,16 +66,17 @@ def invert_dataset(
     images = list_images(input_uri, limit)      # a bad input fails here, before the MLflow run starts
     folder = RunFolder(output_uri)
     uri = tracking.tracking_uri(mlflow_tracking_uri, output_uri)
+    experiment_id = tracking.experiment_id(uri, "invert-dataset")
+    tracking.end_stale_runs(uri, experiment_id, folder.uri, get_run_logger())    # of a killed run into this folder
     # Named for what it is (gani-shapes-2026-12-02), so that runs tell themselves apart in MLflow's table.
     day = dt.datetime.now(dt.UTC).date().isoformat()
-    run_id = tracking.start_run(uri, "invert-dataset", run_name=f"{method}-{PurePosixPath(input_uri).name}-{day}",
+    run_id = tracking.start_run(uri, experiment_id, run_name=f"{method}-{PurePosixPath(input_uri).name}-{day}",
                                 tags={"prefect_flow_run_id": str(flow_run.get_id()),
                                       "prefect_flow_run_name": str(flow_run.get_name()), "dataset_uri": input_uri,
-                                      "method": method})
+                                      "output_uri": folder.uri, "method": method})
     with tracking.ended_on_exit(uri, run_id):
         run = invert_dataset_on_dask(input_uri, images, folder, ckpt, configs, inversion, cluster,
-                                     mlflow_run_id=run_id, mlflow_tracking_uri=uri,
-                                     mlflow_experiment_id=tracking.experiment_id(uri, "invert-dataset"))
+                                     mlflow_run_id=run_id, mlflow_tracking_uri=uri, mlflow_experiment_id=experiment_id)
         params = {**tracking.config_params(configs[method]), **tracking.run_params(ckpt, input_uri, folder, limit),
                   "batch_size": inversion.batch_size}
         metrics = tracking.aggregate(run.rows, len(run.kept), run.wall_seconds, run.summary["computed"])

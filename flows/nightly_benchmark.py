@@ -95,12 +95,15 @@ def nightly_benchmark(
     images = list_images(input_uri, limit)      # a bad input fails here, before the MLflow run starts
     folder = RunFolder(storage.join(output_uri.rstrip("/"), day))
     uri = tracking.tracking_uri(mlflow_tracking_uri, output_uri)
-    tags = {"date": day, "dataset_uri": input_uri, "prefect_flow_run_id": str(flow_run.get_id())}
-    parent = tracking.start_run(uri, "nightly-benchmark", run_name=f"nightly-{day}", tags=tags)
+    experiment_id = tracking.experiment_id(uri, "nightly-benchmark")
+    tracking.end_stale_runs(uri, experiment_id, folder.uri, get_run_logger())    # of a killed run into this folder
+    tags = {"date": day, "dataset_uri": input_uri, "output_uri": folder.uri,
+            "prefect_flow_run_id": str(flow_run.get_id())}
+    parent = tracking.start_run(uri, experiment_id, run_name=f"nightly-{day}", tags=tags)
     with tracking.ended_on_exit(uri, parent):
         run = invert_dataset_on_dask(input_uri, images, folder, ckpt, configs, inversion, cluster,
                                      mlflow_run_id=parent, mlflow_tracking_uri=uri, date=day,
-                                     mlflow_experiment_id=tracking.experiment_id(uri, "nightly-benchmark"))
+                                     mlflow_experiment_id=experiment_id)
         common = {**tracking.run_params(ckpt, input_uri, folder, limit), "date": day}
         per_method: dict[str, dict[str, float]] = {}
         children: dict[str, str] = {}
@@ -110,7 +113,7 @@ def nightly_benchmark(
             # seconds_per_image: the wall time of the whole fan-out per result computed (the methods share it).
             per_method[method] = tracking.aggregate(rows, skipped=kept, wall_seconds=run.wall_seconds,
                                                     computed=run.summary["computed"])
-            children[method] = tracking.start_run(uri, "nightly-benchmark", run_name=f"{method}-{day}",
+            children[method] = tracking.start_run(uri, experiment_id, run_name=f"{method}-{day}",
                                                   tags={**tags, "method": method}, parent_run_id=parent)
             with tracking.ended_on_exit(uri, children[method]):
                 tracking.log_results(uri, children[method], {**common, **tracking.config_params(cfg)},

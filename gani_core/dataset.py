@@ -6,6 +6,7 @@ it names the image's results in the run folder (gani_core.run_folder).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -29,17 +30,9 @@ class ImageSource:
 
 
 def input_fs(uri: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem and path of an input ``uri``, whose path is taken literally. fsspec reads ``::`` as a chain
-    of filesystems (``simplecache::s3://...``), so a file named ``a::b.png`` would be opened as ``a``, another
-    file, or fail; here only a ``::`` before the ``://`` chains, and a string without ``://`` is a local path."""
-    text = str(uri)
-    if isinstance(uri, Path) or "://" not in text:
-        return LocalFileSystem(), LocalFileSystem._strip_protocol(text)
-    protocol, rest = text.split("://", 1)
-    if "::" in rest and "::" not in protocol:
-        fs = fsspec.filesystem(protocol)
-        return fs, fs._strip_protocol(text)
-    return storage.resolve(text)
+    """The filesystem and path of an input ``uri``, the path taken literally (``a::b.png`` is that file):
+    gani_core.storage.resolve, under the name gani_core.cli imports."""
+    return storage.resolve(uri)
 
 
 def image_ids(sources: list[str]) -> list[str]:
@@ -72,14 +65,18 @@ def list_images(input_uri: str, limit: int | None = None) -> list[ImageSource]:
     folders skipped, such as macOS's ``._IMG.jpg`` and ``.thumbnails/``), sorted by path.
 
     ``limit`` keeps the first ``limit`` of them. A single image file is a dataset of one. Raises ValueError for a
-    ``limit`` under 1 and FileNotFoundError when ``input_uri`` does not exist or holds no image file.
+    ``limit`` under 1, FileNotFoundError when ``input_uri`` does not exist or holds no image file, and
+    ConnectionError (``input_uri URI: list failed after N attempt(s) …``) when its storage cannot be reached within
+    gani_core.storage's retries.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1 (or None for every image), got {limit}")
-    fs, root = input_fs(input_uri)
-    if not storage.with_retries("list", input_uri, lambda: fs.exists(root)):
+    fs, root = storage.resolve(input_uri)
+    # Retried while the storage cannot be reached, which then raises ConnectionError naming input_uri: s3fs's own
+    # exists() and isfile() answer False instead (for a bucket's root), and the input would look missing.
+    paths = storage.with_retries("list", f"input_uri {input_uri}", functools.partial(_files, fs, root))
+    if paths is None:
         raise FileNotFoundError(f"input_uri {input_uri}: no such folder or object")
-    paths = storage.with_retries("list", input_uri, lambda: [root] if fs.isfile(root) else fs.find(root))
     visible = [p for p in paths if not any(part.startswith(".") and part not in (".", "..")
                                            for part in _below(p, root))]
     images = sorted(p for p in visible if PurePosixPath(p).suffix.lower() in IMAGE_EXTENSIONS)[:limit]
@@ -90,6 +87,17 @@ def list_images(input_uri: str, limit: int | None = None) -> list[ImageSource]:
             f"input_uri {input_uri}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under it{seen}"
         )
     return image_sources([p if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(p) for p in images])
+
+
+def _files(fs: fsspec.AbstractFileSystem, root: str) -> list[str] | None:
+    """Every file under the folder ``root``, or ``[root]`` when it is a file; None when it does not exist. Asked of
+    the storage now (not a cached listing), so that an unreachable storage raises."""
+    fs.invalidate_cache(root)
+    try:
+        kind = fs.info(root)["type"]
+    except FileNotFoundError:
+        return None
+    return [root] if kind == "file" else fs.find(root)
 
 
 def _below(path: str, root: str) -> tuple[str, ...]:

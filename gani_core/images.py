@@ -21,7 +21,6 @@ from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from gani_core import storage
-from gani_core.dataset import input_fs
 from gani_core.errors import ImageError
 
 # 8192 x 8192. Larger than any StyleGAN resolution needs, small enough that decoding cannot exhaust memory
@@ -97,15 +96,12 @@ def read_image_bytes(uri: str | Path, name: str | None = None) -> bytes:
     hash the bytes too.
     """
     name = _one_line(name or str(uri))
-    fs, path = input_fs(uri)
+    fs, path = storage.resolve(uri)
     try:
-        if isinstance(fs, LocalFileSystem):
-            # Look before reading: opening a named pipe would wait until something writes to it.
-            if not stat.S_ISREG(Path(path).stat().st_mode):
-                raise ImageError(f"{name}: not a regular file")
-            data = Path(path).read_bytes()
-        else:       # an object store: retried while it cannot be reached (gani_core.storage)
-            data = storage.with_retries("read", uri, lambda: fs.cat_file(path))
+        # Look before reading: opening a named pipe would wait until something writes to it.
+        if isinstance(fs, LocalFileSystem) and not stat.S_ISREG(Path(path).stat().st_mode):
+            raise ImageError(f"{name}: not a regular file")
+        data = storage.read_bytes(uri)      # retried while an object store cannot be reached
     except ConnectionError:
         raise       # the storage, not the image: not an ImageError (a rerun reads it again)
     except FileNotFoundError as exc:

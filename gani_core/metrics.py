@@ -23,7 +23,11 @@ _WIN_SIGMA = 1.5
 _K1, _K2 = 0.01, 0.03
 _DATA_RANGE = 1.0
 
-_sizes_warned: set[int] = set()
+_sizes_warned: set[int] = set()       # the sizes whose MS-SSIM caveat this process has given (or a run took over)
+
+
+class ReducedScalesWarning(UserWarning):
+    """MS-SSIM of images under 161 px, computed with fewer than its 5 scales (`ms_ssim_note`)."""
 
 
 def to_unit(render: torch.Tensor) -> torch.Tensor:
@@ -58,26 +62,40 @@ def ms_ssim_scales(size: int) -> int:
     return scales
 
 
+def ms_ssim_note(size: int) -> str | None:
+    """The caveat of MS-SSIM on images whose smaller side is `size` px, one line; None where all 5 scales fit
+    (161 px and up) or none does (10 px and below, refused by `ms_ssim`)."""
+    scales = ms_ssim_scales(size)
+    if not 0 < scales < len(MS_SSIM_WEIGHTS):
+        return None
+    return (f"ms_ssim at {size} px uses {scales} of {len(MS_SSIM_WEIGHTS)} scales (weights renormalised): "
+            f"comparable with ms_ssim at {size} px, not with 5-scale MS-SSIM")
+
+
+def take_over_ms_ssim_note(size: int) -> str | None:
+    """`ms_ssim_note(size)`, for a caller that states it once for a whole run (gani_core.runs, the flows' summary):
+    `ms_ssim` no longer warns about `size` px in this process, so that a run does not say it once per image
+    batch, per method or per worker process."""
+    _sizes_warned.add(size)
+    return ms_ssim_note(size)
+
+
 def ms_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Multi-scale SSIM per image on [0, 1] values: [N, 3, H, W] x 2 -> [N] in [0, 1], 1 = identical.
 
     Gaussian window 11 px, sigma 1.5, data range 1, K = (0.01, 0.03), weights `MS_SSIM_WEIGHTS`.
     At 161 px and above this is exactly pytorch_msssim's `ms_ssim`. Smaller images use the first
-    `ms_ssim_scales(min(H, W))` scales with their weights rescaled to sum to 1, and warn once per size:
-    such values are comparable with each other, not with 5-scale values.
+    `ms_ssim_scales(min(H, W))` scales with their weights rescaled to sum to 1, and warn (`ReducedScalesWarning`)
+    once per size and process: such values are comparable with each other, not with 5-scale values.
     """
     _check_pair(a, b)
     side = min(a.shape[-2:])
     scales = ms_ssim_scales(side)
     if scales == 0:
         raise ValueError(f"MS-SSIM needs images larger than {_WIN_SIZE - 1} px, got {tuple(a.shape[-2:])}")
-    if scales < len(MS_SSIM_WEIGHTS) and side not in _sizes_warned:
+    if side not in _sizes_warned and (note := ms_ssim_note(side)) is not None:
         _sizes_warned.add(side)
-        warnings.warn(
-            f"MS-SSIM at {side} px uses {scales} of {len(MS_SSIM_WEIGHTS)} scales (weights renormalised); "
-            "values are not comparable with 5-scale MS-SSIM",
-            stacklevel=2,
-        )
+        warnings.warn(note, ReducedScalesWarning, stacklevel=2)
     x, y = a.float(), b.float()
     weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=x.dtype, device=x.device)
     if scales < len(MS_SSIM_WEIGHTS):

@@ -36,7 +36,7 @@ from gani_core import storage
 from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.dataset import ImageSource
 from gani_core.invert import InversionResult, InvertConfig
-from gani_core.metrics import METRIC_NAMES, finite_or_none
+from gani_core.metrics import METRIC_NAMES, finite_or_none, ms_ssim_note
 from gani_core.render import save_grid, stack_pngs
 
 # The quality metrics of a result; edit_accuracy is null for generators without factor directions and a probe.
@@ -57,6 +57,7 @@ METRICS_SCHEMA = pa.schema([
     ("seconds_per_tune_step", pa.float64()), ("delta_bytes", pa.int64()), ("delta_lpips_change", pa.float64()),
     ("peak_memory_mb", pa.float64()), ("w_pivot", pa.list_(pa.float32())),
     ("checkpoint", pa.string()), ("checkpoint_sha256", pa.string()), ("generator_label", pa.string()),
+    ("resolution", pa.int64()),     # px of the generator's images, at which the metrics were computed (ok rows)
     ("config_hash", pa.string()), ("seed", pa.int64()), ("device", pa.string()), ("gani_version", pa.string()),
 ])
 
@@ -98,7 +99,8 @@ def rows_table(rows: Iterable[dict]) -> pa.Table:
 
 def summarise(rows: list[dict], configs: dict[str, InvertConfig], ckpt: CheckpointRef, out: str,
               started: float, **extra: object) -> dict:
-    """summary.json: the run's checkpoint, counts, and per method its config, failures and SUMMARY_METRICS means."""
+    """summary.json: the run's checkpoint, counts, and per method its config, failures and SUMMARY_METRICS means;
+    ``notes``, what its numbers leave out, once for the run (MS-SSIM with fewer scales at its resolution)."""
     methods: dict[str, dict] = {}
     for method, cfg in configs.items():
         mine = [r for r in rows if r["method"] == method]
@@ -114,13 +116,14 @@ def summarise(rows: list[dict], configs: dict[str, InvertConfig], ckpt: Checkpoi
         }
     labels = [r["generator_label"] for r in rows if r["status"] == "ok" and r.get("generator_label")]
     devices = sorted({r["device"] for r in rows if r.get("device")})
+    notes = [n for size in sorted({r["resolution"] for r in rows if r.get("resolution")}) if (n := ms_ssim_note(size))]
     return {
         "gani_version": gani_core.__version__, "checkpoint": ckpt.spec, "checkpoint_sha256": ckpt.sha256,
         "generator_label": labels[0] if labels else ckpt.label, "device": ",".join(devices) or "none",
         "output": out, "started": started, "finished": time.time(),
         "images": len({r["image_id"] for r in rows}), "rows": len(rows),
         "ok": sum(r["status"] == "ok" for r in rows), "failed": sum(r["status"] != "ok" for r in rows),
-        "methods": methods, **extra,
+        "methods": methods, "notes": notes, **extra,
     }
 
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -23,10 +24,13 @@ from gani_core.dataset import ImageSource
 from gani_core.errors import GaniError, InversionError
 from gani_core.images import load_image, read_image_bytes
 from gani_core.invert import InversionResult, InvertConfig, invert_images
+from gani_core.metrics import take_over_ms_ssim_note
 from gani_core.networks import Generator
 from gani_core.pivot import Progress, find_pivots
 from gani_core.run_folder import RunFolder, complete_row, failed_row, summarise
 from gani_core.tuning import tune_batch
+
+log = logging.getLogger(__name__)
 
 # A batch's progress callback, made when the batch starts: (image ids, method) -> Progress.
 OnBatch = Callable[[list[str], str], Progress | None]
@@ -53,6 +57,7 @@ def invert_sources(
     as its batch ends; return the rows in the order of ``images`` (see the module docstring for failures)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    take_over_ms_ssim_note(G.img_resolution)       # the run's summary states it once (``notes``), not each batch
     device = str(G.mapping.w_avg.device)
     rows: dict[str, dict] = {}
     for batch in _batches(G, images, cfg, folder, ckpt, batch_size, rows, device):
@@ -107,7 +112,8 @@ def _write_result(G: Generator, decoded: _Decoded, result: InversionResult | Inv
         if isinstance(result, InversionError):
             raise result
         folder.write_outputs(result, label)
-        row = complete_row({**result.row(), "image_sha256": decoded.sha256}, cfg, ckpt, label, device)
+        row = complete_row({**result.row(), "image_sha256": decoded.sha256, "resolution": G.img_resolution}, cfg,
+                           ckpt, label, device)
     except (GaniError, ValueError, OSError) as exc:
         row = failed_row(image_id, cfg, ckpt, f"{type(exc).__name__}: {exc}", decoded.sha256, device)
     folder.write_row(row)
@@ -146,6 +152,8 @@ def run_in_process(
     rows = [kept.get((image.image_id, m)) or new[(image.image_id, m)] for image in images for m in configs]
     summary = summarise(rows, configs, ckpt, folder.uri, started, skipped=len(kept), computed=len(new),
                         batch_size=batch_size)
+    for note in summary["notes"]:       # once per run; `gani invert` prints it (logging's last-resort handler)
+        log.warning("%s", note)
     return RunResult(rows, summary, folder.write_tables(rows, summary), set(kept))
 
 

@@ -123,10 +123,24 @@ def with_retries(what: str, uri: str | Path, call: Callable[[], T]) -> T:
         attempt += 1
 
 
+# A URL that chains filesystems, ``simplecache::s3://bucket/key``: protocols joined by ``::`` before the ``://``.
+_CHAINED_URL = re.compile(r"[a-z][a-z0-9+.-]*(::[a-z][a-z0-9+.-]*)+://")
+
+
 def resolve(uri: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem and path of ``uri`` (plain paths are local)."""
-    fs, path = fsspec.core.url_to_fs(str(uri))
-    return fs, path
+    """The filesystem and path of ``uri``: a ``Path`` or a string without ``://`` is a local path, else the
+    protocol before ``://`` names the filesystem (``s3://bucket/key``).
+
+    The path is taken literally: a local file ``a::b.png`` or an S3 key ``in/a::b.png`` is that file. fsspec's own
+    ``url_to_fs`` would split it at ``::`` into a chain of filesystems and open another file, or fail; only a URL
+    whose protocols are chained before the ``://`` (``simplecache::s3://bucket/key``) goes to it.
+    """
+    text = str(uri)
+    if _CHAINED_URL.match(text):
+        return fsspec.core.url_to_fs(text)
+    protocol = fsspec.core.split_protocol(text)[0] if not isinstance(uri, Path) else None
+    cls = fsspec.get_filesystem_class(protocol or "file")
+    return fsspec.filesystem(protocol or "file", **cls._get_kwargs_from_urls(text)), cls._strip_protocol(text)
 
 
 def join(uri: str | Path, *parts: str) -> str:
@@ -275,7 +289,7 @@ def remove_orphaned_temp_files(uri: str | Path) -> list[str]:
                 continue
             file = Path(folder) / name
             try:
-                orphan = (not _running(int(m.group(1))) if m.group(2) == host
+                orphan = (not process_running(int(m.group(1))) if m.group(2) == host
                           else now - file.stat().st_mtime > ORPHAN_AGE)
                 if orphan:
                     file.unlink()
@@ -285,7 +299,8 @@ def remove_orphaned_temp_files(uri: str | Path) -> list[str]:
     return removed
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host now (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -25,6 +25,7 @@ from gani_core import CheckpointError, Generator
 from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.dataset import ImageSource
 from gani_core.invert import InvertConfig, invert_images, method_config
+from gani_core.metrics import take_over_ms_ssim_note
 from gani_core.run_folder import RunFolder, failed_row
 from gani_core.runs import auto_batch_size, invert_sources
 from tasks.storage import storage_retries_logged
@@ -87,6 +88,7 @@ def warm_worker(ckpt: CheckpointRef) -> dict:
     before a run, so that no task pays them. Returns what :func:`prepare_worker_process` returns."""
     process = prepare_worker_process()
     G = worker_generator(ckpt, worker_device())
+    take_over_ms_ssim_note(G.img_resolution)       # the flow states it once for the run
     blank = torch.zeros(1, 3, G.img_resolution, G.img_resolution, device=G.mapping.w_avg.device)
     invert_images(G, blank, ["warm-up"], method_config("wplus", pivot_steps=1))
     return process

@@ -32,6 +32,7 @@ from gani_core.cli import main as cli_main
 from gani_core.dataset import MAX_ID_LENGTH, image_ids, list_images
 from gani_core.errors import ImageError
 from gani_core.images import MAX_UPSCALE, load_image, read_image_bytes
+from gani_core.run_folder import RunFolder
 
 from .conftest import S3_BUCKET
 from .test_images import _png_declaring
@@ -505,3 +506,21 @@ def test_gani_invert_of_an_s3_prefix_with_odd_keys(s3, tmp_path: Path) -> None:
 def test_gani_invert_of_an_s3_key_with_a_double_colon(s3, tmp_path: Path) -> None:
     s3.put_object(Bucket=S3_BUCKET, Key="colon/a::b.png", Body=_noise())
     assert cli_main(["invert", f"s3://{S3_BUCKET}/colon", "--out", str(tmp_path / "out"), *FAST]) == 0
+
+
+@pytest.mark.services
+def test_a_run_folder_on_s3_with_double_colons_resumes_and_reads_its_rows_back(s3) -> None:
+    """Inputs ``a::b.png`` and ``c::d::e.png``, the run folder ``runs/r::1``, both on S3: the rerun reads the rows
+    and hashes the inputs again (gani_core.storage), keeps both results and computes nothing."""
+    keys = ["a::b.png", "c::d::e.png"]
+    for n, key in enumerate(keys):
+        s3.put_object(Bucket=S3_BUCKET, Key=f"colons/{key}", Body=_noise(seed=n))
+    out = f"s3://{S3_BUCKET}/runs/r::1"
+    for _ in range(2):
+        assert cli_main(["invert", f"s3://{S3_BUCKET}/colons", "--out", out, *FAST]) == 0
+    folder = RunFolder(out)
+    summary = folder.read_summary()
+    assert (summary["skipped"], summary["computed"], summary["ok"]) == (2, 0, 2)
+    assert sorted((r["image_id"], r["status"]) for r in folder.read_rows()) == [("a_b", "ok"), ("c_d_e", "ok")]
+    stored = {o["Key"] for o in s3.list_objects_v2(Bucket=S3_BUCKET, Prefix="runs/r::1/")["Contents"]}
+    assert {"runs/r::1/rows/a_b.wplus.json", "runs/r::1/metrics.parquet"} <= stored

@@ -64,6 +64,7 @@ from gani_core.checkpoints.ref import resolve_checkpoint
 from gani_core.dataset import list_images
 from gani_core.images import read_image_bytes
 from gani_core.invert import method_config
+from gani_core.metrics import ms_ssim_note
 from gani_core.run_folder import RunFolder
 from tasks.inversion import TORCH_THREADS_ENV, warm_worker
 
@@ -270,6 +271,32 @@ def test_a_listing_sees_what_other_processes_wrote_since(endpoint):
     assert storage.names_under(folder) == {"a.json", "b.json"}
 
 
+@pytest.mark.parametrize("prefix", ["in", ""], ids=["prefix", "bucket"])
+def test_listing_the_input_while_s3_is_down_says_it_cannot_be_reached_not_that_it_is_missing(endpoint, shapes,
+                                                                                              prefix, monkeypatch):
+    """A prefix, and a bucket's root (for which s3fs's own ``exists`` answers False when the endpoint is down)."""
+    bucket = f"{BUCKET}-listing"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    for path in sorted(shapes.iterdir()):
+        boto3.client("s3").put_object(Bucket=bucket, Key=f"in/{path.name}", Body=path.read_bytes())
+    input_uri = f"s3://{bucket}/{prefix}".rstrip("/")
+    s3fs.S3FileSystem.clear_instance_cache()        # as in a new flow process: nothing listed yet
+    endpoint.stop()
+    back = threading.Timer(0.5, endpoint.start)
+    back.start()
+    try:
+        assert [i.image_id for i in list_images(input_uri)] == image_ids()     # a short outage is ridden out
+    finally:
+        back.join()
+    monkeypatch.setenv("GANI_STORAGE_RETRIES", "2")
+    s3fs.S3FileSystem.clear_instance_cache()
+    with endpoint.down(), pytest.raises(ConnectionError) as raised:
+        list_images(input_uri)
+    assert re.fullmatch(rf"input_uri {re.escape(input_uri)}: list failed after 3 "
+                        r"attempt\(s\) over [\d.]+ s: EndpointConnectionError: Could not connect to the endpoint "
+                        r"URL: .*", str(raised.value))
+
+
 def test_orphaned_temp_files_are_removed_and_live_writers_left_alone(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
@@ -322,8 +349,7 @@ def test_the_flow_process_killed_mid_run_is_resumed_with_only_the_missing_images
     folder = RunFolder(str(tmp_path / "out"))
     command = [sys.executable, "-m", "flows.invert_dataset", "--input-uri", str(shapes), "--output-uri", folder.uri,
                "--checkpoint", SPEC, "--method", "wplus", "--pivot-steps", str(FAST.pivot_steps),
-               "--dask-address", dask.scheduler.address,
-               "--mlflow-tracking-uri", f"sqlite:///{mlflow_dir / 'killed-flow.db'}"]
+               "--dask-address", dask.scheduler.address, "--mlflow-tracking-uri", mlflow_uri(folder.uri, mlflow_dir)]
     log = tmp_path / "flow.log"
     with log.open("wb") as out:
         flow_process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PREFECT_API_URL": prefect_api},
@@ -341,11 +367,26 @@ def test_the_flow_process_killed_mid_run_is_resumed_with_only_the_missing_images
     done = whole_outputs(folder)
     assert 2 <= len(done) < IMAGES and all(r["status"] == "ok" for r in done.values())
     assert not storage.exists(folder.metrics_uri)       # the killed run never got to its tables
+    [killed] = mlflow_runs(folder.uri, mlflow_dir)
+    assert killed.info.status == "RUNNING"              # nothing runs at SIGKILL
+    killed_flow_run = UUID(killed.data.tags["prefect_flow_run_id"])
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(killed_flow_run).state.type.value == "RUNNING"
 
-    summary = run_flow(str(shapes), folder.uri, dask, mlflow_dir).result()
+    rerun = run_flow(str(shapes), folder.uri, dask, mlflow_dir)
+    summary = rerun.result()
     assert (summary["skipped"], summary["computed"]) == (len(done), IMAGES - len(done))
     assert (summary["images"], summary["ok"], summary["failed"]) == (IMAGES, IMAGES, 0)
     assert sorted(metrics_rows(folder)) == image_ids() == sorted(whole_outputs(folder))
+    # The rerun into the same folder found the killed run's leftovers: its MLflow run KILLED, its flow run Crashed.
+    assert [r.info.status for r in mlflow_runs(folder.uri, mlflow_dir)] == ["KILLED", "FINISHED"]
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(killed_flow_run).state.type.value == "CRASHED"
+    logs = prefect_logs(rerun.state_details.flow_run_id)
+    said = [m for m in logs if killed.info.run_id in m]
+    assert len(said) == 1 and "marked KILLED" in said[0] and f"flow run {killed_flow_run} marked Crashed" in said[0]
+    # The caveat of MS-SSIM at 32 px, once for the run (the workers leave it to the flow).
+    assert [m for m in logs if "scales" in m] == [ms_ssim_note(32)] == summary["notes"]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -14,10 +17,10 @@ from safetensors import safe_open
 from gani_core import load_generator
 from gani_core.cli import main as cli_main
 from gani_core.images import load_image
-from gani_core.metrics import mse
+from gani_core.metrics import ms_ssim_note, mse
 from gani_core.run_folder import METRICS_SCHEMA
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, PHOTO_NAMES, REPO
 
 
 def _argv(images: Path, out: Path) -> list[str]:
@@ -112,3 +115,34 @@ def test_a_rerun_resumes_computing_only_what_is_missing(run, photos_with_broken,
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["skipped"], summary["computed"]) == (5, 1)
     assert (run / "rows" / "coffee.wplus.json").is_file()
+
+
+# --- the MS-SSIM caveat, once per run -----------------------------------------------------------------------------
+
+
+def _three_images(out: Path) -> list[str]:
+    return ["invert", *(str(EXAMPLES / f"{name}.jpg") for name in PHOTO_NAMES[:3]), "--checkpoint",
+            "builtin-random:32", "--method", "gani", "wplus", "--pivot-steps", "2", "--tune-steps", "2",
+            "--out", str(out), "--quiet"]
+
+
+def test_gani_invert_prints_the_ms_ssim_caveat_once(tmp_path):
+    """3 images x 2 methods at 32 px: the caveat of MS-SSIM with 2 of its 5 scales is one line for the run, not a
+    Python warning per process (or, before, per image in the flows' workers)."""
+    gani = "import sys; from gani_core.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", gani, *_three_images(tmp_path / "out")], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [line for line in (done.stdout + done.stderr).splitlines() if "scales" in line] == [ms_ssim_note(32)]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["notes"] == [ms_ssim_note(32)]
+
+
+def test_each_run_in_one_process_states_the_ms_ssim_caveat_once(tmp_path, caplog, recwarn):
+    """Runs one after the other in a process (a notebook, these tests): each says it once; ms_ssim's own warning,
+    once per process, is left to the runs."""
+    for name in ("first", "second"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="gani_core.runs"):
+            assert cli_main(_three_images(tmp_path / name)) == 0
+        assert [r.getMessage() for r in caplog.records if "scales" in r.getMessage()] == [ms_ssim_note(32)]
+    assert not [w for w in recwarn if "scales" in str(w.message)]
