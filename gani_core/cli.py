@@ -6,7 +6,8 @@
     gani metrics A B                    mse, psnr, ms_ssim, lpips, lpips_vgg of two images
     gani info CHECKPOINT                what a checkpoint holds, as JSON
     gani render CHECKPOINT --out F      a grid of seeded samples
-    gani shapes OUT                     images of the built-in generator's domain with their true factors
+    gani shapes OUT                     images of the built-in generator's domain (or, --kind, out of it) with
+                                        their true factors
     gani train-builtin                  train the built-in generator (docs/builtin.md)
 
 Every CHECKPOINT is a spec of gani_core.checkpoints.ref: builtin, builtin-random[:RES], a path or a URI.
@@ -273,21 +274,56 @@ def _train(args: argparse.Namespace, device: str) -> bool:
 
 
 def _cmd_shapes(args: argparse.Namespace) -> int:
+    from gani_core.shapes.out_of_domain import IN_DOMAIN, KINDS
+
+    if args.list_kinds:
+        width = max(map(len, KINDS))
+        print("\n".join(f"{name:<{width}}  {kind.description}" for name, kind in KINDS.items()))
+        return 0
+    if args.out is None:
+        raise GaniError("give a folder or URI to write to (OUT), or --list-kinds")
+    if args.kind == IN_DOMAIN and args.split is None:
+        return _write_legacy_shapes(args)
+    return _write_kind(args)
+
+
+def _write_legacy_shapes(args: argparse.Namespace) -> int:
+    """``gani shapes OUT`` as it always was: the domain's images from torch's stream at ``--seed`` (2026)."""
     import torch
 
     from gani_core import storage
     from gani_core.render import grid_png
     from gani_core.shapes.domain import FACTOR_NAMES, sample_images, to_physical
 
-    images, t = sample_images(args.count, args.resolution, torch.Generator().manual_seed(args.seed))
+    seed = 2026 if args.seed is None else args.seed
+    images, t = sample_images(args.count, args.resolution, torch.Generator().manual_seed(seed))
     factors = {}
     for i in range(args.count):
-        name = f"shapes-{args.seed}-{i:03d}.png"
+        name = f"shapes-{seed}-{i:03d}.png"
         storage.write_bytes(storage.join(args.out, name), grid_png((images[i : i + 1] + 1) / 2))
         factors[name] = {"normalised": dict(zip(FACTOR_NAMES, t[i].tolist(), strict=True)),
                          "physical": dict(zip(FACTOR_NAMES, to_physical(t[i : i + 1])[0].tolist(), strict=True))}
     storage.write_bytes(storage.join(args.out, "factors.json"), json.dumps(factors, indent=2).encode())
     print(f"wrote {args.count} images of the shapes domain ({args.resolution} px) and factors.json to {args.out}")
+    return 0
+
+
+def _write_kind(args: argparse.Namespace) -> int:
+    """``--kind`` / ``--split``: a split of a kind of out_of_domain.KINDS, its ground truth in factors.json."""
+    from gani_core import storage
+    from gani_core.render import grid_png
+    from gani_core.shapes.out_of_domain import sample_kind
+
+    split = args.split or "test"
+    images, truth = sample_kind(args.kind, args.count, args.resolution, split, 0 if args.seed is None else args.seed)
+    factors = {}
+    for i, f in enumerate(truth):
+        name = f"{args.kind}-{split}-{i:03d}.png"
+        storage.write_bytes(storage.join(args.out, name), grid_png((images[i : i + 1] + 1) / 2))
+        factors[name] = f
+    storage.write_bytes(storage.join(args.out, "factors.json"), json.dumps(factors, indent=2).encode())
+    print(f"wrote {args.count} {args.kind} images ({split} split, {args.resolution} px) and factors.json to "
+          f"{args.out}")
     return 0
 
 
@@ -392,11 +428,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy the finished generator and probe into gani_core/weights/ (what `builtin` loads)")
     p.set_defaults(func=_cmd_train_builtin)
 
-    p = sub.add_parser("shapes", help="write seeded images of the shapes domain with their true factors")
-    p.add_argument("out", help="folder or URI to write PNGs and factors.json to")
+    p = sub.add_parser("shapes", help="write seeded images of the shapes domain, or of a kind out of it, with "
+                                      "their true factors")
+    p.add_argument("out", nargs="?", help="folder or URI to write PNGs and factors.json to")
     p.add_argument("--count", type=int, default=8)
-    p.add_argument("--seed", type=int, default=2026, help="the training data uses other seeds (default: 2026)")
+    p.add_argument("--kind", default="in-domain",
+                   help="in-domain (default), an out-of-domain kind or a near-domain control (--list-kinds; "
+                        "docs/benchmark.md); writes KIND-SPLIT-NNN.png")
+    p.add_argument("--split", choices=("dev", "test"), default=None,
+                   help="the kind's seed stream: choose on dev, report on test (default: test). In-domain "
+                        "without --split writes shapes-SEED-NNN.png, as before")
+    p.add_argument("--seed", type=int, default=None,
+                   help="the seed: of the plain images (default 2026; the training data uses other seeds), or "
+                        "of the split's stream (default 0)")
     p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--list-kinds", action="store_true", help="print the kinds and what each is, then exit")
     p.set_defaults(func=_cmd_shapes)
 
     p = sub.add_parser("info", help="describe a checkpoint as JSON")
