@@ -1,0 +1,47 @@
+"""The quality-against-time curves: for each set, lpips and locality against seconds per image.
+
+One line per tuning method through its budgets (mean, with its 95 % bootstrap interval shaded), one marker per
+pivot-only method (w, wplus). Drawn from ``stats.summary`` rows, as PNG bytes (matplotlib, Agg).
+"""
+
+from __future__ import annotations
+
+import io
+
+from matplotlib.figure import Figure  # not pyplot: no global state, safe in worker threads
+
+PANELS = (("lpips", "lpips (lower is better)"), ("locality", "locality (lower is better)"))
+COLOURS = {"gani": "tab:red", "gani-lowrank": "tab:orange", "gani-param": "tab:pink", "gani-grad": "tab:brown",
+           "pti": "tab:blue", "pti-reg": "tab:cyan", "wplus": "tab:green", "w": "tab:gray"}
+
+
+def curves_png(summary_rows: list[dict], sets: list[str] | None = None, title: str = "") -> bytes:
+    """The curves of ``sets`` (default: every set in the rows, in their order) as one PNG."""
+    sets = sets or list(dict.fromkeys(r["set"] for r in summary_rows))
+    fig = Figure(figsize=(10, 2.8 * len(sets)))
+    axes = fig.subplots(len(sets), len(PANELS), squeeze=False)
+    for row_axes, set_name in zip(axes, sets, strict=True):
+        rows = [r for r in summary_rows if r["set"] == set_name]
+        for ax, (metric, label) in zip(row_axes, PANELS, strict=True):
+            for method in dict.fromkeys(r["method"] for r in rows):
+                points = sorted((r for r in rows if r["method"] == method), key=lambda r: r["seconds"])
+                x = [r["seconds"] for r in points]
+                y, lo, hi = ([r[k] for r in points] for k in (metric, f"{metric}_lo", f"{metric}_hi"))
+                colour = COLOURS.get(method)
+                if len(points) == 1:
+                    ax.errorbar(x, y, yerr=[[y[0] - lo[0]], [hi[0] - y[0]]], fmt="s", color=colour, label=method,
+                                capsize=3)
+                else:
+                    ax.plot(x, y, "o-", color=colour, label=method, markersize=3)
+                    ax.fill_between(x, lo, hi, color=colour, alpha=0.15, linewidth=0)
+            ax.set_title(f"{set_name}: {label}", fontsize=9)
+            ax.set_xlabel("seconds per image", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, ncol=2)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return buf.getvalue()

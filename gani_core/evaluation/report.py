@@ -1,0 +1,137 @@
+"""The benchmark's outputs, written to a folder or an s3:// prefix (gani_core.storage).
+
+    rows.parquet      one row per set x seed x image x method x budget (run.RESULT_COLUMNS)
+    summary.parquet   one row per set x method x budget: means with 95 % bootstrap intervals (stats.summary)
+    comparisons.json  gani against pti at equal time (every budget), at equal steps, and against pti-reg at
+                      equal reconstruction, per set, each with its interval
+    goals.json        issue 11's goals (stats.goals)
+    curves.png        the quality-against-time curves (plots.curves_png)
+    report.md         the tables above in markdown (docs/benchmark.md quotes it)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from gani_core import storage
+from gani_core.evaluation import stats
+from gani_core.evaluation.plots import curves_png
+from gani_core.evaluation.run import RESULT_COLUMNS
+from gani_core.evaluation.suites import Suite
+
+ROWS_SCHEMA = pa.schema([
+    ("set", pa.string()), ("seed", pa.int64()), ("image_id", pa.string()), ("method", pa.string()),
+    ("budget", pa.int64()), ("status", pa.string()), ("error", pa.string()),
+    *[(c, pa.int64() if c == "delta_bytes" else pa.float64()) for c in RESULT_COLUMNS],
+])
+
+
+def rows_table(rows: list[dict]) -> pa.Table:
+    clean = [{name: _finite(r.get(name)) for name in ROWS_SCHEMA.names} for r in rows]
+    return pa.Table.from_pylist(clean, schema=ROWS_SCHEMA)
+
+
+def _finite(value: object) -> object:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def comparisons(rows: list[dict], budget: int) -> dict[str, list[dict]]:
+    """gani against pti (equal time: lpips and locality at every budget; equal steps: every summary metric at
+    ``budget``) and against pti-reg (equal reconstruction), for every set and pooled."""
+    sets = [*dict.fromkeys(r["set"] for r in rows), stats.POOLED]
+    methods = {r["method"] for r in rows}
+    out: dict[str, list[dict]] = {"equal_time": [], "equal_steps": [], "equal_reconstruction": []}
+    if not {"gani", "pti"} <= methods:
+        return out
+    for s in sets:
+        for metric in ("lpips", "locality"):
+            out["equal_time"] += stats.equal_time(rows, s, metric)
+        for metric in ("lpips", "locality", "edit_consistency", "edit_accuracy", "drift", "seconds"):
+            r = stats.paired_ratio(rows, s, metric, budget)
+            if r is not None:
+                out["equal_steps"].append(r)
+        if "pti-reg" in methods:
+            r = stats.equal_reconstruction(rows, s)
+            if r is not None:
+                out["equal_reconstruction"].append(r)
+    return out
+
+
+@dataclass
+class Report:
+    written: dict[str, str]     # output name -> URI
+    summary: list[dict]         # stats.summary
+    goals: list[dict]           # stats.goals (empty without gani and pti)
+
+
+def write_report(rows: list[dict], out: str, suite: Suite, split: str, header: str = "") -> Report:
+    """Write every output above under ``out``."""
+    summary = stats.summary(rows)
+    budget = suite.budgets[-1]
+    compared = comparisons(rows, budget)
+    goals = stats.goals(rows, budget) if {"gani", "pti"} <= {r["method"] for r in rows} else []
+    written = {}
+    for name, data in (
+        ("rows.parquet", rows_table(rows)),
+        ("summary.parquet", pa.Table.from_pylist([{k: _finite(v) for k, v in r.items()} for r in summary])),
+    ):
+        written[name] = storage.join(out, name)
+        storage.write_parquet(written[name], data)
+    for name, obj in (("comparisons.json", compared), ("goals.json", goals)):
+        written[name] = storage.join(out, name)
+        storage.write_bytes(written[name], json.dumps(obj, indent=1, default=_finite).encode())
+    title = f"suite {suite.name}, {split} split, {len({r['seed'] for r in rows})} seed(s)"
+    written["curves.png"] = storage.join(out, "curves.png")
+    storage.write_bytes(written["curves.png"], curves_png(summary, title=title))
+    written["report.md"] = storage.join(out, "report.md")
+    storage.write_bytes(written["report.md"], markdown(summary, compared, goals, suite, split, header).encode())
+    return Report(written, summary, goals)
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
+
+
+def _ci(r: dict, key: str, digits: int = 3) -> str:
+    return f"{_fmt(r[key], digits)} [{_fmt(r[f'{key}_lo'], digits)}, {_fmt(r[f'{key}_hi'], digits)}]"
+
+
+def markdown(summary: list[dict], compared: dict[str, list[dict]], goals: list[dict], suite: Suite, split: str,
+             header: str = "") -> str:
+    """The report's tables: goals, comparisons, and every set's means at the largest common budget."""
+    budget = suite.budgets[-1]
+    lines = [header, ""] if header else []
+    lines += [f"Suite `{suite.name}` ({suite.description}), {split} split: sets {', '.join(suite.sets)}; "
+              f"{suite.pivot_steps} pivot steps, budgets {list(suite.budgets)} (pti also {list(suite.pti_budgets)}), "
+              f"seeds {list(suite.seeds)}. Means with 95 % bootstrap intervals over images.", ""]
+    if goals:
+        lines += ["### Goals (gani's largest common budget)", "",
+                  "| goal | set | value [95 % CI] | target | met |", "|---|---|---|---|---|"]
+        for g in goals:
+            met = ("yes" if g["sure"] else "yes (point)") if g["met"] else "no"
+            note = " (pti extrapolated)" if g["extrapolated"] else ""
+            lines.append(f"| {g['goal']} | {g['set']} | {_fmt(g['value'], 3)} [{_fmt(g['lo'], 3)}, "
+                         f"{_fmt(g['hi'], 3)}]{note} | {g['target']} | {met} |")
+        lines.append("")
+    if compared.get("equal_time"):
+        lines += ["### gani / pti at equal time (pti's curve read at gani's seconds per image)", "",
+                  "| set | metric | gani budget | seconds | gani | pti | ratio [95 % CI] |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in compared["equal_time"]:
+            extra = " (extrapolated)" if r["extrapolated"] else ""
+            lines.append(f"| {r['set']} | {r['metric']} | {r['budget']} | {_fmt(r['seconds'], 3)} | "
+                         f"{_fmt(r['value_a'])} | {_fmt(r['value_b'])} | {_ci(r, 'ratio')}{extra} |")
+        lines.append("")
+    lines += [f"### Means at {budget} tuning steps (w, wplus: the pivot alone)", "",
+              "| set | method | images | seconds | lpips | psnr | locality | edit_accuracy | drift |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in summary:
+        if r["budget"] in (0, budget):
+            lines.append(f"| {r['set']} | {r['method']} | {r['images']} | {_fmt(r['seconds'], 3)} | "
+                         f"{_ci(r, 'lpips')} | {_fmt(r['psnr'], 3)} | {_ci(r, 'locality')} | "
+                         f"{_fmt(r['edit_accuracy'], 3)} | {_fmt(r['drift'], 3)} |")
+    return "\n".join(lines) + "\n"

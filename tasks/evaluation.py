@@ -1,0 +1,79 @@
+"""The domain-inversion benchmark's task (one set at one seed on a Dask worker) and its MLflow runs.
+
+A task's rows are saved to the night's ``parts/`` folder as soon as they are computed, so that a rerun of the
+flow (after a lost worker or a killed flow) computes only the (set, seed) pairs still missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from gani_core import storage
+from gani_core.checkpoints.ref import CheckpointRef
+from gani_core.evaluation.run import evaluate_set
+from gani_core.evaluation.suites import Suite, set_images
+from tasks import tracking
+from tasks.inversion import prepare_worker_process, worker_device, worker_generator
+from tasks.storage import storage_retries_logged
+
+CURVE_METRICS = ("seconds", "lpips", "lpips_vgg", "psnr", "locality", "edit_consistency", "edit_accuracy")
+
+
+@task(name="evaluate-set", task_run_name="evaluate-{set_name}-seed{seed}", retries=1, cache_policy=NO_CACHE)
+def evaluate_set_on_worker(set_name: str, seed: int, suite: Suite, split: str, ckpt: CheckpointRef, part_uri: str,
+                           photos_dir: str, batch_size: int = 8) -> list[dict]:
+    """Every method of ``suite`` on set ``set_name`` at ``seed``; the rows, also written to ``part_uri`` (JSON).
+    When ``part_uri`` exists already (an earlier run), its rows are returned without computing anything."""
+    logger = get_run_logger()
+    with storage_retries_logged(logger):
+        if storage.exists(part_uri):
+            logger.info("%s seed %d: kept from %s", set_name, seed, part_uri)
+            return json.loads(storage.read_bytes(part_uri))
+        process = prepare_worker_process()
+        G = worker_generator(ckpt, worker_device())
+        images, ids, _ = set_images(set_name, suite.count, G.img_resolution, split, photos_dir)
+        started = time.perf_counter()
+        rows = evaluate_set(G, images, ids, set_name, suite, seed, batch_size, log=logger.info)
+        storage.write_bytes(part_uri, json.dumps(rows).encode())
+    failed = sum(r["status"] != "ok" for r in rows)
+    logger.info("%s seed %d: %d rows (%d failed) in %.0f s, %d torch thread(s)", set_name, seed, len(rows), failed,
+                time.perf_counter() - started, process["torch_threads"])
+    return rows
+
+
+def log_child_runs(uri: str, experiment_id: str, parent: str, summary: list[dict], budget: int,
+                   tags: dict[str, str]) -> dict[str, str]:
+    """One child run of ``parent`` per (method, set): the means (and interval bounds) at ``budget`` (the pivot-only
+    methods: at budget 0) as metrics, and each curve metric with its budget as the step, so that MLflow's charts
+    draw the curves. Returns {"method/set": run id}."""
+    client = MlflowClient(tracking_uri=uri)
+    children: dict[str, str] = {}
+    for method, set_name in dict.fromkeys((r["method"], r["set"]) for r in summary):
+        points = sorted((r for r in summary if r["method"] == method and r["set"] == set_name),
+                        key=lambda r: r["budget"])
+        final = next((r for r in points if r["budget"] in (budget, 0)), points[-1])
+        run_id = tracking.start_run(uri, experiment_id, run_name=f"{method}-{set_name}",
+                                    tags={**tags, "method": method, "set": set_name}, parent_run_id=parent)
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"{name}{suffix}", float(final[f"{name}{suffix}"]), now, 0)
+                   for name in (*CURVE_METRICS, "drift") for suffix in ("", "_lo", "_hi")
+                   if _finite(final.get(f"{name}{suffix}"))]
+        metrics += [Metric("images", float(final["images"]), now, 0), Metric("failed", float(final["failed"]), now, 0)]
+        metrics += [Metric(f"curve_{name}", float(p[name]), now, p["budget"]) for p in points for name in CURVE_METRICS
+                    if _finite(p.get(name))]
+        client.log_batch(run_id, metrics=metrics, params=[Param("method", method), Param("set", set_name),
+                                                          Param("budget", str(final["budget"]))])
+        client.set_terminated(run_id, "FINISHED")
+        children[f"{method}/{set_name}"] = run_id
+    return children
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)

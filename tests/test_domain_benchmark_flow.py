@@ -1,0 +1,54 @@
+"""The domain-benchmark flow on the real components: Prefect's temporary local API, a 1-worker Dask LocalCluster
+built by the flow, a sqlite MLflow store; the smoke suite on a seeded 32 px generator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.domain_benchmark import domain_benchmark
+from flows.parameters import ClusterSettings
+from gani_core.evaluation.suites import SUITES
+
+pytestmark = pytest.mark.services
+
+
+def test_the_smoke_suite_reports_to_mlflow_and_a_rerun_keeps_its_parts(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    suite = SUITES["smoke"]
+    kwargs = {"suite": "smoke", "output_uri": str(tmp_path / "out"), "checkpoint": "builtin-random:32",
+              "date": "2026-12-02", "batch_size": 2, "cluster": ClusterSettings(n_workers=1),
+              "mlflow_tracking_uri": uri}
+    with prefect_test_harness(server_startup_timeout=None):
+        first = domain_benchmark(**kwargs)
+        parts = sorted((tmp_path / "out" / "2026-12-02" / "smoke-test" / "parts").iterdir())
+        stamps = [p.stat().st_mtime_ns for p in parts]
+        second = domain_benchmark(**kwargs)
+    assert first["ok"] and first["failed"] == 0
+    per_image = 2 + 3 + 1                     # gani at 2 budgets, pti at 3, w
+    assert first["rows"] == second["rows"] == len(suite.sets) * suite.count * per_image
+    assert [p.name for p in parts] == ["disc-seed0.json", "in-domain-seed0.json"]
+    assert [p.stat().st_mtime_ns for p in parts] == stamps          # the rerun computed nothing again
+    assert {Path(u).name for u in first["written"].values()} == {
+        "rows.parquet", "summary.parquet", "comparisons.json", "goals.json", "curves.png", "report.md"}
+    assert {g["set"] for g in first["goals"]} == {"disc", "all-out-of-domain"}
+
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(first["mlflow_run_id"])
+    assert parent.info.run_name == "domain-smoke-test-2026-12-02" and parent.info.status == "FINISHED"
+    assert "goal_lpips_at_equal_time__disc" in parent.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"curves.png", "report.md", "rows.parquet"} <= artifacts
+    children = first["mlflow_child_run_ids"]
+    assert set(children) == {f"{m}/{s}" for m in suite.methods for s in (*suite.sets, "all-out-of-domain")}
+    gani_disc = client.get_run(children["gani/disc"])
+    assert gani_disc.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    curve = client.get_metric_history(gani_disc.info.run_id, "curve_lpips")
+    assert sorted(m.step for m in curve) == list(suite.budgets)
+    rows = json.loads(parts[0].read_text())
+    lpips_at_2 = [r["lpips"] for r in rows if r["method"] == "gani" and r["budget"] == 2]
+    assert gani_disc.data.metrics["lpips"] == pytest.approx(sum(lpips_at_2) / len(lpips_at_2))

@@ -1,0 +1,145 @@
+"""The domain-inversion benchmark (gani_core.evaluation): statistics on rows with known answers, snapshots that
+equal shorter runs, and one tiny suite end to end on a small generator."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from gani_core.checkpoints.ref import resolve_checkpoint
+from gani_core.evaluation import stats
+from gani_core.evaluation.report import write_report
+from gani_core.evaluation.run import benchmark_config, evaluate_set
+from gani_core.evaluation.suites import SUITES, Suite, get_suite, set_images
+from gani_core.invert import invert_images
+from gani_core.pivot import PivotConfig, find_pivots
+from gani_core.tuning import tune_batch
+
+
+def _row(set_name: str, image: int, method: str, budget: int, seconds: float, lpips: float,
+         locality: float = 0.1, seed: int = 0) -> dict:
+    return {"set": set_name, "seed": seed, "image_id": f"i{image}", "method": method, "budget": budget,
+            "status": "ok", "error": None, "seconds": seconds, "lpips": lpips, "locality": locality}
+
+
+def test_bootstrap_interval_holds_the_mean_and_shrinks_with_more_images() -> None:
+    rng = np.random.default_rng(0)
+    few, many = rng.normal(1, 0.5, 8), rng.normal(1, 0.5, 200)
+    m, lo, hi = stats.bootstrap_mean(few)
+    assert lo < m < hi and m == pytest.approx(few.mean())
+    _, lo2, hi2 = stats.bootstrap_mean(many)
+    assert hi2 - lo2 < (hi - lo) / 2
+    assert stats.bootstrap_mean([0.3, 0.3, 0.3]) == (pytest.approx(0.3), pytest.approx(0.3), pytest.approx(0.3))
+
+
+def test_seeds_are_averaged_per_image_before_resampling() -> None:
+    rows = [_row("disc", i, "gani", 10, 1.0, 0.1 * i, seed=s) for i in range(3) for s in (0, 1)]
+    (summary,) = [r for r in stats.summary(rows) if r["set"] == "disc"]
+    assert summary["images"] == 3 and summary["lpips"] == pytest.approx(0.1)
+
+
+def test_equal_time_reads_the_other_curve_at_the_same_seconds() -> None:
+    """pti's lpips falls linearly with seconds; gani reaches half of pti's value at each of its own times."""
+    rows = []
+    for i in range(5):
+        for budget, t in ((10, 2.0), (20, 4.0), (40, 8.0)):
+            rows.append(_row("disc", i, "pti", budget, t, 1.0 - 0.1 * t + 0.01 * i))
+        for budget, t in ((5, 3.0), (10, 6.0)):
+            rows.append(_row("disc", i, "gani", budget, t, 0.5 * (1.0 - 0.1 * t + 0.01 * i)))
+    out = stats.equal_time(rows, "disc", "lpips")
+    assert [r["budget"] for r in out] == [5, 10]
+    for r in out:
+        assert r["ratio"] == pytest.approx(0.5) and r["ratio_lo"] <= 0.5 <= r["ratio_hi"]
+        assert not r["extrapolated"]
+    slow = [{**r, "seconds": r["seconds"] * 3} if r["method"] == "gani" else r for r in rows]
+    assert stats.equal_time(slow, "disc", "lpips")[-1]["extrapolated"]       # 18 s: past pti's 8
+
+
+def test_equal_reconstruction_reads_locality_where_the_other_reaches_the_same_lpips() -> None:
+    rows = []
+    for i in range(4):
+        for budget, lp, loc in ((10, 0.4, 0.1), (20, 0.2, 0.3), (40, 0.1, 0.5)):
+            rows.append(_row("disc", i, "pti-reg", budget, 1.0, lp, loc))
+        rows.append(_row("disc", i, "gani", 20, 1.0, 0.3, 0.05))        # pti-reg at lpips 0.3: locality 0.2
+    r = stats.equal_reconstruction(rows, "disc")
+    assert r["ratio"] == pytest.approx(0.25) and not r["extrapolated"]
+
+
+def test_goals_are_reported_per_set_and_pooled() -> None:
+    rows = []
+    for s in ("disc", "bg-noise", "in-domain"):
+        for i in range(3):
+            for budget, t in ((5, 1.0), (10, 2.0), (20, 4.0)):
+                rows.append(_row(s, i, "pti", budget, t, 0.4 / t, 0.2))
+            rows.append(_row(s, i, "gani", 5, 2.0, 0.1, 0.05))
+    goals = stats.goals(rows, budget=5)
+    lpips_goal = [g for g in goals if g["goal"].startswith("lpips at equal time")]
+    assert sorted(g["set"] for g in lpips_goal) == ["all-out-of-domain", "bg-noise", "disc"]     # not in-domain
+    assert all(g["value"] == pytest.approx(0.5) and g["met"] for g in lpips_goal)
+
+
+def test_suites_are_valid_and_unknown_names_are_refused() -> None:
+    assert {"smoke", "cpu-night", "full"} <= set(SUITES)
+    assert all(len(s.seeds) >= 3 for s in (SUITES["cpu-night"], SUITES["full"]))
+    assert SUITES["full"].count >= 24
+    with pytest.raises(ValueError, match="unknown suite 'huge'; known suites: smoke"):
+        get_suite("huge")
+    with pytest.raises(ValueError, match="unknown benchmark methods"):
+        replace(SUITES["smoke"], methods=("gani", "nope"))
+    with pytest.raises(ValueError, match="ascending"):
+        replace(SUITES["smoke"], budgets=(4, 2))
+
+
+def test_tuning_snapshots_are_the_results_of_shorter_runs() -> None:
+    G = resolve_checkpoint("builtin-random:32").load()
+    targets = torch.rand([2, 3, 32, 32], generator=torch.Generator().manual_seed(3)) * 2 - 1
+    w = find_pivots(G, targets, PivotConfig(steps=2), [0, 0])
+    cfg = benchmark_config("gani", 2, 5, seed=0).tune
+    long = tune_batch(G, w, targets, cfg, [0, 0], snapshot_steps=(2, 5))
+    short = tune_batch(G, w, targets, replace(cfg, steps=2), [0, 0])
+    for a, b in zip(long, short, strict=True):
+        assert set(a.snapshots) == {2, 5}
+        for name, d in b.deltas.items():
+            torch.testing.assert_close(a.snapshots[2][name], d, atol=0, rtol=0)
+            torch.testing.assert_close(a.snapshots[5][name], a.deltas[name], atol=0, rtol=0)
+
+
+def test_a_tiny_suite_end_to_end(tmp_path: Path) -> None:
+    G = resolve_checkpoint("builtin-random:32").load()
+    suite = Suite("tiny", ("in-domain", "disc"), count=2, seeds=(0,), methods=("gani", "pti", "pti-reg", "wplus", "w"),
+                  budgets=(1, 2), pivot_steps=2, drift_samples=8, pti_budgets=(3,))
+    rows = []
+    for set_name in suite.sets:
+        images, ids, _ = set_images(set_name, suite.count, 32)
+        assert images.shape == (2, 3, 32, 32) and float(images.min()) >= 0 and float(images.max()) <= 1
+        rows += evaluate_set(G, images, ids, set_name, suite, seed=0, batch_size=2, log=lambda _: None)
+    # per image: gani 2 budgets, pti 3, pti-reg 2, wplus 1, w 1
+    assert len(rows) == 2 * 2 * (2 + 3 + 2 + 1 + 1)
+    assert all(r["status"] == "ok" for r in rows)
+    gani = {(r["image_id"], r["budget"]): r for r in rows if r["method"] == "gani" and r["set"] == "disc"}
+    # a budget's row is a run of that many steps from the same pivot
+    images, ids, _ = set_images("disc", 2, 32)
+    w = find_pivots(G, images * 2 - 1, PivotConfig(steps=2), [0, 0])
+    alone = invert_images(G, images, ids, benchmark_config("gani", 2, 1, seed=0), w_pivots=w)
+    for result in alone:
+        assert gani[(result.image_id, 1)]["lpips"] == pytest.approx(result.metrics["lpips"], rel=1e-4)
+    drifts = [r["drift"] for r in rows if r["budget"] == 2 and r["method"] in ("gani", "pti")]
+    assert all(d is not None and d > 0 for d in drifts)
+    assert all(r["drift"] is None for r in rows if r["budget"] == 1)
+    assert all(r["seconds"] > 0 for r in rows)
+
+    written = write_report(rows, str(tmp_path), suite, "test").written
+    table = pq.read_table(written["rows.parquet"])
+    assert table.num_rows == len(rows)
+    summary = pq.read_table(written["summary.parquet"]).to_pylist()
+    assert {r["set"] for r in summary} == {"in-domain", "disc", "all-out-of-domain"}
+    assert Path(written["curves.png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    goals = json.loads(Path(written["goals.json"]).read_text())
+    assert {g["set"] for g in goals} == {"disc", "all-out-of-domain"}
+    assert "| goal | set |" in Path(written["report.md"]).read_text()
