@@ -16,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.cli import run_flow_from_shell
+from flows.domain_benchmark import SuiteName, domain_benchmark
 from flows.fan_out import invert_dataset_on_dask
 from flows.invert_dataset import EXAMPLES, REPO
 from flows.parameters import ClusterSettings, ImageLimit, InversionSettings
@@ -70,6 +71,7 @@ def nightly_benchmark(
     cluster: ClusterSettings = ClusterSettings(),  # noqa: B008
     mlflow_tracking_uri: str | None = None,
     limit: ImageLimit | None = None,
+    suite: SuiteName | None = None,
 ) -> dict:
     """Run every method of ``methods`` on the benchmark images with fixed seeds and compare them.
 
@@ -85,6 +87,10 @@ def nightly_benchmark(
         cluster: an existing Dask scheduler, or the size of the LocalCluster started for the run.
         mlflow_tracking_uri: MLflow tracking URI; none: ``$MLFLOW_TRACKING_URI``, else the sqlite store above.
         limit: only the first ``limit`` images of the set.
+        suite: then run this suite of the domain-inversion benchmark (flows/domain_benchmark.py: images the
+            generator cannot render, with intervals; its report in ``OUTPUT/DATE/SUITE-test/``, its MLflow runs in
+            the experiment ``domain-benchmark``); ``cpu-night`` fits a night on a CPU, ``full`` needs a GPU worker.
+            None: only the comparison above.
 
     Returns:
         The summary: counts, means per method, the comparison rows, the MLflow parent and child run ids.
@@ -132,14 +138,21 @@ def nightly_benchmark(
     get_run_logger().info("nightly-benchmark %s: %s; comparison at %s", day,
                           ", ".join(f"{m} lpips {v.get('lpips_mean', float('nan')):.4f}"
                                     for m, v in per_method.items()), comparison_uri)
+    domain = None
+    if suite is not None:
+        domain = domain_benchmark(suite=suite, split="test", output_uri=output_uri, checkpoint=checkpoint, date=day,
+                                  batch_size=inversion.batch_size if isinstance(inversion.batch_size, int) else 8,
+                                  cluster=cluster, mlflow_tracking_uri=uri)
+        tracking.log_results(uri, parent, {"domain_benchmark_run_id": domain["mlflow_run_id"]}, {})
     return {**run.summary, "comparison": table.to_pylist(), "mlflow_child_run_ids": children,
-            "written": {**run.written, "comparison.parquet": comparison_uri}}
+            "written": {**run.written, "comparison.parquet": comparison_uri}, "domain_benchmark": domain}
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m flows.nightly_benchmark``: one night's benchmark on the embedded defaults."""
     summary = run_flow_from_shell(nightly_benchmark, argv)
-    return 0 if summary["ok"] else 1
+    domain = summary["domain_benchmark"]
+    return 0 if summary["ok"] and (domain is None or domain["ok"]) else 1
 
 
 if __name__ == "__main__":

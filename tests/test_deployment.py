@@ -161,6 +161,7 @@ def test_deployment_run_through_server_and_process_worker(server: Server, tmp_pa
     assert [s["schedule"].get("cron") for s in nightly["schedules"]] == ["0 2 * * *"]
     assert nightly["schedules"][0]["schedule"]["timezone"] == "UTC"
     assert nightly["parameters"]["inversion"] == {"seed": 0}
+    assert nightly["parameters"]["suite"] == "cpu-night"
     assert deployments["default"]["work_pool_name"] == POOL
 
     run_log, worker_log = tmp_path / "deployment-run.log", tmp_path / "worker.log"

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
 from flows.cli import parse_flow_args
+from flows.domain_benchmark import domain_benchmark
 from flows.invert_dataset import invert_dataset
 from flows.nightly_benchmark import nightly_benchmark
 from flows.parameters import ClusterSettings, InversionSettings
+from gani_core.evaluation.suites import SUITES
 from gani_core.invert import method_config
 
 
@@ -51,6 +55,16 @@ def test_the_nightly_flow_takes_a_list_of_methods_from_the_shell() -> None:
     args = parse_flow_args(nightly_benchmark, ["--methods", "gani", "w", "--date", "2026-01-02"])
     assert args["methods"] == ["gani", "w"] and args["date"] == "2026-01-02"
     assert parse_flow_args(nightly_benchmark, [])["methods"] == ["gani", "pti", "wplus"]
+
+
+def test_the_nightly_flow_takes_a_benchmark_suite_by_name() -> None:
+    assert parse_flow_args(nightly_benchmark, [])["suite"] is None
+    assert parse_flow_args(nightly_benchmark, ["--suite", "cpu-night"])["suite"] == "cpu-night"
+    assert parse_flow_args(domain_benchmark, ["--suite", "smoke", "--split", "dev"])["split"] == "dev"
+    with pytest.raises(SystemExit):
+        parse_flow_args(nightly_benchmark, ["--suite", "huge"])
+    schema = nightly_benchmark.parameters.model_dump()["properties"]["suite"]
+    assert set(SUITES) <= set(json.dumps(schema).replace('"', " ").split())     # Prefect's form offers each suite
 
 
 def test_prefect_describes_the_settings_as_nested_parameters() -> None:
