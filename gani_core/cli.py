@@ -140,17 +140,19 @@ def _input_images(args: list[str]) -> list[ImageSource]:
     """`gani invert`'s images: a file is taken as given (a bad one becomes a failed row), a folder or prefix gives
     the images under it (gani_core.dataset.list_images); a path that does not exist, or a folder without images,
     is an error before anything runs."""
-    from gani_core.dataset import image_sources, input_fs, list_images
+    from gani_core import storage
+    from gani_core.dataset import image_sources, list_images
 
     sources: list[str] = []
     for arg in args:
-        fs, path = input_fs(arg)
-        if fs.isdir(path):
-            sources += [image.source for image in list_images(arg)]
-        elif fs.exists(path):
+        # storage.exists asks the storage now and raises when it cannot be reached (s3fs's own answers False).
+        if not storage.exists(arg):
+            raise FileNotFoundError(f"{arg}: no such file or folder")
+        fs, path = storage.resolve(arg)
+        if fs.isfile(path):
             sources.append(arg)
         else:
-            raise FileNotFoundError(f"{arg}: no such file or folder")
+            sources += [image.source for image in list_images(arg)]
     return image_sources(sources)
 
 

@@ -29,12 +29,6 @@ class ImageSource:
     image_id: str       # the file stem, unique within the run
 
 
-def input_fs(uri: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem and path of an input ``uri``, the path taken literally (``a::b.png`` is that file):
-    gani_core.storage.resolve, under the name gani_core.cli imports."""
-    return storage.resolve(uri)
-
-
 def image_ids(sources: list[str]) -> list[str]:
     """Readable, unique ids: the file stem, made safe for paths (ASCII letters, digits, ``_.-``; no separators, no
     leading dot: never a hidden file or a step up in the run folder), cut to MAX_ID_LENGTH characters; a stem
