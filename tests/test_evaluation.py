@@ -96,6 +96,19 @@ def test_suites_are_valid_and_unknown_names_are_refused() -> None:
         replace(SUITES["smoke"], budgets=(4, 2))
 
 
+def test_ablations_override_tuning_options() -> None:
+    cfg = benchmark_config("gani[locality_interval=4,lr=0.001,kind=lowrank]", 10, 20, seed=1)
+    assert (cfg.tune.locality_interval, cfg.tune.lr, cfg.tune.kind, cfg.tune.steps) == (4, 0.001, "lowrank", 20)
+    assert benchmark_config("pti-reg", 10, 20, seed=1).tune.locality_weight == 0.1
+    replace(SUITES["smoke"], methods=("gani[rank=4]", "pti"))              # a valid suite
+    with pytest.raises(ValueError, match="option 'rank' has no value"):
+        benchmark_config("gani[rank]", 10, 20, seed=0)
+    with pytest.raises(ValueError, match="wplus has no tuning stage"):
+        benchmark_config("wplus[rank=4]", 10, 20, seed=0)
+    with pytest.raises(TypeError):
+        benchmark_config("gani[nope=1]", 10, 20, seed=0)
+
+
 def test_tuning_snapshots_are_the_results_of_shorter_runs() -> None:
     G = resolve_checkpoint("builtin-random:32").load()
     targets = torch.rand([2, 3, 32, 32], generator=torch.Generator().manual_seed(3)) * 2 - 1

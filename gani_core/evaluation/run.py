@@ -19,7 +19,7 @@ import torch
 
 from gani_core.deltas import apply_deltas, decode_deltas
 from gani_core.evaluation.drift import DriftReference
-from gani_core.evaluation.suites import Suite
+from gani_core.evaluation.suites import Suite, parse_method
 from gani_core.invert import (
     GANI_TUNE,
     InversionError,
@@ -39,7 +39,14 @@ RESULT_COLUMNS: tuple[str, ...] = ("seconds", "lpips", "lpips_vgg", "psnr", "ms_
 
 
 def benchmark_config(method: str, pivot_steps: int, tune_steps: int | None, seed: int) -> InvertConfig:
-    """The InvertConfig of a benchmark method (suites.BENCHMARK_METHODS)."""
+    """The InvertConfig of a benchmark method: one of suites.BENCHMARK_METHODS, or one with tuning options
+    overridden for an ablation, ``gani[locality_interval=4,rank=4]`` (suites.parse_method)."""
+    base, overrides = parse_method(method)
+    if overrides:
+        cfg = benchmark_config(base, pivot_steps, tune_steps, seed)
+        if cfg.tune is None:
+            raise ValueError(f"{method}: {base} has no tuning stage to override")
+        return replace(cfg, tune=replace(cfg.tune, **overrides))
     if method.startswith("gani-"):
         return method_config("gani", pivot_steps, tune_steps, seed, kind=method.removeprefix("gani-"))
     if method == "pti-reg":

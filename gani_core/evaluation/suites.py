@@ -7,6 +7,7 @@ benchmark reports; the ``dev`` split (other seeds) is the one to choose defaults
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,12 +40,13 @@ class Suite:
 
     def budgets_of(self, method: str) -> tuple[int, ...]:
         """The budgets ``method`` is measured at (empty for the pivot-only methods)."""
-        if method in ("w", "wplus"):
+        base = parse_method(method)[0]
+        if base in ("w", "wplus"):
             return ()
-        return (*self.budgets, *self.pti_budgets) if method == "pti" else self.budgets
+        return (*self.budgets, *self.pti_budgets) if base == "pti" else self.budgets
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in BENCHMARK_METHODS]
+        unknown = [m for m in self.methods if parse_method(m)[0] not in BENCHMARK_METHODS]
         if unknown:
             raise ValueError(f"unknown benchmark methods {unknown}; expected some of {BENCHMARK_METHODS}")
         bad_sets = [s for s in self.sets if s != PHOTOS and s not in KINDS]
@@ -53,6 +55,30 @@ class Suite:
         every = (*self.budgets, *self.pti_budgets)
         if not self.budgets or list(every) != sorted(set(every)) or self.budgets[0] < 1:
             raise ValueError(f"budgets (then pti_budgets) must be ascending positive step counts, got {every}")
+
+
+def parse_method(method: str) -> tuple[str, dict[str, int | float | str]]:
+    """``gani[locality_interval=4,lr=0.001]`` → ("gani", {"locality_interval": 4, "lr": 0.001}): a benchmark
+    method with tuning options (tuning.TuneConfig fields) overridden, for ablations; a plain name has none."""
+    match = re.fullmatch(r"([a-z-]+)(?:\[(.*)\])?", method)
+    if match is None:
+        raise ValueError(f"a benchmark method is NAME or NAME[option=value,...], got {method!r}")
+    overrides: dict[str, int | float | str] = {}
+    for item in filter(None, (match.group(2) or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{method}: option {item!r} has no value (option=value)")
+        overrides[key.strip()] = _number(value.strip())
+    return match.group(1), overrides
+
+
+def _number(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 ALL_SETS: tuple[str, ...] = (IN_DOMAIN, *OUT_OF_DOMAIN, PHOTOS)
