@@ -33,8 +33,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from gani_core.checkpoints.ref import resolve_checkpoint
+from gani_core.evaluation.run import benchmark_config
 from gani_core.images import load_image
-from gani_core.invert import GANI_TUNE, InvertConfig, invert_images, method_config
+from gani_core.invert import InvertConfig, invert_images
 from gani_core.networks import Generator, GeneratorConfig
 from gani_core.pivot import PivotConfig, find_pivots
 from gani_core.tuning import TuneConfig, tune_batch
@@ -52,10 +53,8 @@ SIZES = {
 }
 
 
-def config_of(method: str, **kwargs: int | None) -> InvertConfig:
-    if method == "pti-reg":
-        return method_config("pti", locality_weight=GANI_TUNE.locality_weight, **kwargs)
-    return method_config(method, **kwargs)
+def config_of(method: str, pivot_steps: int | None = None, tune_steps: int | None = None) -> InvertConfig:
+    return benchmark_config(method, pivot_steps, tune_steps, seed=0)
 
 
 def load(spec: str, device: str) -> Generator:

@@ -38,7 +38,7 @@ RESULT_COLUMNS: tuple[str, ...] = ("seconds", "lpips", "lpips_vgg", "psnr", "ms_
                                    "edit_consistency", "edit_accuracy", "drift", "delta_bytes")
 
 
-def benchmark_config(method: str, pivot_steps: int, tune_steps: int | None, seed: int) -> InvertConfig:
+def benchmark_config(method: str, pivot_steps: int | None, tune_steps: int | None, seed: int) -> InvertConfig:
     """The InvertConfig of a benchmark method: one of suites.BENCHMARK_METHODS, or one with tuning options
     overridden for an ablation, ``gani[locality_interval=4,rank=4]`` (suites.parse_method)."""
     base, overrides = parse_method(method)
@@ -52,7 +52,7 @@ def benchmark_config(method: str, pivot_steps: int, tune_steps: int | None, seed
     if method == "pti-reg":
         return method_config("pti", pivot_steps, tune_steps, seed, locality_weight=GANI_TUNE.locality_weight)
     if method in ("w", "wplus"):
-        return method_config(method, pivot_steps, None, seed)
+        return method_config(method, pivot_steps, None, seed)      # tune_steps does not apply
     return method_config(method, pivot_steps, tune_steps, seed)
 
 
