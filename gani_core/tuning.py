@@ -160,7 +160,8 @@ def tune_batch(
         opt.step()
         if step + 1 in snapshot_steps:
             with torch.no_grad():
-                snapshots[step + 1] = vmap(deltas_of)(params, buffers)
+                # cloned: the "full" form's deltas are its trained parameters, which Adam goes on updating in place
+                snapshots[step + 1] = {n: d.clone() for n, d in vmap(deltas_of)(params, buffers).items()}
         if progress is not None and ((step + 1) % PROGRESS_EVERY == 0 or step + 1 == cfg.steps):
             progress(step + 1, cfg.steps, per_image.mean().item())
     with torch.no_grad():

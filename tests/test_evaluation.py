@@ -109,11 +109,12 @@ def test_ablations_override_tuning_options() -> None:
         benchmark_config("gani[nope=1]", 10, 20, seed=0)
 
 
-def test_tuning_snapshots_are_the_results_of_shorter_runs() -> None:
+@pytest.mark.parametrize("method", ["gani", "pti-reg"])     # pti: the deltas are the trained parameters
+def test_tuning_snapshots_are_the_results_of_shorter_runs(method: str) -> None:
     G = resolve_checkpoint("builtin-random:32").load()
     targets = torch.rand([2, 3, 32, 32], generator=torch.Generator().manual_seed(3)) * 2 - 1
     w = find_pivots(G, targets, PivotConfig(steps=2), [0, 0])
-    cfg = benchmark_config("gani", 2, 5, seed=0).tune
+    cfg = benchmark_config(method, 2, 5, seed=0).tune
     long = tune_batch(G, w, targets, cfg, [0, 0], snapshot_steps=(2, 5))
     short = tune_batch(G, w, targets, replace(cfg, steps=2), [0, 0])
     for a, b in zip(long, short, strict=True):
@@ -121,6 +122,7 @@ def test_tuning_snapshots_are_the_results_of_shorter_runs() -> None:
         for name, d in b.deltas.items():
             torch.testing.assert_close(a.snapshots[2][name], d, atol=0, rtol=0)
             torch.testing.assert_close(a.snapshots[5][name], a.deltas[name], atol=0, rtol=0)
+        assert any(not torch.equal(a.snapshots[2][n], a.deltas[n]) for n in a.deltas)    # 3 more steps moved them
 
 
 def test_a_tiny_suite_end_to_end(tmp_path: Path) -> None:
