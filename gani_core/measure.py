@@ -4,8 +4,9 @@
 
 Every latent a metric renders (the pivot, the preview's edit, the locality latents, the edited pivots of
 ``edit_consistency`` and the factor edits of ``edit_accuracy``) is laid out per image, and all of them are
-rendered at once: each tuned generator ``W + ΔW_k`` through one vmapped call (per-sample weights, as in
-tuning.tune_batch), the original generator in plain batches, and LPIPS over all pairs together. The
+rendered together: the K tuned generators ``W + ΔW_k`` through one vmapped call on a GPU (per-sample weights,
+as in tuning.tune_batch; on a CPU one generator at a time, which is faster there), the original generator in
+plain batches, and LPIPS over all pairs together. The
 definitions are editing.py's (``locality``, ``edit_gaps``, ``edit_accuracy``) and method.md's; the results
 equal those one-image functions within float32 rounding (tests/test_batching.py).
 """
@@ -24,8 +25,9 @@ from gani_core.metrics import image_metrics, to_unit
 from gani_core.networks import Generator
 from gani_core.tuning import render_with
 
-# Renders per call: K tuned generators times this many latents each, at most (at least one latent each).
-RENDERS_PER_CALL = 64
+# Renders per call (K tuned generators times this many latents each, at least one each): 8 was fastest on the
+# CPU (64 made the metrics 1.6x slower there); a GPU, where larger calls should pay, is not measured yet.
+RENDERS_PER_CALL = 8
 
 Deltas = dict[str, torch.Tensor]
 
@@ -146,9 +148,17 @@ def _chunks(k: int, m: int) -> list[slice]:
 
 
 def _render_tuned(G: Generator, deltas: Deltas, ws: torch.Tensor) -> torch.Tensor:
-    """Image k's latents ws[k] [M, num_ws, w_dim] rendered with W + deltas[k]: [K, M, 3, R, R]."""
-    render = vmap(lambda d, w: render_with(G, d, w))
-    return torch.cat([render(deltas, ws[:, s]) for s in _chunks(*ws.shape[:2])], 1)
+    """Image k's latents ws[k] [M, num_ws, w_dim] rendered with W + deltas[k]: [K, M, 3, R, R].
+
+    On a GPU the K generators render in one vmapped call (per-sample weights as a grouped convolution: few,
+    large kernel launches). On a CPU one image at a time, its latents batched through plain convolutions: the
+    grouped convolution made the metrics 1.7x slower there (measured, benchmarks/batching.py)."""
+    k, m = ws.shape[:2]
+    if ws.device.type == "cuda":
+        render = vmap(lambda d, w: render_with(G, d, w))
+        return torch.cat([render(deltas, ws[:, s]) for s in _chunks(k, m)], 1)
+    return torch.stack([torch.cat([render_with(G, {n: d[i] for n, d in deltas.items()}, ws[i, s])
+                                   for s in _chunks(1, m)]) for i in range(k)])
 
 
 def _render_original(G: Generator, ws: torch.Tensor, shared: slice = slice(0)) -> torch.Tensor:
