@@ -42,13 +42,13 @@ class Measured:
 
 @dataclass(frozen=True)
 class _Layout:
-    """Where each metric's latents sit among an image's M latents (slices along the latent axis)."""
+    """Where each metric's latents sit among an image's M latents (slices along the latent axis); latent 0 is
+    the pivot, latent 1 the previews' edit of it."""
 
     locality: slice
     shared: slice           # the locality latents that are the same for every image (plain mapped latents)
     edits: slice
     factors: slice          # the first half +s_k d_k, the second -s_k d_k; empty without factor edits
-    size: int
 
 
 @torch.no_grad()
@@ -90,18 +90,16 @@ def measure_images(
                          0.0, _previews(images[i], renders[i, 0], renders[i, 0], renders[i, 1]), dict(ratios))
                 for i in range(k)]
 
-    layout, ws = _latents(G, w_pivots, directions, strength, locality_count, seed)    # ws [K, M, num_ws, w_dim]
-    ws = torch.cat([pivots, edited, ws], 1)                                        # the pivot first, then its edit
-    original = _render_original(G, ws, slice(2 + layout.shared.start, 2 + layout.shared.stop))  # [K, 2 + M, ...]
+    layout, ws = _latents(G, torch.cat([pivots, edited], 1), directions, strength, locality_count, seed)
+    original = _render_original(G, ws, layout.shared)                              # [K, M, 3, R, R]
     tuned = _render_tuned(G, _stack(stored), ws)
     in_memory = _render_tuned(G, _stack(deltas), pivots)[:, 0]
-    distances = _lpips_pairs(tuned, original)                                      # [K, 2 + M]
+    distances = _lpips_pairs(tuned, original)                                      # [K, M]
     delta_change = lpips_distance(in_memory.clamp(-1, 1), tuned[:, 0].clamp(-1, 1)).cpu()
     metrics = image_metrics(to_unit(tuned[:, 0]), images)
-    locality = distances[:, 2 + layout.locality.start : 2 + layout.locality.stop].mean(1)
-    gaps = distances[:, 2 + layout.edits.start : 2 + layout.edits.stop] - distances[:, :1]
-    factor_slice = slice(2 + layout.factors.start, 2 + layout.factors.stop)
-    accuracy = _edit_accuracy(G, original[:, factor_slice], tuned[:, factor_slice])
+    locality = distances[:, layout.locality].mean(1)
+    gaps = distances[:, layout.edits] - distances[:, :1]
+    accuracy = _edit_accuracy(G, original[:, layout.factors], tuned[:, layout.factors])
     results = []
     for i in range(k):
         acc, ratios = accuracy[i] if accuracy is not None else (None, {})
@@ -112,16 +110,17 @@ def measure_images(
     return results
 
 
-def _latents(G: Generator, w_pivots: torch.Tensor, directions: torch.Tensor, strength: float,
+def _latents(G: Generator, first: torch.Tensor, directions: torch.Tensor, strength: float,
              locality_count: int, seed: int) -> tuple[_Layout, torch.Tensor]:
-    """Each image's metric latents [K, M, num_ws, w_dim]: its locality latents, its pivot edited along each
-    direction, then its pivot moved ±s_k d_k along each factor direction (when G has factor edits and a probe)."""
-    num_ws = G.num_ws
+    """Each image's metric latents [K, M, num_ws, w_dim]: ``first`` [K, 2, num_ws, w_dim] (its pivot and the
+    previews' edit), its locality latents, its pivot edited along each direction, then its pivot moved ±s_k d_k
+    along each factor direction (when G has factor edits and a probe)."""
+    w_pivots = first[:, 0]
     directions = directions.to(w_pivots)
-    per_layer = directions if directions.ndim == 3 else directions[:, None].expand(-1, num_ws, -1)  # [D, L, C]
+    per_layer = directions if directions.ndim == 3 else directions[:, None].expand(-1, G.num_ws, -1)  # [D, L, C]
     local = torch.stack([locality_latents(G, w, locality_count, seed=seed) for w in w_pivots])
     edits = w_pivots[:, None] + strength * per_layer[None]
-    parts = [local, edits]
+    parts = [first, local, edits]
     n_factors = 0
     tools = factor_tools(G)
     if tools is not None:
@@ -129,12 +128,11 @@ def _latents(G: Generator, w_pivots: torch.Tensor, directions: torch.Tensor, str
         shift = (fe.steps[:, None] * fe.directions)[None, :, None]                # [1, F, 1, w_dim]
         parts += [w_pivots[:, None] + shift, w_pivots[:, None] - shift]
         n_factors = len(fe.names)
-    d = per_layer.shape[0]
+    start, d = first.shape[1], per_layer.shape[0]
     shared = locality_count - int(locality_count * LOCALITY_AROUND_PIVOT)
-    layout = _Layout(locality=slice(0, locality_count), shared=slice(0, shared),
-                     edits=slice(locality_count, locality_count + d),
-                     factors=slice(locality_count + d, locality_count + d + 2 * n_factors),
-                     size=locality_count + d + 2 * n_factors)
+    edits_at = start + locality_count
+    layout = _Layout(locality=slice(start, edits_at), shared=slice(start, start + shared),
+                     edits=slice(edits_at, edits_at + d), factors=slice(edits_at + d, edits_at + d + 2 * n_factors))
     return layout, torch.cat(parts, 1)
 
 
@@ -152,7 +150,7 @@ def _render_tuned(G: Generator, deltas: Deltas, ws: torch.Tensor) -> torch.Tenso
 
     On a GPU the K generators render in one vmapped call (per-sample weights as a grouped convolution: few,
     large kernel launches). On a CPU one image at a time, its latents batched through plain convolutions: the
-    grouped convolution made the metrics 1.7x slower there (measured, benchmarks/batching.py)."""
+    grouped convolution made the metrics 1.7x slower there (measured: invert_images at K = 8, 1 thread)."""
     k, m = ws.shape[:2]
     if ws.device.type == "cuda":
         render = vmap(lambda d, w: render_with(G, d, w))
