@@ -116,17 +116,20 @@ def equal_time(rows: list[dict], set_name: str, metric: str, a: str = "gani", b:
     if not budgets_a or not budgets_b:
         return []
 
-    def ratios(idx: np.ndarray) -> np.ndarray:          # [len(budgets_a)] for the images idx
-        t_a, m_a = sa[idx].mean(0), va[idx].mean(0)
+    def means(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:     # a's means, b's read at a's seconds
         t_b, m_b = sb[idx].mean(0), vb[idx].mean(0)
         order = np.argsort(t_b)
-        return m_a / np.interp(t_a, t_b[order], m_b[order])
+        return va[idx].mean(0), np.interp(sa[idx].mean(0), t_b[order], m_b[order])
+
+    def ratios(idx: np.ndarray) -> np.ndarray:          # [len(budgets_a)] for the images idx
+        m_a, m_b = means(idx)
+        return m_a / m_b
 
     all_idx = np.arange(len(ids))
     point = ratios(all_idx)
     boot = np.stack([ratios(d) for d in _draws(len(ids))])
     t_a, t_b_max = sa.mean(0), sb.mean(0).max()
-    m_b = np.interp(t_a, np.sort(sb.mean(0)), vb.mean(0)[np.argsort(sb.mean(0))])
+    m_b = means(all_idx)[1]
     out = []
     for j, budget in enumerate(budgets_a):
         lo, hi = interval(boot[:, j])
