@@ -132,36 +132,44 @@ def write_shapes(uri: str, count: int, seed: int = 0, resolution: int = 32) -> l
 # importable on the workers)
 
 
-def worker_processes(client) -> dict[str, tuple[int, int]]:
-    """Each live worker: address -> (process id, tasks it is executing now)."""
-    found = client.run(lambda dask_worker: (os.getpid(), len(dask_worker.state.executing)), on_error="ignore")
-    return {address: tuple(value) for address, value in found.items()}
+def worker_processes(client) -> dict[str, tuple[int, list]]:
+    """Each live worker: address -> (process id, the keys of the tasks it is executing now)."""
+    found = client.run(lambda dask_worker: (os.getpid(), [ts.key for ts in dask_worker.state.executing]),
+                       on_error="ignore")
+    return {address: (pid, list(keys)) for address, (pid, keys) in found.items()}
 
 
-def kill_busy_worker(client, timeout: float = 60.0, settle: float = 0.0) -> tuple[str, int] | None:
+def kill_busy_worker(client, timeout: float = 60.0, settle: float = 0.0) -> tuple[str, int, list] | None:
     """SIGKILL the process of a worker that is executing a task, waiting up to ``timeout`` s for one (and then
-    ``settle`` s more, for the task to get into its work); its address and process id, or None when no worker got
-    busy."""
+    ``settle`` s more, for the task to get into its work); its address, process id and the keys it was executing, or
+    None when no worker got busy."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        busy = [(address, pid) for address, (pid, executing) in worker_processes(client).items() if executing]
+        busy = [(address, pid, keys) for address, (pid, keys) in worker_processes(client).items() if keys]
         if busy:
-            address, pid = busy[0]
+            address, pid, keys = busy[0]
             if settle:
                 time.sleep(settle)
-                if worker_processes(client).get(address) != (pid, 1):     # done meanwhile: find a busy one again
+                if worker_processes(client).get(address) != (pid, keys):     # done meanwhile: find a busy one again
                     continue
             os.kill(pid, signal.SIGKILL)
-            return address, pid
+            return address, pid, keys
         time.sleep(0.05)
     return None
+
+
+def times_scheduled(client, key) -> int:
+    """How often the Dask scheduler sent the task ``key`` to a worker (its transitions into ``processing``): 2 or
+    more when a worker was lost while running it and the task ran again elsewhere."""
+    story = client.run_on_scheduler(lambda dask_scheduler: [tuple(t[:3]) for t in dask_scheduler.story(key)])
+    return sum(1 for k, _, finish in story if k == key and finish == "processing")
 
 
 def wait_until_idle(client, timeout: float = 120.0) -> None:
     """Until no worker executes anything (also tasks whose flow is gone: a worker finishes what it runs)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not any(executing for _, executing in worker_processes(client).values()) and \
+        if not any(keys for _, keys in worker_processes(client).values()) and \
                 not any(client.processing().values()):
             return
         time.sleep(0.2)
