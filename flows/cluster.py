@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 from contextlib import AbstractContextManager, nullcontext
 
+import distributed
 import psutil
 from prefect.client.orchestration import get_client
+from prefect.futures import PrefectFuture
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
@@ -82,3 +84,11 @@ def dask_task_runner(cluster: ClusterSettings, tasks: int) -> DaskTaskRunner:
         except ImportError:
             pass
     return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=kwargs)
+
+
+def release_future(future: PrefectFuture) -> None:
+    """Let the Dask scheduler forget a task whose result the flow holds now (its state is kept in ``future``), so
+    that a worker lost later does not make Dask compute a finished task again."""
+    wrapped = getattr(future, "wrapped_future", None)
+    if isinstance(wrapped, distributed.Future):
+        wrapped.release()

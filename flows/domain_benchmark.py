@@ -20,7 +20,7 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
 from flows.cli import run_flow_from_shell
-from flows.cluster import api_url_for_workers, dask_task_runner
+from flows.cluster import api_url_for_workers, dask_task_runner, release_future
 from flows.invert_dataset import REPO
 from flows.parameters import ClusterSettings
 from gani_core import storage
@@ -46,6 +46,7 @@ def evaluate_sets_on_dask(suite: Suite, split: str, ckpt: CheckpointRef, parts: 
     for done, future in enumerate(as_completed(list(futures)), start=1):
         set_name, seed = futures[future]
         result = future.result(raise_on_failure=False)
+        release_future(future)
         if isinstance(result, list):
             rows += result
             logger.info("%d/%d %s seed %d: %d rows", done, len(work), set_name, seed, len(result))

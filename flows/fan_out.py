@@ -9,11 +9,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import dask
-import distributed
 from prefect import flow, get_run_logger
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import as_completed
 
-from flows.cluster import api_url_for_workers, dask_task_runner
+from flows.cluster import api_url_for_workers, dask_task_runner, release_future
 from flows.parameters import ClusterSettings, InversionSettings
 from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.dataset import ImageSource
@@ -42,19 +41,12 @@ def invert_images_on_dask(work: list[tuple[list[ImageSource], InvertConfig]], ck
     for future in as_completed(futures):
         images, cfg = batch_of[future]
         result = future.result(raise_on_failure=False)
-        _release(future)
+        release_future(future)
         if not isinstance(result, list):
             result = [failed_row(image.image_id, cfg, ckpt, f"{type(result).__name__}: {result}") for image in images]
         progress.done(result)
         rows.extend(result)
     return rows
-
-
-def _release(future: PrefectFuture) -> None:
-    """Let the Dask scheduler forget a task whose result the flow holds now (its state is kept in ``future``)."""
-    wrapped = getattr(future, "wrapped_future", None)
-    if isinstance(wrapped, distributed.Future):
-        wrapped.release()
 
 
 class FinishedImagesLog:
