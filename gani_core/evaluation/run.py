@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
 import torch
 
@@ -73,23 +74,30 @@ def evaluate_set(
     for start in range(0, len(image_ids), batch_size):
         batch, ids = images[start : start + batch_size].to(device), image_ids[start : start + batch_size]
         t0 = time.perf_counter()
-        for row in _evaluate_batch(G, batch, ids, suite, seed, drift):
+        where = f"{set_name} seed {seed}, images {start + 1}-{start + len(ids)} of {len(image_ids)}"
+        for row in _evaluate_batch(G, batch, ids, suite, seed, drift, partial(_prefixed, log, where)):
             rows.append({"set": set_name, "seed": seed, **row})
         log(f"{set_name} seed {seed}: {min(start + batch_size, len(image_ids))}/{len(image_ids)} images "
             f"({time.perf_counter() - t0:.0f} s for this batch of {len(ids)})")
     return rows
 
 
+def _prefixed(log: Callable[[str], None], where: str, line: str) -> None:
+    log(f"{where}: {line}")
+
+
 def _evaluate_batch(G: Generator, images: torch.Tensor, ids: list[str], suite: Suite, seed: int,
-                    drift: DriftReference | None) -> list[dict]:
+                    drift: DriftReference | None, log: Callable[[str], None]) -> list[dict]:
     k = len(ids)
     targets = images * 2 - 1
     seeds = [seed] * k
     t0 = time.perf_counter()
     w_pivots = find_pivots(G, targets, PivotConfig(space="w", steps=suite.pivot_steps), seeds)
     pivot_s = (time.perf_counter() - t0) / k
+    log(f"W pivots ({suite.pivot_steps} steps) in {pivot_s * k:.0f} s")
     rows: list[dict] = []
-    for method in suite.methods:
+    for done, method in enumerate(suite.methods, start=1):
+        t0 = time.perf_counter()
         if method == "w":
             cfg = benchmark_config("w", suite.pivot_steps, None, seed)
             results = finish_inversions(G, images, ids, cfg, w_pivots, [None] * k, None,
@@ -100,6 +108,7 @@ def _evaluate_batch(G: Generator, images: torch.Tensor, ids: list[str], suite: S
             rows += _rows(ids, method, 0, results)
         else:
             rows += _tuning_rows(G, images, ids, method, suite, seed, w_pivots, pivot_s, drift)
+        log(f"{method} done ({done}/{len(suite.methods)} methods; {time.perf_counter() - t0:.0f} s with its metrics)")
     return rows
 
 
