@@ -79,8 +79,8 @@ def main() -> None:
                         help=f"a set of the rows, or {stats.POOLED} (default)")
     args = parser.parse_args()
     rows = load_rows(args.folders)
-    images = len({(r["set"], r["image_id"]) for r in rows if r["set"] != "in-domain"})
-    print(f"{args.set_name}: {images} out-of-domain image(s) in the rows; budget {args.budget}\n")
+    images = len({r["image_id"] for r in stats.with_pooled(rows) if r["set"] == args.set_name})
+    print(f"{args.set_name}: {images} image(s); budget {args.budget}\n")
     print(table(rows, args.budget, args.set_name))
 
 

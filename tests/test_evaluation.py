@@ -82,6 +82,11 @@ def test_goals_are_reported_per_set_and_pooled() -> None:
     lpips_goal = [g for g in goals if g["goal"].startswith("lpips at equal time")]
     assert sorted(g["set"] for g in lpips_goal) == ["all-out-of-domain", "bg-noise", "disc"]     # not in-domain
     assert all(g["value"] == pytest.approx(0.5) and g["met"] for g in lpips_goal)
+    # An ablation held to the same goals in GANI's place: its own rows, the same PTI.
+    rows += [{**r, "method": "gani[rank=32]", "lpips": r["lpips"] * 4} for r in rows if r["method"] == "gani"]
+    ablation = [g for g in stats.goals(rows, budget=5, a="gani[rank=32]") if g["goal"] == lpips_goal[0]["goal"]]
+    assert all(g["method"] == "gani[rank=32]" and g["value"] == pytest.approx(2.0) and not g["met"]
+               for g in ablation) and len(ablation) == 3
 
 
 def test_suites_are_valid_and_unknown_names_are_refused() -> None:
