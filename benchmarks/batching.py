@@ -133,13 +133,19 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="builtin", help=f"a checkpoint spec, or one of {sorted(SIZES)}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    parser.add_argument("--methods", nargs="+", default=["gani", "pti", "wplus"], choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=["gani", "pti", "wplus"],
+                        help=f"{', '.join(METHODS)}, or a tuning method with options overridden, e.g. 'gani[rank=8]'")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per stage (default: 10)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for utilisation")
     parser.add_argument("--flops", action="store_true", help="only count FLOPs per image (K = 1)")
     parser.add_argument("--out", default=None, help="JSON file for the figures")
     args = parser.parse_args()
+    for method in args.methods:        # an unknown method or option fails here, before any measurement
+        try:
+            config_of(method)
+        except (ValueError, TypeError) as exc:
+            parser.error(f"--methods {method}: {exc}")
     if args.threads:
         torch.set_num_threads(args.threads)
     G = load(args.checkpoint, args.device)

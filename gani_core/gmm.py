@@ -38,7 +38,7 @@ class LayerGMM(nn.Module):
         self,
         weight: torch.Tensor,               # the layer's original weight [O, I, k, k] (or any [O, ...])
         kind: GMMKind,                      # which form, see the module docstring
-        rank: int = 8,                      # rank of low-rank factors
+        rank: int = 32,                     # rank of low-rank factors
         hidden: int = 32,                   # hidden width of the row-wise MLP
         grad: torch.Tensor | None = None,   # the layer's reconstruction gradient (kind "grad")
         seed: int = 0,                      # seeds the non-zero initialisations
@@ -113,7 +113,7 @@ class GMMSet(nn.Module):
         self,
         weights: dict[str, torch.Tensor],
         kind: GMMKind,
-        rank: int = 8,
+        rank: int = 32,
         hidden: int = 32,
         grads: dict[str, torch.Tensor] | None = None,
         seed: int = 0,

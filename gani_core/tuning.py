@@ -27,7 +27,7 @@ class TuneConfig:
     kind: GMMKind = "param-lowrank"     # the GMM form (gmm.py); "full" is PTI
     steps: int = 350                    # PTI's tuning steps
     lr: float = 3e-3                    # Adam learning rate of the GMM parameters
-    rank: int = 8                       # rank of low-rank GMM forms
+    rank: int = 32                      # rank of low-rank GMM forms (8 until issue 11's ablations)
     hidden: int = 32                    # hidden width of the "param" form
     layers: str = "conv+torgb"          # "conv+torgb": every synthesis conv and ToRGB weight; "all": PTI's
     l2_weight: float = 1.0              # reconstruction MSE weight

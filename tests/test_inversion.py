@@ -164,8 +164,8 @@ def test_gani_changes_the_tunable_layers_and_pti_every_synthesis_weight(
 
 def test_gani_stores_a_small_fraction_of_ptis_bytes(gani: InversionResult, pti: InversionResult) -> None:
     assert gani.delta_bytes == delta_bytes(gani.encoded) and pti.delta_bytes == delta_bytes(pti.encoded)
-    # Measured: 101,918 bytes against 2,081,830 (rank-8 GMM deltas against PTI's full-rank ones).
-    assert gani.delta_bytes < 0.1 * pti.delta_bytes
+    # Measured: 380,976 bytes against 2,081,830 (rank-32 GMM deltas against PTI's full-rank ones; 101,918 at rank 8).
+    assert gani.delta_bytes < 0.25 * pti.delta_bytes
 
 
 @pytest.mark.parametrize("method", ["w", "wplus"])
