@@ -157,7 +157,7 @@ def run_in_process(
     return RunResult(rows, summary, folder.write_tables(rows, summary), set(kept))
 
 
-CPU_BATCH_SIZE = 8          # `auto` on a CPU: benchmarks/batching.py measured GANI's most images per hour at K = 8
+CPU_BATCH_SIZE = 4          # `auto` on a CPU: GANI's most images per hour in benchmarks/batching.py (README)
 MAX_BATCH_SIZE = 512
 
 

@@ -163,3 +163,15 @@ def test_a_tiny_suite_end_to_end(tmp_path: Path) -> None:
     goals = json.loads(Path(written["goals.json"]).read_text())
     assert {g["set"] for g in goals} == {"disc", "all-out-of-domain"}
     assert "| goal | set |" in Path(written["report.md"]).read_text()
+
+
+def test_curves_draw_every_method_in_a_colour_of_its_own() -> None:
+    from gani_core.evaluation.plots import _styles, curves_png
+
+    methods = ["gani", "gani[rank=8]", "pti", "pti-reg", "gani[lr=0.01]", "w"]
+    styles = _styles(methods)
+    assert len({colour for colour, _ in styles.values()}) == len(methods)
+    assert styles["gani"] == ("tab:red", "-") and styles["gani[rank=8]"][1] == "--"
+    rows = [{"set": "disc", "method": m, "budget": b, "seconds": float(b), **{f"{k}{s}": 0.1 for k in
+             ("lpips", "locality") for s in ("", "_lo", "_hi")}} for m in methods for b in (5, 10)]
+    assert curves_png(rows, title="t").startswith(b"\x89PNG")
