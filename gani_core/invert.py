@@ -245,7 +245,7 @@ def finish_inversions(
             results[i] = InversionError(f"{image_ids[i]}: the pivot diverged (a non-finite latent); "
                                         "try a lower pivot learning rate")
         elif tuned[i] is not None and tuned[i].diverged_at is not None:
-            results[i] = InversionError(f"{image_ids[i]}: the tuning diverged (non-finite loss at step "
+            results[i] = InversionError(f"{image_ids[i]}: the tuning diverged (non-finite loss or weights at step "
                                         f"{tuned[i].diverged_at} of {tuned[i].steps}); try a lower tuning lr")
     ok = [i for i in range(k) if results[i] is None]
     if ok:

@@ -46,7 +46,7 @@ class TuneResult:
     losses: list[float]                 # reconstruction loss per step
     steps: int
     gmm_parameters: int                 # number of trained parameters
-    diverged_at: int | None = None      # the first step whose loss was not finite (the deltas are then unusable)
+    diverged_at: int | None = None      # the first step whose loss (or, after the last, weights) was not finite
     snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)   # ΔW after each snapshot step
 
 
@@ -171,6 +171,8 @@ def tune_batch(
     for i in range(k):
         finite = torch.isfinite(losses[:, i])
         diverged = None if bool(finite.all()) else int((~finite).nonzero()[0]) + 1
+        if diverged is None and not all(bool(torch.isfinite(d[i]).all()) for d in final.values()):
+            diverged = cfg.steps        # every loss was finite, but the last update left non-finite weights
         results.append(TuneResult(deltas={n: d[i].clone() for n, d in final.items()}, losses=losses[:, i].tolist(),
                                   steps=cfg.steps, gmm_parameters=sets[i].num_parameters(), diverged_at=diverged,
                                   snapshots={s: {n: d[i].clone() for n, d in snap.items()}

@@ -117,6 +117,15 @@ def test_untuned_methods_measure_an_unchanged_generator(G, targets) -> None:
     torch.testing.assert_close(result.previews[1], result.previews[2])      # tuned is the pivot's render
 
 
+def test_weights_left_non_finite_by_the_last_step_are_a_divergence(G, targets) -> None:
+    # At lr 1e15 both losses are finite (the second about 1e31) but the second update leaves NaN weights.
+    w = G.mapping(torch.randn([2, G.z_dim], generator=torch.Generator().manual_seed(1)))
+    results = tune_batch(G, w, targets[:2], TuneConfig(steps=2, lr=1e15, locality_weight=0.0), [0, 1])
+    for r in results:
+        assert all(loss < float("inf") for loss in r.losses)
+        assert r.diverged_at == 2 and not all(bool(torch.isfinite(d).all()) for d in r.deltas.values())
+
+
 def test_a_diverging_image_fails_alone_and_the_batch_goes_on(G, targets) -> None:
     images = ((targets + 1) / 2).clone()
     images[1, 0, 0, 0] = float("nan")

@@ -135,6 +135,8 @@ def _at(result: TuneResult, budget: int) -> TuneResult:
     """The tuning result as it stood after ``budget`` steps."""
     diverged = result.diverged_at if result.diverged_at is not None and result.diverged_at <= budget else None
     deltas = result.snapshots.get(budget, result.deltas)
+    if diverged is None and not all(bool(torch.isfinite(d).all()) for d in deltas.values()):
+        diverged = budget       # the update of step `budget` left non-finite weights (the next loss says so too)
     return replace(result, deltas=deltas, losses=result.losses[:budget], steps=budget, diverged_at=diverged,
                    snapshots={})
 
