@@ -30,6 +30,7 @@ VARIANTS = {
     "gani": GANI_TUNE,                                              # the default, regulariser included
     "gani-noreg": replace(GANI_TUNE, locality_weight=0.0),
     "gani-rank8": replace(GANI_TUNE, rank=8),                       # the default before issue 11
+    "gani-pool16": replace(GANI_TUNE, locality_pool=16),            # 16 regulariser latents, rendered once
     "gani-lowrank": replace(GANI_TUNE, kind="lowrank", locality_weight=0.0),
     "gani-param": replace(GANI_TUNE, kind="param", locality_weight=0.0),
     "gani-grad": replace(GANI_TUNE, kind="grad", locality_weight=0.0),

@@ -36,6 +36,8 @@ class TuneConfig:
     locality_interval: int = 1          # apply the locality term every this many steps
     locality_alpha: float = 0.5         # how far from the pivot toward random latents it looks (fraction)
     locality_samples: int = 1           # latents per locality evaluation
+    locality_pool: int = 0              # 0: fresh regulariser latents every step; N: N drawn once, their original
+                                        # renders computed once, used in turn (one no-grad render less per step)
     precision: Precision = "fp32"       # "bf16": renders and losses under bf16 autocast
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -74,6 +76,17 @@ def layer_gradients(G: Generator, names: list[str], ws: torch.Tensor, target: to
     loss = reconstruction_loss(render, target, cfg.l2_weight, cfg.lpips_weight)
     grads = torch.autograd.grad(loss, list(weights.values()))
     return dict(zip(names, grads, strict=True))
+
+
+@torch.no_grad()
+def _regulariser_pool(G: Generator, w_pivots: torch.Tensor, cfg: TuneConfig,
+                      gens: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cfg.locality_pool`` draws of the regulariser's latents per image [K, N, S, num_ws, w_dim], drawn as the
+    steps would draw them, and the original generator's renders of them [K, N, S, 3, R, R]."""
+    k, n, s = w_pivots.shape[0], cfg.locality_pool, cfg.locality_samples
+    ws = sample_regulariser_latents(G, w_pivots, n * s, gens, cfg.locality_alpha).view(k, n, s, *w_pivots.shape[1:])
+    renders = torch.cat([G.synthesis(chunk, noise_mode="const").float() for chunk in ws.flatten(0, 2).split(16)])
+    return ws, renders.view(k, n, s, *renders.shape[1:])
 
 
 def tune(
@@ -136,12 +149,17 @@ def tune_batch(
     opt = torch.optim.Adam(params.values(), lr=cfg.lr, betas=(0.9, 0.999))
     gens = [torch.Generator().manual_seed(s + 1) for s in seeds]
     history: list[torch.Tensor] = []                    # per step: [K] reconstruction losses, on the device
+    pool = _regulariser_pool(G, w_pivots, cfg, gens) if cfg.locality_pool and cfg.locality_weight else None
     snapshots: dict[int, dict[str, torch.Tensor]] = {}  # step -> {name: [K, ...]}
     for step in range(cfg.steps):
         regularise = bool(cfg.locality_weight) and step % cfg.locality_interval == 0
         ws = w_pivots[:, None]                                                        # [K, 1, num_ws, w_dim]
         if regularise:
-            w_loc = sample_regulariser_latents(G, w_pivots, cfg.locality_samples, gens, cfg.locality_alpha)
+            if pool is None:
+                w_loc = sample_regulariser_latents(G, w_pivots, cfg.locality_samples, gens, cfg.locality_alpha)
+            else:
+                turn = (step // cfg.locality_interval) % cfg.locality_pool
+                w_loc, pooled_original = pool[0][:, turn], pool[1][:, turn]           # [K, S, ...]
             ws = torch.cat([ws, w_loc], dim=1)                                        # [K, 1 + S, num_ws, w_dim]
         with autocast(ws.device, cfg.precision):
             renders = vmap(render_k)(params, buffers, ws).float()                     # [K, M, 3, R, R]
@@ -149,8 +167,11 @@ def tune_batch(
             history.append(per_image.detach())
             loss = per_image.sum()
             if regularise:
-                with torch.no_grad():
-                    original = G.synthesis(w_loc.flatten(0, 1), noise_mode="const").float()
+                if pool is None:
+                    with torch.no_grad():
+                        original = G.synthesis(w_loc.flatten(0, 1), noise_mode="const").float()
+                else:
+                    original = pooled_original.flatten(0, 1)
                 tuned = renders[:, 1:].flatten(0, 1)
                 loc = (torch.nn.functional.mse_loss(tuned, original, reduction="none").view(k, -1).mean(1)
                        + lpips_distance(tuned, original).view(k, -1).mean(1))

@@ -117,6 +117,17 @@ def test_untuned_methods_measure_an_unchanged_generator(G, targets) -> None:
     torch.testing.assert_close(result.previews[1], result.previews[2])      # tuned is the pivot's render
 
 
+def test_a_pool_of_regulariser_latents_is_per_image_and_used_in_turn(G, targets) -> None:
+    w = G.mapping(torch.randn([3, G.z_dim], generator=torch.Generator().manual_seed(1)))
+    cfg = TuneConfig(steps=5, locality_weight=0.1, locality_pool=2)
+    batch = tune_batch(G, w, targets, cfg, SEEDS)
+    for i, seed in enumerate(SEEDS):
+        assert batch[i].losses == pytest.approx(tune(G, w[i], targets[i : i + 1], cfg, seed=seed).losses, rel=1e-4)
+    fresh = tune_batch(G, w, targets, TuneConfig(steps=5, locality_weight=0.1), SEEDS)
+    assert batch[0].losses[:1] == pytest.approx(fresh[0].losses[:1])    # the first step: no update yet
+    assert batch[0].losses != pytest.approx(fresh[0].losses, rel=1e-6)  # then other regulariser latents
+
+
 def test_weights_left_non_finite_by_the_last_step_are_a_divergence(G, targets) -> None:
     # At lr 1e15 both losses are finite (the second about 1e31) but the second update leaves NaN weights.
     w = G.mapping(torch.randn([2, G.z_dim], generator=torch.Generator().manual_seed(1)))
