@@ -78,14 +78,26 @@ def layer_gradients(G: Generator, names: list[str], ws: torch.Tensor, target: to
     return dict(zip(names, grads, strict=True))
 
 
+def all_finite(deltas: dict[str, torch.Tensor]) -> bool:
+    """Whether every entry of every ΔW is finite (a diverged tuning's are not)."""
+    return all(bool(torch.isfinite(d).all()) for d in deltas.values())
+
+
 @torch.no_grad()
+def _originals(G: Generator, ws: torch.Tensor, precision: Precision) -> torch.Tensor:
+    """The original generator's renders of latents ``ws`` [..., num_ws, w_dim] in one batch, float32, under the
+    tuning's precision."""
+    with autocast(ws.device, precision):
+        return G.synthesis(ws.reshape(-1, *ws.shape[-2:]), noise_mode="const").float()
+
+
 def _regulariser_pool(G: Generator, w_pivots: torch.Tensor, cfg: TuneConfig,
                       gens: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
     """``cfg.locality_pool`` draws of the regulariser's latents per image [K, N, S, num_ws, w_dim], drawn as the
     steps would draw them, and the original generator's renders of them [K, N, S, 3, R, R]."""
     k, n, s = w_pivots.shape[0], cfg.locality_pool, cfg.locality_samples
     ws = sample_regulariser_latents(G, w_pivots, n * s, gens, cfg.locality_alpha).view(k, n, s, *w_pivots.shape[1:])
-    renders = torch.cat([G.synthesis(chunk, noise_mode="const").float() for chunk in ws.flatten(0, 2).split(16)])
+    renders = torch.cat([_originals(G, chunk, cfg.precision) for chunk in ws.flatten(0, 2).split(16)])
     return ws, renders.view(k, n, s, *renders.shape[1:])
 
 
@@ -157,9 +169,10 @@ def tune_batch(
         if regularise:
             if pool is None:
                 w_loc = sample_regulariser_latents(G, w_pivots, cfg.locality_samples, gens, cfg.locality_alpha)
+                original = _originals(G, w_loc, cfg.precision)                        # [K * S, 3, R, R]
             else:
                 turn = (step // cfg.locality_interval) % cfg.locality_pool
-                w_loc, pooled_original = pool[0][:, turn], pool[1][:, turn]           # [K, S, ...]
+                w_loc, original = pool[0][:, turn], pool[1][:, turn].flatten(0, 1)
             ws = torch.cat([ws, w_loc], dim=1)                                        # [K, 1 + S, num_ws, w_dim]
         with autocast(ws.device, cfg.precision):
             renders = vmap(render_k)(params, buffers, ws).float()                     # [K, M, 3, R, R]
@@ -167,11 +180,6 @@ def tune_batch(
             history.append(per_image.detach())
             loss = per_image.sum()
             if regularise:
-                if pool is None:
-                    with torch.no_grad():
-                        original = G.synthesis(w_loc.flatten(0, 1), noise_mode="const").float()
-                else:
-                    original = pooled_original.flatten(0, 1)
                 tuned = renders[:, 1:].flatten(0, 1)
                 loc = (torch.nn.functional.mse_loss(tuned, original, reduction="none").view(k, -1).mean(1)
                        + lpips_distance(tuned, original).view(k, -1).mean(1))
@@ -192,7 +200,7 @@ def tune_batch(
     for i in range(k):
         finite = torch.isfinite(losses[:, i])
         diverged = None if bool(finite.all()) else int((~finite).nonzero()[0]) + 1
-        if diverged is None and not all(bool(torch.isfinite(d[i]).all()) for d in final.values()):
+        if diverged is None and not all_finite({n: d[i] for n, d in final.items()}):
             diverged = cfg.steps        # every loss was finite, but the last update left non-finite weights
         results.append(TuneResult(deltas={n: d[i].clone() for n, d in final.items()}, losses=losses[:, i].tolist(),
                                   steps=cfg.steps, gmm_parameters=sets[i].num_parameters(), diverged_at=diverged,

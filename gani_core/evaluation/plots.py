@@ -7,6 +7,7 @@ pivot-only method (w, wplus). Drawn from ``stats.summary`` rows, as PNG bytes (m
 from __future__ import annotations
 
 import io
+import itertools
 
 from matplotlib.figure import Figure  # not pyplot: no global state, safe in worker threads
 
@@ -19,7 +20,7 @@ OTHER_COLOURS = ("tab:purple", "tab:olive", "black", "gold", "lime", "navy")    
 def _styles(methods: list[str]) -> dict[str, tuple[str, str]]:
     """(colour, line style) per method: the named methods' own colours, then ablations (``gani[rank=8]``) in
     colours no named method uses, dashed, so that no two methods of a figure look alike."""
-    others = iter(OTHER_COLOURS * (1 + len(methods) // len(OTHER_COLOURS)))
+    others = itertools.cycle(OTHER_COLOURS)
     return {m: (COLOURS[m], "-") if m in COLOURS else (next(others), "--") for m in methods}
 
 

@@ -32,7 +32,7 @@ from gani_core.invert import (
 )
 from gani_core.networks import Generator
 from gani_core.pivot import PivotConfig, find_pivots
-from gani_core.tuning import TuneResult, tune_batch
+from gani_core.tuning import TuneResult, all_finite, tune_batch
 
 # The per-image columns of the benchmark table (besides set, kind, seed, image_id, method, budget, status, error).
 RESULT_COLUMNS: tuple[str, ...] = ("seconds", "lpips", "lpips_vgg", "psnr", "ms_ssim", "mse", "locality",
@@ -135,7 +135,7 @@ def _at(result: TuneResult, budget: int) -> TuneResult:
     """The tuning result as it stood after ``budget`` steps."""
     diverged = result.diverged_at if result.diverged_at is not None and result.diverged_at <= budget else None
     deltas = result.snapshots.get(budget, result.deltas)
-    if diverged is None and not all(bool(torch.isfinite(d).all()) for d in deltas.values()):
+    if diverged is None and not all_finite(deltas):
         diverged = budget       # the update of step `budget` left non-finite weights (the next loss says so too)
     return replace(result, deltas=deltas, losses=result.losses[:budget], steps=budget, diverged_at=diverged,
                    snapshots={})
