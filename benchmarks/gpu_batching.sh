@@ -13,3 +13,6 @@ $B --checkpoint builtin --ks 1 8 32 128 512 --out "$OUT/batching-gpu-64px.json"
 $B --checkpoint paper256 --ks 1 4 16 64 --out "$OUT/batching-gpu-256px.json"
 $B --checkpoint config-f-1024 --ks 1 2 4 8 16 --out "$OUT/batching-gpu-1024px.json"
 .venv/bin/python benchmarks/batching.py --device cuda --flops --checkpoint config-f-1024 --out "$OUT/flops-1024px.json"
+# bf16 autocast (TuneConfig.precision) against fp32 at 1024 px, where tensor cores could pay
+$B --checkpoint config-f-1024 --methods gani "gani[precision=bf16]" pti "pti[precision=bf16]" --ks 1 4 16 \
+    --out "$OUT/batching-gpu-1024px-bf16.json"

@@ -19,6 +19,7 @@ from prefect import Flow
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gani_core import storage
+from tasks import tracking
 
 
 def _option(name: str) -> str:
@@ -106,6 +107,5 @@ def run_flow_from_shell(flow: Flow, argv: list[str] | None = None) -> dict:
     print(f"MLflow run {summary['mlflow_run_id']}: open the UI with .venv/bin/mlflow ui --backend-store-uri "
           f"{summary['mlflow_tracking_uri']} --host 127.0.0.1 --port 5000 --workers 1")
     # MLflow 3 opens experiments in its GenAI view unless asked for the runs table (its "Model training" view).
-    print(f"then the runs of {flow.name}: http://127.0.0.1:5000/#/experiments/{summary['mlflow_experiment_id']}"
-          "?workflowType=machine_learning")
+    print(f"then the runs of {flow.name}: {tracking.runs_url(summary['mlflow_experiment_id'])}")
     return summary

@@ -53,8 +53,17 @@ class InvertConfig:
     delta_max_rel_error: float = 0.02           # per-layer relative error allowed by the encoding
 
     def config_hash(self) -> str:
-        """A short hash of everything that changes a result (keys reruns and resumes)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """A short hash of everything that changes a result (keys reruns and resumes). A tuning option added after
+        results were stored leaves the hash as it was while it has its default: an upgrade keeps earlier rows."""
+        fields = asdict(self)
+        for name, default in TUNE_OPTIONS_ADDED.items():
+            if fields["tune"] is not None and fields["tune"][name] == default:
+                del fields["tune"][name]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Tuning options added after results were stored, with their defaults: left out of the hash at those defaults.
+TUNE_OPTIONS_ADDED: dict[str, object] = {"locality_start": 0}
 
 
 # The tuning stage of each method that has one; the others (w, wplus) stop at the pivot.

@@ -34,6 +34,7 @@ class TuneConfig:
     lpips_weight: float = 1.0           # reconstruction LPIPS weight
     locality_weight: float = 0.1        # weight of the L2 and LPIPS locality terms (0: off)
     locality_interval: int = 1          # apply the locality term every this many steps
+    locality_start: int = 0             # the first step with the locality term (before it: reconstruction only)
     locality_alpha: float = 0.5         # how far from the pivot toward random latents it looks (fraction)
     locality_samples: int = 1           # latents per locality evaluation
     locality_pool: int = 0              # 0: fresh regulariser latents every step; N: N drawn once, their original
@@ -164,14 +165,15 @@ def tune_batch(
     pool = _regulariser_pool(G, w_pivots, cfg, gens) if cfg.locality_pool and cfg.locality_weight else None
     snapshots: dict[int, dict[str, torch.Tensor]] = {}  # step -> {name: [K, ...]}
     for step in range(cfg.steps):
-        regularise = bool(cfg.locality_weight) and step % cfg.locality_interval == 0
+        since = step - cfg.locality_start
+        regularise = bool(cfg.locality_weight) and since >= 0 and since % cfg.locality_interval == 0
         ws = w_pivots[:, None]                                                        # [K, 1, num_ws, w_dim]
         if regularise:
             if pool is None:
                 w_loc = sample_regulariser_latents(G, w_pivots, cfg.locality_samples, gens, cfg.locality_alpha)
                 original = _originals(G, w_loc, cfg.precision)                        # [K * S, 3, R, R]
             else:
-                turn = (step // cfg.locality_interval) % cfg.locality_pool
+                turn = (since // cfg.locality_interval) % cfg.locality_pool
                 w_loc, original = pool[0][:, turn], pool[1][:, turn].flatten(0, 1)
             ws = torch.cat([ws, w_loc], dim=1)                                        # [K, 1 + S, num_ws, w_dim]
         with autocast(ws.device, cfg.precision):

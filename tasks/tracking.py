@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import json
 import logging
 import math
 import os
@@ -74,18 +75,49 @@ def tracking_uri(given: str | None, data_folder: str) -> str:
 # MLflow's UI opens an experiment in the view its kind says; without it, MLflow 3 shows the GenAI view (traces).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
+# A saved view of the runs table with what tells runs apart as its columns. MLflow (3.15 and later) keeps saved
+# views as experiment tags ``mlflow.sharedViewState.<key>``, lists them under "Views", and opens one from the
+# runs table's URL (``runs_url``). Its columns are the UI's keys: ``tags.`method```, ``metrics.`lpips_mean```.
+RUNS_VIEW = "gani"
+_RUN_COLUMNS = (("tags", "method"), ("metrics", "lpips_mean"), ("metrics", "psnr_mean"), ("metrics", "locality_mean"),
+                ("metrics", "edit_accuracy_mean"), ("metrics", "seconds_per_image"), ("metrics", "ok"),
+                ("metrics", "failed"))
+RUNS_VIEW_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "invert-dataset": _RUN_COLUMNS,
+    "nightly-benchmark": _RUN_COLUMNS,
+    "domain-benchmark": (("tags", "method"), ("tags", "set"), ("metrics", "lpips"), ("metrics", "locality"),
+                         ("metrics", "edit_accuracy"), ("metrics", "drift"), ("metrics", "seconds"),
+                         ("metrics", "images"), ("metrics", "failed")),
+}
+
+
+def runs_view(experiment: str) -> tuple[str, str]:
+    """The experiment tag (key, value) of the runs-table view of ``experiment``: its columns in order."""
+    columns = [f"{kind}.`{key}`" for kind, key in RUNS_VIEW_COLUMNS.get(experiment, _RUN_COLUMNS[:2])]
+    state = {"selectedColumns": columns, "columnOrder": ["attributes.`Run Name`", *columns]}
+    envelope = {"name": f"gani: {experiment}", "createdAt": int(time.time() * 1000), "state": json.dumps(state)}
+    return f"mlflow.sharedViewState.{RUNS_VIEW}", json.dumps(envelope)
+
+
+def runs_url(experiment_id: str, base: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI's runs table of an experiment in the project's view (not MLflow 3's default GenAI view)."""
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW}"
+
 
 def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
+    view = runs_view(name)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.tags.get("mlflow.experimentKind") is None:     # made by an older gani: open it as model training
             client.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+        if view[0] not in exp.tags:         # made by an older gani; a view the user saved over is kept
+            client.set_experiment_tag(exp.experiment_id, *view)
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:///"):        # artifacts next to the database, not in the current directory
         location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+        return client.create_experiment(name, artifact_location=location, tags={**EXPERIMENT_KIND, view[0]: view[1]})
     except MlflowException:                 # created meanwhile by a concurrent flow run
         return client.get_experiment_by_name(name).experiment_id
 

@@ -128,6 +128,17 @@ def test_a_pool_of_regulariser_latents_is_per_image_and_used_in_turn(G, targets)
     assert batch[0].losses != pytest.approx(fresh[0].losses, rel=1e-6)  # then other regulariser latents
 
 
+def test_the_regulariser_starts_at_its_step(G, targets) -> None:
+    w = G.mapping(torch.randn([2, G.z_dim], generator=torch.Generator().manual_seed(1)))
+    late = tune_batch(G, w, targets[:2], TuneConfig(steps=5, locality_weight=0.5, locality_start=3), [0, 1])
+    never = tune_batch(G, w, targets[:2], TuneConfig(steps=5, locality_weight=0.0), [0, 1])
+    always = tune_batch(G, w, targets[:2], TuneConfig(steps=5, locality_weight=0.5), [0, 1])
+    for i in range(2):
+        assert late[i].losses[:4] == pytest.approx(never[i].losses[:4], rel=1e-6)   # 3 updates without it
+        assert late[i].losses[4] != pytest.approx(never[i].losses[4], rel=1e-6)     # then the regulariser's update
+        assert late[i].losses[3] != pytest.approx(always[i].losses[3], rel=1e-6)   # which changes steps 2 and 3
+
+
 def test_weights_left_non_finite_by_the_last_step_are_a_divergence(G, targets) -> None:
     # At lr 1e15 both losses are finite (the second about 1e31) but the second update leaves NaN weights.
     w = G.mapping(torch.randn([2, G.z_dim], generator=torch.Generator().manual_seed(1)))

@@ -47,6 +47,9 @@ def test_the_smoke_suite_reports_to_mlflow_and_a_rerun_keeps_its_parts(tmp_path:
     assert set(children) == {f"{m}/{s}" for m in suite.methods for s in (*suite.sets, "all-out-of-domain")}
     gani_disc = client.get_run(children["gani/disc"])
     assert gani_disc.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    view = json.loads(client.get_experiment(parent.info.experiment_id).tags["mlflow.sharedViewState.gani"])
+    columns = set(json.loads(view["state"])["selectedColumns"]) - {"metrics.`edit_accuracy`"}   # no factors here
+    assert columns <= {f"tags.`{k}`" for k in gani_disc.data.tags} | {f"metrics.`{k}`" for k in gani_disc.data.metrics}
     curve = client.get_metric_history(gani_disc.info.run_id, "curve_lpips")
     assert sorted(m.step for m in curve) == list(suite.budgets)
     rows = json.loads(parts[0].read_text())

@@ -32,6 +32,7 @@ def test_the_demo_entry_point_runs_on_a_fresh_home(photo_pair: Path, tmp_path: P
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert '"images": 1, "ok": 1, "failed": 0' in proc.stdout
     assert f"gani show {out}" in proc.stdout and "--workers 1" in proc.stdout
-    assert "?workflowType=machine_learning" in proc.stdout          # MLflow's runs table, not its GenAI view
+    # MLflow's runs table (not its GenAI view) in the project's saved view
+    assert "/runs?workflowType=machine_learning&viewStateShareKey=gani" in proc.stdout
     assert pq.read_table(out / "metrics.parquet").to_pylist()[0]["status"] == "ok"
     assert (tmp_path / "home" / ".prefect").is_dir()        # Prefect's history went where PREFECT_HOME says

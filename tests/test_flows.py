@@ -27,6 +27,7 @@ from flows.nightly_benchmark import nightly_benchmark
 from flows.parameters import ClusterSettings, InversionSettings
 from gani_core import build_builtin, save_generator
 from gani_core.run_folder import METRICS_SCHEMA, SUMMARY_METRICS
+from tasks import tracking
 
 from .conftest import EXAMPLES
 
@@ -132,6 +133,12 @@ def test_mlflow_run_holds_metrics_params_and_artifacts(runs, tmp_path):
                                                                                    "finished")]
     run = client.get_run(runs["resumed"]["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name.startswith(f"gani-{runs['photos'].name}-")
+    # the saved view of the runs table: each of its columns is a tag or a metric this run logged
+    view = json.loads(experiment.tags[f"mlflow.sharedViewState.{tracking.RUNS_VIEW}"])
+    columns = json.loads(view["state"])["selectedColumns"]
+    assert columns[:2] == ["tags.`method`", "metrics.`lpips_mean`"]
+    logged_columns = {f"tags.`{k}`" for k in run.data.tags} | {f"metrics.`{k}`" for k in run.data.metrics}
+    assert set(columns) - {"metrics.`edit_accuracy_mean`"} <= logged_columns    # no factor labels on photos
     m = run.data.metrics
     ok_rows = [r for r in pq.read_table(runs["out"] / "metrics.parquet").to_pylist() if r["status"] == "ok"]
     for name in SUMMARY_METRICS:

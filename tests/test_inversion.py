@@ -246,6 +246,15 @@ def test_method_config_validates() -> None:
     assert cfg.config_hash() != replace(cfg, seed=1).config_hash()
 
 
+def test_a_tuning_option_added_later_keeps_earlier_hashes_at_its_default() -> None:
+    # The hashes of these configurations as stored in rows before `locality_start` existed (commit 45e5f67).
+    gani, pti = method_config("gani", pivot_steps=7, tune_steps=9), method_config("pti")
+    assert (gani.config_hash(), pti.config_hash()) == ("7e7c416f371c241e", "fbde17625a029ead")
+    assert method_config("wplus").config_hash() == "0c472692c5e0c5b0"
+    later = replace(gani, tune=replace(gani.tune, locality_start=5))
+    assert later.config_hash() != gani.config_hash()
+
+
 def test_image_of_wrong_size_is_refused(G: Generator) -> None:
     with pytest.raises(ValueError, match=r"32, 32\].*64, 64\]"):     # what it must be, what it was
         invert_image(G, torch.zeros(3, 64, 64), "x", method_config("w", pivot_steps=1))
