@@ -69,6 +69,10 @@ def test_equal_reconstruction_reads_locality_where_the_other_reaches_the_same_lp
         rows.append(_row("disc", i, "gani", 20, 1.0, 0.3, 0.05))        # pti-reg at lpips 0.3: locality 0.2
     r = stats.equal_reconstruction(rows, "disc")
     assert r["ratio"] == pytest.approx(0.25) and not r["extrapolated"]
+    edits = [{**x, "edit_accuracy": 1.0 - x["lpips"]} for x in rows]       # pti-reg at lpips 0.3: 0.7
+    r = stats.equal_reconstruction(edits, "disc", metric="edit_accuracy")
+    assert r["ratio"] == pytest.approx(1.0) and r["metric"] == "edit_accuracy"
+    assert stats.equal_reconstruction(rows, "disc", metric="edit_accuracy") is None    # not measured
 
 
 def test_goals_are_reported_per_set_and_pooled() -> None:

@@ -54,8 +54,10 @@ def comparisons(rows: list[dict], budget: int) -> dict[str, list[dict]]:
             r = stats.paired_ratio(rows, s, metric, budget)
             if r is not None:
                 out["equal_steps"].append(r)
-        if "pti-reg" in methods:
-            r = stats.equal_reconstruction(rows, s)
+        # locality against pti-reg (the goal); edits against pti: both lose edit accuracy as they reconstruct
+        pairs = [("pti-reg", "locality")] if "pti-reg" in methods else []
+        for b, metric in [*pairs, ("pti", "edit_accuracy")]:
+            r = stats.equal_reconstruction(rows, s, b=b, metric=metric)
             if r is not None:
                 out["equal_reconstruction"].append(r)
     return out

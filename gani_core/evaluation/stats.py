@@ -140,20 +140,21 @@ def equal_time(rows: list[dict], set_name: str, metric: str, a: str = "gani", b:
     return out
 
 
-def equal_reconstruction(rows: list[dict], set_name: str, a: str = "gani", b: str = "pti-reg") -> dict | None:
-    """a's locality at its largest budget over b's locality where b's curve reaches a's lpips (interpolated
-    along b's budgets), with a paired interval; ``extrapolated`` when b never got as close as a did."""
+def equal_reconstruction(rows: list[dict], set_name: str, a: str = "gani", b: str = "pti-reg",
+                         metric: str = "locality") -> dict | None:
+    """a's ``metric`` at its largest budget over b's where b's curve reaches a's lpips (interpolated along b's
+    budgets), with a paired interval; ``extrapolated`` when b never got as close as a did."""
     rows = with_pooled(rows)
-    lp, loc = _per_image(rows, "lpips"), _per_image(rows, "locality")
+    lp, loc = _per_image(rows, "lpips"), _per_image(rows, metric)
     ids = _common_ids([lp, loc], set_name, [a, b])
     if not ids:
         return None
     budgets_a, lp_a = _curve_matrix(lp, set_name, a, ids)
-    _, loc_a = _curve_matrix(loc, set_name, a, ids)
+    metric_budgets_a, loc_a = _curve_matrix(loc, set_name, a, ids)
     budgets_b, lp_b = _curve_matrix(lp, set_name, b, ids)
-    _, loc_b = _curve_matrix(loc, set_name, b, ids)
-    if not budgets_a or not budgets_b:
-        return None
+    metric_budgets_b, loc_b = _curve_matrix(loc, set_name, b, ids)
+    if not budgets_a or not budgets_b or (metric_budgets_a, metric_budgets_b) != (budgets_a, budgets_b):
+        return None                     # a curve missing, or the metric not measured (edit_accuracy: no factors)
 
     def ratio(idx: np.ndarray) -> float:
         target = lp_a[idx, -1].mean()
@@ -163,7 +164,7 @@ def equal_reconstruction(rows: list[dict], set_name: str, a: str = "gani", b: st
 
     boot = np.array([ratio(d) for d in _draws(len(ids))])
     lo, hi = interval(boot)
-    return {"set": set_name, "a": a, "b": b, "budget": budgets_a[-1], "images": len(ids),
+    return {"set": set_name, "a": a, "b": b, "metric": metric, "budget": budgets_a[-1], "images": len(ids),
             "lpips_a": float(lp_a[:, -1].mean()), "ratio": ratio(np.arange(len(ids))), "ratio_lo": lo,
             "ratio_hi": hi, "extrapolated": bool(lp_a[:, -1].mean() < lp_b.mean(0).min())}
 
