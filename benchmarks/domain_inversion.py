@@ -52,7 +52,9 @@ def main() -> None:
     suite = get_suite(args.suite)
     overrides = {k: v for k, v in (("sets", args.sets), ("methods", args.methods), ("count", args.count),
                                    ("seeds", args.seeds)) if v is not None}
-    suite = replace(suite, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    changed = f"; here with {', '.join(overrides)} overridden" if overrides else ""
+    suite = replace(suite, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()},
+                    description=suite.description + changed)
     out = Path(args.out or REPO / "benchmarks" / "results" / f"domain-{suite.name}-{args.split}")
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
