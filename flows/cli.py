@@ -100,10 +100,13 @@ def parse_flow_args(flow: Flow, argv: list[str] | None = None) -> dict[str, Any]
 def run_flow_from_shell(flow: Flow, argv: list[str] | None = None) -> dict:
     """Run ``flow`` with the options of ``argv``; print its counts, where its tables are and how to see them."""
     summary = flow(**parse_flow_args(flow, argv))
-    print(json.dumps({k: summary[k] for k in ("images", "ok", "failed", "skipped", "computed") if k in summary}))
-    written = summary.get("written", {})
-    print("tables: " + ", ".join(written.values()) + f"; previews under {storage.join(summary['output'], 'previews')}")
-    print(f"see them with: .venv/bin/gani show {summary['output']}")
+    images = "images" in summary    # a run folder of inverted images (the domain benchmark: rows of a report)
+    counts = ("images", "ok", "failed", "skipped", "computed") if images else ("rows", "failed", "ok")
+    print(json.dumps({k: summary[k] for k in counts if k in summary}))
+    print("written: " + ", ".join(summary.get("written", {}).values()))
+    if images:
+        print(f"previews under {storage.join(summary['output'], 'previews')}; see them with: "
+              f".venv/bin/gani show {summary['output']}")
     print(f"MLflow run {summary['mlflow_run_id']}: open the UI with .venv/bin/mlflow ui --backend-store-uri "
           f"{summary['mlflow_tracking_uri']} --host 127.0.0.1 --port 5000 --workers 1")
     # MLflow 3 opens experiments in its GenAI view unless asked for the runs table (its "Model training" view).

@@ -116,8 +116,9 @@ def domain_benchmark(
     met = sum(g["met"] for g in goals)
     get_run_logger().info("domain-benchmark %s (%s): %d rows, %d failed; goals met %d of %d; report at %s", suite,
                           split, len(rows), failed, met, len(goals), written["report.md"])
-    return {"rows": len(rows), "failed": failed, "goals": goals, "written": written, "mlflow_run_id": parent,
-            "mlflow_child_run_ids": children, "ok": failed == 0}
+    return {"rows": len(rows), "failed": failed, "goals": goals, "written": written, "output": out,
+            "mlflow_run_id": parent, "mlflow_child_run_ids": children, "mlflow_tracking_uri": uri,
+            "mlflow_experiment_id": experiment_id, "ok": failed == 0}
 
 
 def _metric_name(goal: str, set_name: str) -> str:

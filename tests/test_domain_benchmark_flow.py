@@ -10,14 +10,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
+from flows.cli import run_flow_from_shell
 from flows.domain_benchmark import domain_benchmark
 from flows.parameters import ClusterSettings
 from gani_core.evaluation.suites import SUITES
+from tasks import tracking
 
 pytestmark = pytest.mark.services
 
 
-def test_the_smoke_suite_reports_to_mlflow_and_a_rerun_keeps_its_parts(tmp_path: Path) -> None:
+def test_the_smoke_suite_reports_to_mlflow_and_a_rerun_keeps_its_parts(tmp_path: Path, capsys) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     suite = SUITES["smoke"]
     kwargs = {"suite": "smoke", "output_uri": str(tmp_path / "out"), "checkpoint": "builtin-random:32",
@@ -27,7 +29,13 @@ def test_the_smoke_suite_reports_to_mlflow_and_a_rerun_keeps_its_parts(tmp_path:
         first = domain_benchmark(**kwargs)
         parts = sorted((tmp_path / "out" / "2026-12-02" / "smoke-test" / "parts").iterdir())
         stamps = [p.stat().st_mtime_ns for p in parts]
-        second = domain_benchmark(**kwargs)
+        # the rerun from the shell, as `python -m flows.domain_benchmark` runs it
+        second = run_flow_from_shell(domain_benchmark, [
+            "--suite", "smoke", "--output-uri", str(tmp_path / "out"), "--checkpoint", "builtin-random:32",
+            "--date", "2026-12-02", "--batch-size", "2", "--n-workers", "1", "--mlflow-tracking-uri", uri])
+    printed = capsys.readouterr().out
+    assert second["written"]["report.md"] in printed and "gani show" not in printed      # a report, not a run folder
+    assert tracking.runs_url(second["mlflow_experiment_id"]) in printed
     assert first["ok"] and first["failed"] == 0
     per_image = 2 + 3 + 1                     # gani at 2 budgets, pti at 3, w
     assert first["rows"] == second["rows"] == len(suite.sets) * suite.count * per_image
