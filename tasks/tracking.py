@@ -105,19 +105,19 @@ def runs_url(experiment_id: str, base: str = "http://127.0.0.1:5000") -> str:
 
 
 def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
-    view = runs_view(name)
+    view_key, view = runs_view(name)
+    tags = {**EXPERIMENT_KIND, view_key: view}
     exp = client.get_experiment_by_name(name)
     if exp is not None:
-        if exp.tags.get("mlflow.experimentKind") is None:     # made by an older gani: open it as model training
-            client.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
-        if view[0] not in exp.tags:         # made by an older gani; a view the user saved over is kept
-            client.set_experiment_tag(exp.experiment_id, *view)
+        for key, value in tags.items():     # those an older gani did not set; a view the user saved over is kept
+            if key not in exp.tags:
+                client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:///"):        # artifacts next to the database, not in the current directory
         location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location, tags={**EXPERIMENT_KIND, view[0]: view[1]})
+        return client.create_experiment(name, artifact_location=location, tags=tags)
     except MlflowException:                 # created meanwhile by a concurrent flow run
         return client.get_experiment_by_name(name).experiment_id
 

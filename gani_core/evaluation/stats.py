@@ -145,22 +145,22 @@ def equal_reconstruction(rows: list[dict], set_name: str, a: str = "gani", b: st
     """a's ``metric`` at its largest budget over b's where b's curve reaches a's lpips (interpolated along b's
     budgets), with a paired interval; ``extrapolated`` when b never got as close as a did."""
     rows = with_pooled(rows)
-    lp, loc = _per_image(rows, "lpips"), _per_image(rows, metric)
-    ids = _common_ids([lp, loc], set_name, [a, b])
+    lp, values = _per_image(rows, "lpips"), _per_image(rows, metric)
+    ids = _common_ids([lp, values], set_name, [a, b])
     if not ids:
         return None
     budgets_a, lp_a = _curve_matrix(lp, set_name, a, ids)
-    metric_budgets_a, loc_a = _curve_matrix(loc, set_name, a, ids)
+    metric_budgets_a, m_a = _curve_matrix(values, set_name, a, ids)
     budgets_b, lp_b = _curve_matrix(lp, set_name, b, ids)
-    metric_budgets_b, loc_b = _curve_matrix(loc, set_name, b, ids)
+    metric_budgets_b, m_b = _curve_matrix(values, set_name, b, ids)
     if not budgets_a or not budgets_b or (metric_budgets_a, metric_budgets_b) != (budgets_a, budgets_b):
         return None                     # a curve missing, or the metric not measured (edit_accuracy: no factors)
 
     def ratio(idx: np.ndarray) -> float:
         target = lp_a[idx, -1].mean()
-        x, y = lp_b[idx].mean(0), loc_b[idx].mean(0)
+        x, y = lp_b[idx].mean(0), m_b[idx].mean(0)
         order = np.argsort(x)
-        return float(loc_a[idx, -1].mean() / np.interp(target, x[order], y[order]))
+        return float(m_a[idx, -1].mean() / np.interp(target, x[order], y[order]))
 
     boot = np.array([ratio(d) for d in _draws(len(ids))])
     lo, hi = interval(boot)
