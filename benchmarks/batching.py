@@ -33,7 +33,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from gani_core.checkpoints.ref import resolve_checkpoint
-from gani_core.evaluation.run import benchmark_config
+from gani_core.evaluation.evaluate import benchmark_config
 from gani_core.images import load_image
 from gani_core.invert import InvertConfig, invert_images
 from gani_core.networks import Generator, GeneratorConfig

@@ -7,7 +7,7 @@ Same work in every configuration: N example photos, GANI, the built-in 64 px gen
 and seed, fresh output folders (nothing is skipped as already done). Each configuration runs in its own
 Python process so that its torch thread count is its own:
 
-    loop-1t    gani_core.runs.run_in_process (the batched engine, --batch-size images at a time, then the run's
+    loop-1t    gani_core.invert_files.run_in_process (the batched engine, --batch-size images at a time, then the run's
                tables), one process, torch.set_num_threads(1)
     loop-2t    the same with torch.set_num_threads(2): the whole machine for one plain process
     flow-1w    invert_dataset(n_workers=1): a LocalCluster with 1 worker process, 1 thread
@@ -63,8 +63,8 @@ def run_loop(args: argparse.Namespace, threads: int, work: Path) -> dict:
     from gani_core.checkpoints.ref import resolve_checkpoint
     from gani_core.dataset import image_sources
     from gani_core.invert import method_config
+    from gani_core.invert_files import run_in_process
     from gani_core.run_folder import RunFolder
-    from gani_core.runs import run_in_process
 
     images = image_sources([str(p) for p in _images(args.images)])
     started = time.perf_counter()

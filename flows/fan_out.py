@@ -111,7 +111,7 @@ def invert_dataset_on_dask(input_uri: str, images: list[ImageSource], folder: Ru
     summary = summarise(rows, configs, ckpt, folder.uri, started, input_uri=input_uri, skipped=len(kept),
                         computed=computed, wall_seconds=wall, batch_size=settings.batch_size, **summary_extra)
     written = write_tables(folder, rows, summary)
-    for note in summary["notes"]:       # once per run: the workers leave it to the flow (gani_core.runs)
+    for note in summary["notes"]:       # once per run: the workers leave it to the flow (gani_core.invert_files)
         logger.info("%s", note)
     if summary["failed"]:
         failures = "; ".join(f"{r['image_id']} [{r['method']}]: {r['error']}" for r in rows if r["status"] != "ok")

@@ -85,8 +85,8 @@ def _cmd_invert(args: argparse.Namespace) -> int:
     from gani_core.checkpoints.ref import resolve_checkpoint
     from gani_core.editing import load_directions
     from gani_core.invert import has_tuning, method_config
+    from gani_core.invert_files import auto_batch_size, run_in_process
     from gani_core.run_folder import RunFolder
-    from gani_core.runs import auto_batch_size, run_in_process
 
     images = _input_images(args.images)     # before the generator loads: a mistyped path fails at once
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -73,8 +73,8 @@ def ms_ssim_note(size: int) -> str | None:
 
 
 def take_over_ms_ssim_note(size: int) -> str | None:
-    """`ms_ssim_note(size)`, for a caller that states it once for a whole run (gani_core.runs, the flows' summary):
-    `ms_ssim` no longer warns about `size` px in this process, so that a run does not say it once per image
+    """`ms_ssim_note(size)`, for a caller that states it once for a whole run (gani_core.invert_files, the flows'
+    summary): `ms_ssim` no longer warns about `size` px in this process, so that a run does not say it once per image
     batch, per method or per worker process."""
     _sizes_warned.add(size)
     return ms_ssim_note(size)

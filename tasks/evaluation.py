@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from gani_core import storage
 from gani_core.checkpoints.ref import CheckpointRef
-from gani_core.evaluation.run import evaluate_set
+from gani_core.evaluation.evaluate import evaluate_set
 from gani_core.evaluation.suites import Suite, set_images
 from tasks import tracking
 from tasks.inversion import prepare_worker_process, worker_device, worker_generator

@@ -25,9 +25,9 @@ from gani_core import CheckpointError, Generator
 from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.dataset import ImageSource
 from gani_core.invert import InvertConfig, invert_images, method_config
+from gani_core.invert_files import auto_batch_size, invert_sources
 from gani_core.metrics import take_over_ms_ssim_note
 from gani_core.run_folder import RunFolder, failed_row
-from gani_core.runs import auto_batch_size, invert_sources
 from tasks.storage import storage_retries_logged
 
 
@@ -102,7 +102,7 @@ def invert_on_worker(images: list[ImageSource], cfg: InvertConfig, ckpt: Checkpo
     writing each image's deltas, preview and row into ``folder`` as its batch ends; return the rows.
 
     A bad image, or a checkpoint this worker cannot read, gives failed rows saying why
-    (gani_core.runs.invert_sources); anything else that goes wrong (a lost GPU, a storage unreachable for longer
+    (gani_core.invert_files.invert_sources); anything else that goes wrong (a lost GPU, a storage unreachable for longer
     than gani_core.storage's retries) raises, is retried once, and then becomes failed rows in the flow. A worker
     lost in the middle of a task (killed, out of memory) is Dask's to handle: it runs the task again on another
     worker. Storage retries show in this task run's log.

@@ -26,10 +26,10 @@ from gani_core.editing import (
     locality_latents,
 )
 from gani_core.invert import InversionError, invert_image, invert_images, method_config
+from gani_core.invert_files import invert_sources
 from gani_core.metrics import image_metrics, to_unit
 from gani_core.pivot import PivotConfig, find_pivot, find_pivots
 from gani_core.run_folder import RunFolder
-from gani_core.runs import invert_sources
 from gani_core.tuning import TuneConfig, render_with, tune, tune_batch
 
 SEEDS = [0, 1, 0]       # two images with the same seed, one with another
@@ -175,10 +175,10 @@ def test_sources_fail_before_joining_a_batch_and_rows_are_written_per_image(phot
 def test_a_batch_out_of_memory_is_split_and_nothing_is_lost(photos_with_broken: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A device that holds one image at a time (the out-of-memory error a GPU raises, injected for K > 1)."""
-    import gani_core.runs as runs
+    import gani_core.invert_files as invert_files
 
     calls: list[int] = []
-    real = runs.invert_images
+    real = invert_files.invert_images
 
     def one_at_a_time(G, images, *args, **kwargs):
         calls.append(len(images))
@@ -186,7 +186,7 @@ def test_a_batch_out_of_memory_is_split_and_nothing_is_lost(photos_with_broken: 
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return real(G, images, *args, **kwargs)
 
-    monkeypatch.setattr(runs, "invert_images", one_at_a_time)
+    monkeypatch.setattr(invert_files, "invert_images", one_at_a_time)
     (tmp_path / "in").mkdir()
     for name in ("astronaut.jpg", "coffee.jpg"):
         (tmp_path / "in" / name).write_bytes((photos_with_broken / name).read_bytes())

@@ -14,8 +14,8 @@ import torch
 
 from gani_core.checkpoints.ref import resolve_checkpoint
 from gani_core.evaluation import stats
+from gani_core.evaluation.evaluate import benchmark_config, evaluate_set
 from gani_core.evaluation.report import write_report
-from gani_core.evaluation.run import benchmark_config, evaluate_set
 from gani_core.evaluation.suites import SUITES, Suite, get_suite, set_images
 from gani_core.invert import invert_images
 from gani_core.pivot import PivotConfig, find_pivots

@@ -1,6 +1,6 @@
 """The benchmark's outputs, written to a folder or an s3:// prefix (gani_core.storage).
 
-    rows.parquet      one row per set x seed x image x method x budget (run.RESULT_COLUMNS)
+    rows.parquet      one row per set x seed x image x method x budget (evaluate.RESULT_COLUMNS)
     summary.parquet   one row per set x method x budget: means with 95 % bootstrap intervals (stats.summary)
     comparisons.json  gani against pti at equal time (every budget), at equal steps, and against pti-reg at
                       equal reconstruction, per set, each with its interval
@@ -19,8 +19,8 @@ import pyarrow as pa
 
 from gani_core import storage
 from gani_core.evaluation import stats
+from gani_core.evaluation.evaluate import RESULT_COLUMNS
 from gani_core.evaluation.plots import curves_png
-from gani_core.evaluation.run import RESULT_COLUMNS
 from gani_core.evaluation.suites import Suite
 
 ROWS_SCHEMA = pa.schema([

@@ -142,7 +142,7 @@ def test_each_run_in_one_process_states_the_ms_ssim_caveat_once(tmp_path, caplog
     once per process, is left to the runs."""
     for name in ("first", "second"):
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="gani_core.runs"):
+        with caplog.at_level(logging.WARNING, logger="gani_core.invert_files"):
             assert cli_main(_three_images(tmp_path / name)) == 0
         assert [r.getMessage() for r in caplog.records if "scales" in r.getMessage()] == [ms_ssim_note(32)]
     assert not [w for w in recwarn if "scales" in str(w.message)]

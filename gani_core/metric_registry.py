@@ -1,0 +1,103 @@
+"""Every metric gani reports, defined once: its name, what it measures, which way is better, where it is
+computed, how it is summarised and how it is shown. Every list of metric names elsewhere (the run folder's
+Parquet schema and summary, the domain benchmark's columns and curves, MLflow's metrics and saved runs view,
+the CLI's tables) is derived here; a metric added here appears in all of them.
+
+    from gani_core.metric_registry import METRICS, names
+    names("result")          # the quality columns of a run's rows: mse, psnr, ms_ssim, lpips, lpips_vgg, ...
+    METRICS["lpips"].better  # "lower"
+
+Where each is computed (``computed``):
+
+- ``image``: an image pair, in gani_core/metrics.py (``image_metrics``): the input against the tuned render.
+- ``tuning``: the tuned generator against the original, in gani_core/measure.py (``measure_images``, batched
+  for K images; K = 1 is the reference the tests compare with hand computations).
+- ``benchmark``: the domain benchmark only (gani_core/evaluation/drift.py), at its largest common budget.
+- ``cost``: what an inversion cost, recorded by gani_core/invert.py (seconds per image, stored bytes).
+
+Definitions in words: docs/method.md, "Metrics".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Better = Literal["lower", "higher"]
+Computed = Literal["image", "tuning", "benchmark", "cost"]
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    name: str               # the one name: Parquet column, summary key, MLflow metric stem, CLI header
+    description: str        # what it measures, one line (help texts, docs)
+    better: Better          # which way is better
+    computed: Computed      # where it is computed (module docstring)
+    integer: bool = False   # stored as int64 (else float64)
+    fmt: str = ".4g"        # how tables show a value
+    headline: bool = False  # shown where only a few fit: MLflow's runs view, its image table, the report's table
+    curve: bool = True      # drawn against the tuning budget in the domain benchmark (else: its largest budget)
+
+    def format(self, value: float | int | None) -> str:
+        """``value`` as tables show it; ``-`` for a missing one (n/a, failed, non-finite)."""
+        if value is None or value != value or value in (float("inf"), float("-inf")):
+            return "-"
+        return f"{value:{self.fmt}}"
+
+
+_DEFS = (
+    MetricDef("mse", "mean squared error of [0, 1] pixels between the input and the tuned render", "lower", "image",
+              curve=False),
+    MetricDef("psnr", "peak signal-to-noise ratio in dB, 10 log10(1 / mse)", "higher", "image", fmt=".4g",
+              headline=True),
+    MetricDef("ms_ssim", "multi-scale SSIM (fewer scales below 161 px); 1 = identical", "higher", "image",
+              curve=False),
+    MetricDef("lpips", "LPIPS (AlexNet) between the input and the tuned render; 0 = identical", "lower", "image",
+              headline=True),
+    MetricDef("lpips_vgg", "LPIPS (VGG16) between the input and the tuned render", "lower", "image"),
+    MetricDef("locality", "LPIPS between tuned and original renders of latents away from the image; 0 = untouched",
+              "lower", "tuning", headline=True),
+    MetricDef("edit_consistency", "LPIPS gap between tuned and original opened by editing the pivot", "lower",
+              "tuning"),
+    MetricDef("edit_accuracy", "how exactly factor edits still move their factor, 1 = as before tuning (needs a "
+              "factor probe)", "higher", "tuning", headline=True),
+    MetricDef("drift", "mean LPIPS between tuned and original renders of many random latents (benchmark only)",
+              "lower", "benchmark", headline=True, curve=False),
+    MetricDef("seconds", "seconds of the inversion per image (batch stages shared evenly)", "lower", "cost",
+              headline=True),
+    MetricDef("delta_bytes", "bytes of the stored weight deltas", "lower", "cost", integer=True, fmt=",d",
+              curve=False),
+)
+
+# Order matters: tables and schemas list metrics in this order.
+METRICS: dict[str, MetricDef] = {m.name: m for m in _DEFS}
+
+Group = Literal["image", "result", "run", "benchmark", "headline", "curve"]
+
+
+def names(group: Group) -> tuple[str, ...]:
+    """The metric names of a group, in registry order:
+
+    - ``image``: the image-pair metrics (gani_core.metrics.image_metrics);
+    - ``result``: the quality of one inversion, image and tuning metrics (a run's rows);
+    - ``run``: what a run's summary, its MLflow run and the nightly comparison report per method: result + cost;
+    - ``benchmark``: the domain benchmark's columns: result + drift + cost;
+    - ``headline``: the few shown where space is short (in ``benchmark``; intersect with a run's own group);
+    - ``curve``: the benchmark metrics drawn against the budget.
+    """
+    select = {
+        "image": lambda m: m.computed == "image",
+        "result": lambda m: m.computed in ("image", "tuning"),
+        "run": lambda m: m.computed != "benchmark",
+        "benchmark": lambda m: True,
+        "headline": lambda m: m.headline,
+        "curve": lambda m: m.curve,
+    }[group]
+    return tuple(m.name for m in _DEFS if select(m))
+
+
+def check_names(keys: object, allowed: tuple[str, ...] | set[str], what: str) -> None:
+    """Raise KeyError naming every key of ``keys`` not in ``allowed`` (a misspelt metric is an error, not a null)."""
+    unknown = sorted(set(keys) - set(allowed))      # type: ignore[arg-type]
+    if unknown:
+        raise KeyError(f"{what}: unknown column(s) {unknown}; expected some of {sorted(allowed)}")
