@@ -101,3 +101,22 @@ def check_names(keys: object, allowed: tuple[str, ...] | set[str], what: str) ->
     unknown = sorted(set(keys) - set(allowed))      # type: ignore[arg-type]
     if unknown:
         raise KeyError(f"{what}: unknown column(s) {unknown}; expected some of {sorted(allowed)}")
+
+
+def summarise(rows: list[dict], metric_names: tuple[str, ...]) -> dict[str, dict[str, float | None]]:
+    """How a run summarises each metric over its ok rows: {name: {"mean", "p50", "p90"}} over the finite values
+    (None where no row has one: edit_accuracy without a factor probe). summary.json keeps the means, MLflow logs
+    all three (``lpips_mean``, ``lpips_p50``, ``lpips_p90``)."""
+    import numpy as np
+
+    out: dict[str, dict[str, float | None]] = {}
+    for name in metric_names:
+        values = np.array([r[name] for r in rows if r.get("status") == "ok" and r.get(name) is not None],
+                          dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if len(values):
+            out[name] = {"mean": float(values.mean()), "p50": float(np.quantile(values, 0.5)),
+                         "p90": float(np.quantile(values, 0.9))}
+        else:
+            out[name] = {"mean": None, "p50": None, "p90": None}
+    return out
