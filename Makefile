@@ -2,9 +2,13 @@
 # Each sets up .venv/ first. test-fast leaves out the tests marked `services` (they start Prefect, Dask, S3, MLflow).
 .PHONY: setup demo test test-fast lint
 
-export DO_NOT_TRACK = true
-export PREFECT_SERVER_ANALYTICS_ENABLED = false
-export MLFLOW_DISABLE_TELEMETRY = true
+# No telemetry from the orchestration tools: the settings of gani_core/telemetry.py (standard library only, so
+# python3 reads them before .venv exists), exported to every recipe.
+QUIET_TELEMETRY := $(shell python3 gani_core/telemetry.py)
+ifeq ($(QUIET_TELEMETRY),)
+$(error python3 gani_core/telemetry.py printed nothing: is python3 on PATH?)
+endif
+$(foreach setting,$(QUIET_TELEMETRY),$(eval export $(setting)))
 
 setup:
 	@bash scripts/setup.sh

@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=None, help="override the suite's sets")
     parser.add_argument("--methods", nargs="+", default=None,
                         help=f"override the suite's methods: {', '.join(BENCHMARK_METHODS)}, or an ablation such as "
-                             "'gani[locality_interval=4]' (tuning options overridden)")
+                             "'gani[reg_interval=4]' (tuning options overridden)")
     parser.add_argument("--count", type=int, default=None, help="override images per set")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--checkpoint", default="builtin")

@@ -7,7 +7,7 @@ By default: the trained built-in generator on held-out images of its own domain 
 `edit_accuracy` (and its per-factor ratios, tuned / original edit response) is measured too.
 
 Each image gets one W pivot, shared by every tuning method (W+ finds its own). Variants are
-``NAME=KIND,LR,LOCALITY_WEIGHT[,RANK[,LOCALITY_INTERVAL]]`` (e.g. ``gani-param=param,3e-3,0.1``); the
+``NAME=FORM,LR,REG_WEIGHT[,RANK[,REG_INTERVAL]]`` (e.g. ``gani-param=param,3e-3,0.1``); the
 defaults are GANI's default, PTI as published (all synthesis weights, lr 3e-4, no regulariser), PTI with
 its regulariser, and W+. Prints a markdown table of the means over images, then GANI/PTI ratios.
 Writes nothing else unless ``--json`` is given.
@@ -47,14 +47,14 @@ def parse_variant(spec: str) -> tuple[str, InvertConfig]:
     if name == "pti" and not rest:
         return name, method_config("pti")
     if name == "pti-reg" and not rest:
-        return name, replace(method_config("pti"), tune=replace(PTI_TUNE, locality_weight=0.1))
+        return name, replace(method_config("pti"), tune=replace(PTI_TUNE, reg_weight=0.1))
     if name == "gani" and not rest:
         return name, method_config("gani")
-    kind, lr, locw, *more = rest.split(",")
-    base = PTI_TUNE if kind == "full" else GANI_TUNE
-    tune = replace(base, kind=kind, lr=float(lr), locality_weight=float(locw),
+    form, lr, reg_weight, *more = rest.split(",")
+    base = PTI_TUNE if form == "full" else GANI_TUNE
+    tune = replace(base, form=form, lr=float(lr), reg_weight=float(reg_weight),
                    rank=int(more[0]) if more else base.rank,
-                   locality_interval=int(more[1]) if len(more) > 1 else base.locality_interval)
+                   reg_interval=int(more[1]) if len(more) > 1 else base.reg_interval)
     return name, replace(method_config("gani"), method=name, tune=tune)
 
 
@@ -66,7 +66,8 @@ def main() -> None:
     parser.add_argument("--offset", type=int, default=0, help="skip this many images first")
     parser.add_argument("--pivot-steps", type=int, default=200)
     parser.add_argument("--tune-steps", type=int, default=200)
-    parser.add_argument("--variant", action="append", default=None, help="NAME or NAME=KIND,LR,LOCW[,RANK[,INTERVAL]]")
+    parser.add_argument("--variant", action="append", default=None,
+                        help="NAME or NAME=FORM,LR,REG_WEIGHT[,RANK[,REG_INTERVAL]]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None, help="also write every per-image row to this JSON file")

@@ -44,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from gani_core.telemetry import QUIET_TELEMETRY
+
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = REPO / "examples" / "photos"
 CONFIGS = ("loop-1t", "loop-2t", "flow-1w", "flow-2w", "flow-1w-warm")
@@ -172,9 +174,8 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="gani-orch-logs-"))
     for config in configs:
         threads = config.split("-")[1][:-1] if config.startswith("loop") else "1"
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-               "DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_HOME": str(logs / "prefect-home"),
+        env = {**os.environ, **QUIET_TELEMETRY, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+               "PREFECT_HOME": str(logs / "prefect-home"),
                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PYTHONPATH": str(REPO),
                "GANI_TORCH_THREADS": threads}
         env.pop("PREFECT_API_URL", None)

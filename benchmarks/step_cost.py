@@ -1,5 +1,5 @@
 """Seconds per tuning step: GANI (its default, and its GMM forms without the regulariser) against PTI, with and
-without the locality regulariser.
+without the regulariser.
 
     .venv/bin/python benchmarks/step_cost.py --checkpoint builtin --steps 20 --repeats 3
 
@@ -26,14 +26,14 @@ from gani_core.tuning import tune
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = {
     "pti": PTI_TUNE,
-    "pti-reg": replace(PTI_TUNE, locality_weight=GANI_TUNE.locality_weight),
+    "pti-reg": replace(PTI_TUNE, reg_weight=GANI_TUNE.reg_weight),
     "gani": GANI_TUNE,                                              # the default, regulariser included
-    "gani-noreg": replace(GANI_TUNE, locality_weight=0.0),
+    "gani-noreg": replace(GANI_TUNE, reg_weight=0.0),
     "gani-rank8": replace(GANI_TUNE, rank=8),                       # the default before issue 11
-    "gani-pool16": replace(GANI_TUNE, locality_pool=16),            # 16 regulariser latents, rendered once
-    "gani-lowrank": replace(GANI_TUNE, kind="lowrank", locality_weight=0.0),
-    "gani-param": replace(GANI_TUNE, kind="param", locality_weight=0.0),
-    "gani-grad": replace(GANI_TUNE, kind="grad", locality_weight=0.0),
+    "gani-pool16": replace(GANI_TUNE, reg_pool=16),                 # 16 regulariser latents, rendered once
+    "gani-lowrank": replace(GANI_TUNE, form="lowrank", reg_weight=0.0),
+    "gani-param": replace(GANI_TUNE, form="param", reg_weight=0.0),
+    "gani-grad": replace(GANI_TUNE, form="grad", reg_weight=0.0),
 }
 
 

@@ -33,7 +33,9 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 mkdir -p "$STATE"
-export DO_NOT_TRACK=true PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true
+# No telemetry: the settings of gani_core/telemetry.py (KEY=value lines).
+telemetry="$("$BIN/python" "$REPO/gani_core/telemetry.py")"
+for setting in $telemetry; do export "$setting"; done
 # Tasks unpickle functions from the repo's tasks/ and flows/ packages.
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 

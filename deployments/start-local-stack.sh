@@ -42,10 +42,9 @@ export PREFECT_HOME="$STATE/prefect-home"
 export PREFECT_API_URL="http://127.0.0.1:$PREFECT_PORT/api"
 export GANI_REPO="$REPO"
 export PYTHONPATH="$REPO\${PYTHONPATH:+:\$PYTHONPATH}"
-export DO_NOT_TRACK=true
-export PREFECT_SERVER_ANALYTICS_ENABLED=false
-export MLFLOW_DISABLE_TELEMETRY=true
 EOF
+# No telemetry: the settings of gani_core/telemetry.py, as export lines.
+"$BIN/python" "$REPO/gani_core/telemetry.py" | sed 's/^/export /' >> "$STATE/env.sh"
 if [[ $WITH_MLFLOW == 1 ]]; then
   echo "export MLFLOW_TRACKING_URI=\"http://127.0.0.1:$MLFLOW_PORT\"" >> "$STATE/env.sh"
 fi

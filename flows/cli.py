@@ -11,6 +11,7 @@ import argparse
 import inspect
 import json
 import re
+import sys
 import typing
 from collections.abc import Callable
 from typing import Any, Literal, get_args, get_origin
@@ -19,7 +20,7 @@ from prefect import Flow
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gani_core import storage
-from tasks import tracking
+from tasks.mlflow_view import runs_url
 
 
 def _option(name: str) -> str:
@@ -63,7 +64,11 @@ def flow_parser(flow: Flow) -> tuple[argparse.ArgumentParser, dict[str, type[Bas
     hints = typing.get_type_hints(fn)
     signature = inspect.signature(fn)
     docs = _docstring_args(fn)
-    parser = argparse.ArgumentParser(prog=f"python -m {fn.__module__}",
+    module = fn.__module__
+    if module == "__main__":        # python -m flows.NAME: the module's own name, not __main__
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else module
+    parser = argparse.ArgumentParser(prog=f"python -m {module}",
                                      description=(fn.__doc__ or "").split("\n\n")[0])
     models: dict[str, type[BaseModel]] = {}
     for name, param in signature.parameters.items():
@@ -110,5 +115,5 @@ def run_flow_from_shell(flow: Flow, argv: list[str] | None = None) -> dict:
     print(f"MLflow run {summary['mlflow_run_id']}: open the UI with .venv/bin/mlflow ui --backend-store-uri "
           f"{summary['mlflow_tracking_uri']} --host 127.0.0.1 --port 5000 --workers 1")
     # MLflow 3 opens experiments in its GenAI view unless asked for the runs table (its "Model training" view).
-    print(f"then the runs of {flow.name}: {tracking.runs_url(summary['mlflow_experiment_id'])}")
+    print(f"then the runs of {flow.name}: {runs_url(summary['mlflow_experiment_id'])}")
     return summary

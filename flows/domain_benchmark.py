@@ -17,20 +17,18 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import as_completed
-from prefect.runtime import flow_run
 
 from flows.cli import run_flow_from_shell
 from flows.cluster import api_url_for_workers, dask_task_runner, release_future
-from flows.invert_dataset import REPO
 from flows.parameters import ClusterSettings
 from gani_core import storage
+from gani_core.checkout import LOCAL_OUT, PHOTO_EXAMPLES
 from gani_core.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from gani_core.evaluation.report import write_report
 from gani_core.evaluation.suites import SUITES, Suite, get_suite
-from tasks import tracking
+from tasks import evaluation, mlflow_runs
 from tasks.evaluation import evaluate_set_on_worker, log_child_runs
 
-PHOTOS_DIR = REPO / "examples" / "photos"
 SuiteName = Literal[tuple(SUITES)]  # type: ignore[valid-type]
 
 
@@ -40,7 +38,7 @@ def evaluate_sets_on_dask(suite: Suite, split: str, ckpt: CheckpointRef, parts: 
     (after its retry) gives one failed row per method, so that the report says which pairs are missing."""
     work = [(s, seed) for s in suite.sets for seed in suite.seeds]
     futures = {evaluate_set_on_worker.submit(s, seed, suite, split, ckpt, storage.join(parts, f"{s}-seed{seed}.json"),
-                                             str(PHOTOS_DIR), batch_size): (s, seed) for s, seed in work}
+                                             str(PHOTO_EXAMPLES), batch_size): (s, seed) for s, seed in work}
     logger = get_run_logger()
     rows: list[dict] = []
     for done, future in enumerate(as_completed(list(futures)), start=1):
@@ -61,7 +59,7 @@ def evaluate_sets_on_dask(suite: Suite, split: str, ckpt: CheckpointRef, parts: 
 def domain_benchmark(
     suite: SuiteName = "smoke",
     split: Literal["dev", "test"] = "test",
-    output_uri: str = str(REPO / "out" / "domain-benchmark"),
+    output_uri: str = str(LOCAL_OUT / "domain-benchmark"),
     checkpoint: str = "builtin",
     date: str | None = None,
     batch_size: int = 8,
@@ -79,22 +77,21 @@ def domain_benchmark(
         date: the run's date, ``YYYY-MM-DD`` (default: today, UTC); a rerun on the same date keeps what is done.
         batch_size: images inverted together on a worker.
         cluster: an existing Dask scheduler, or the size of the LocalCluster started for the run.
-        mlflow_tracking_uri: MLflow tracking URI; none: ``$MLFLOW_TRACKING_URI``, else ``OUTPUT/mlflow.db``.
+        mlflow_tracking_uri: MLflow tracking URI; none: ``$MLFLOW_TRACKING_URI``, else a sqlite store
+            ``OUTPUT/mlflow.db`` (``<repo>/out/mlflow.db`` when the output is not a local folder).
 
     Returns:
-        rows, failed, the goals, the URIs written and the MLflow parent run id.
+        rows, failed, ok (no row failed), the goals, the report's folder and the URIs written, the MLflow parent
+        and child run ids, the tracking URI and experiment id.
     """
     spec = get_suite(suite)
     ckpt = resolve_checkpoint(checkpoint)
     day = date or dt.datetime.now(dt.UTC).date().isoformat()
     out = storage.join(output_uri.rstrip("/"), day, f"{suite}-{split}")
-    uri = tracking.tracking_uri(mlflow_tracking_uri, output_uri)
-    experiment_id = tracking.experiment_id(uri, "domain-benchmark")
-    tracking.end_stale_runs(uri, experiment_id, out, get_run_logger())     # of a killed run into this folder
-    tags = {"date": day, "suite": suite, "split": split, "output_uri": out, "checkpoint": checkpoint,
-            "prefect_flow_run_id": str(flow_run.get_id())}
-    parent = tracking.start_run(uri, experiment_id, run_name=f"domain-{suite}-{split}-{day}", tags=tags)
-    with tracking.ended_on_exit(uri, parent):
+    tags = {"date": day, "suite": suite, "split": split, "checkpoint": checkpoint}
+    with mlflow_runs.tracked_run("domain-benchmark", f"domain-{suite}-{split}-{day}",
+                                 mlflow_tracking_uri=mlflow_tracking_uri, data_folder=output_uri, output_uri=out,
+                                 tags=tags, columns=evaluation.RUNS_VIEW_COLUMNS) as mlflow:
         with api_url_for_workers():
             runner = dask_task_runner(cluster, len(spec.sets) * len(spec.seeds))
             rows = evaluate_sets_on_dask.with_options(task_runner=runner)(spec, split, ckpt,
@@ -102,7 +99,8 @@ def domain_benchmark(
         header = f"`domain-benchmark` flow, suite {suite}, {split} split, checkpoint {checkpoint}, {day}."
         report = write_report(rows, out, spec, split, header)
         written, goals = report.written, report.goals
-        children = log_child_runs(uri, experiment_id, parent, report.summary, spec.budgets[-1], tags)
+        children = log_child_runs(mlflow.uri, mlflow.experiment_id, mlflow.run_id, report.summary, spec.budgets[-1],
+                                  mlflow.tags)
         failed = sum(r["status"] != "ok" for r in rows)
         metrics = {"rows": len(rows), "failed": failed,
                    **{_metric_name(g["goal"], g["set"]): g["value"] for g in goals}}
@@ -110,15 +108,15 @@ def domain_benchmark(
                   "sets": ",".join(spec.sets), "methods": ",".join(spec.methods), "count": spec.count,
                   "seeds": ",".join(map(str, spec.seeds)), "budgets": ",".join(map(str, spec.budgets)),
                   "pivot_steps": spec.pivot_steps, "batch_size": batch_size, "output_uri": out}
-        tracking.log_results(uri, parent, params, metrics, artifacts=list(written.values()))
+        mlflow_runs.log_results(mlflow.uri, mlflow.run_id, params, metrics, artifacts=list(written.values()))
     create_markdown_artifact(key="domain-benchmark-report", markdown=storage.read_bytes(written["report.md"]).decode(),
                              description=f"domain-benchmark {suite} ({split}) {day}: goals, comparisons, means")
     met = sum(g["met"] for g in goals)
     get_run_logger().info("domain-benchmark %s (%s): %d rows, %d failed; goals met %d of %d; report at %s", suite,
                           split, len(rows), failed, met, len(goals), written["report.md"])
     return {"rows": len(rows), "failed": failed, "goals": goals, "written": written, "output": out,
-            "mlflow_run_id": parent, "mlflow_child_run_ids": children, "mlflow_tracking_uri": uri,
-            "mlflow_experiment_id": experiment_id, "ok": failed == 0}
+            "mlflow_run_id": mlflow.run_id, "mlflow_child_run_ids": children, "mlflow_tracking_uri": mlflow.uri,
+            "mlflow_experiment_id": mlflow.experiment_id, "ok": failed == 0}
 
 
 def _metric_name(goal: str, set_name: str) -> str:

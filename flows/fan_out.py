@@ -1,5 +1,5 @@
-"""Inverting a dataset on Dask, the body both flows share: list the images, keep what the run folder already
-holds (the resume rule of gani_core.run_folder), fan the rest out as ``invert-images`` tasks (a batch of
+"""Inverting a dataset on Dask, the body invert-dataset and nightly-benchmark share: keep what the run folder
+already holds (the resume rule of gani_core.run_folder), fan the rest out as ``invert-images`` tasks (a batch of
 images each), write the tables."""
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def invert_dataset_on_dask(input_uri: str, images: list[ImageSource], folder: Ru
     ``folder``, ``settings.images_per_task()`` images per task; runs inside a flow."""
     logger = get_run_logger()
     started = time.time()
-    kept = reusable_rows(folder, images, {m: c.config_hash() for m, c in configs.items()}, ckpt.sha256)
+    kept = reusable_rows(folder, images, {m: c.resume_hashes() for m, c in configs.items()}, ckpt.sha256)
     per_task = settings.images_per_task()
     work = []
     for m, cfg in configs.items():

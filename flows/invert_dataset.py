@@ -1,39 +1,36 @@
-"""The ``invert-dataset`` flow: every image under a folder or S3 prefix, one Dask task per image.
+"""The ``invert-dataset`` flow: every image under a folder or S3 prefix, in batches of images, one Dask task each.
 
     invert_dataset(input_uri="s3://photos/in", output_uri="s3://photos/runs/r1", checkpoint="s3://models/ffhq.pkl")
 
 Steps: resolve the checkpoint once (gani_core.checkpoints.ref); list the images, keep the results already under
-``output_uri`` for the same image, checkpoint and configuration and invert the rest on Dask (flows/fan_out.py);
-log the MLflow run (tasks/tracking.py); attach a table and a summary to the flow run as Prefect artifacts.
-``python -m flows.invert_dataset --help`` runs it from a shell (flows/cli.py).
+``output_uri`` for the same image, checkpoint and configuration and invert the rest on Dask, ``batch_size`` images
+per task (flows/fan_out.py); log the MLflow run (tasks/mlflow_runs.py); attach a table and a summary to the flow
+run as Prefect artifacts. ``python -m flows.invert_dataset --help`` runs it from a shell (flows/cli.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 
 from flows.cli import run_flow_from_shell
 from flows.fan_out import invert_dataset_on_dask
 from flows.parameters import ClusterSettings, ImageLimit, InversionSettings
 from flows.reports import mlflow_run_link, rows_artifact, summary_artifact
+from gani_core.checkout import LOCAL_OUT, SHAPES_EXAMPLES
 from gani_core.checkpoints.ref import resolve_checkpoint
 from gani_core.invert import Method
 from gani_core.run_folder import RunFolder
-from tasks import tracking
+from tasks import mlflow_runs
 from tasks.storage import list_images
-
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO / "examples" / "shapes"    # held-out images of the built-in generator's domain
 
 
 @flow(name="invert-dataset")
 def invert_dataset(
-    input_uri: str = str(EXAMPLES),
-    output_uri: str = str(REPO / "out" / "invert-dataset"),
+    input_uri: str = str(SHAPES_EXAMPLES),
+    output_uri: str = str(LOCAL_OUT / "invert-dataset"),
     checkpoint: str = "builtin",
     method: Method = "gani",
     inversion: InversionSettings = InversionSettings(),  # noqa: B008 (frozen: a default never mutated)
@@ -41,17 +38,18 @@ def invert_dataset(
     mlflow_tracking_uri: str | None = None,
     limit: ImageLimit | None = None,
 ) -> dict:
-    """Invert every image under ``input_uri`` into the generator ``checkpoint``, one Dask task per image.
+    """Invert every image under ``input_uri`` into the generator ``checkpoint``, a batch of images per Dask task.
 
     Args:
-        input_uri: folder or ``s3://bucket/prefix`` holding the images (jpg, png, webp, bmp, tif, gif; searched
-            recursively, sorted by path).
+        input_uri: folder or ``s3://bucket/prefix`` holding the images (jpg/jpeg, png, webp, bmp, tif/tiff, gif;
+            searched recursively, sorted by path).
         output_uri: folder or ``s3://bucket/prefix`` for metrics.parquet, deltas/, previews/, rows/, summary.json
             and preview_grid.png. Results already there for the same image, checkpoint and configuration are kept.
         checkpoint: generator: ``builtin`` (trained, 64 px) / ``builtin-random:RES`` (seeded, untrained), a local
             path or an ``s3://`` URI of an NVIDIA .pkl, a rosinality .pt or a gani .safetensors.
         method: ``gani``, or a baseline: ``pti``, ``wplus``, ``w``.
-        inversion: step budgets, seed and precision (flows/parameters.py).
+        inversion: step budgets, seed, precision, and the batch size: images per task, inverted together
+            (flows/parameters.py).
         cluster: an existing Dask scheduler, or the size of the LocalCluster started for the run.
         mlflow_tracking_uri: MLflow tracking URI; none: ``$MLFLOW_TRACKING_URI``, else a sqlite store
             ``mlflow.db`` in ``output_uri`` (in ``<repo>/out`` when the output is not a local folder).
@@ -65,33 +63,29 @@ def invert_dataset(
     ckpt = resolve_checkpoint(checkpoint)
     images = list_images(input_uri, limit)      # a bad input fails here, before the MLflow run starts
     folder = RunFolder(output_uri)
-    uri = tracking.tracking_uri(mlflow_tracking_uri, output_uri)
-    experiment_id = tracking.experiment_id(uri, "invert-dataset")
-    tracking.end_stale_runs(uri, experiment_id, folder.uri, get_run_logger())    # of a killed run into this folder
     # Named for what it is (gani-shapes-2026-12-02), so that runs tell themselves apart in MLflow's table.
     day = dt.datetime.now(dt.UTC).date().isoformat()
-    run_id = tracking.start_run(uri, experiment_id, run_name=f"{method}-{PurePosixPath(input_uri).name}-{day}",
-                                tags={"prefect_flow_run_id": str(flow_run.get_id()),
-                                      "prefect_flow_run_name": str(flow_run.get_name()), "dataset_uri": input_uri,
-                                      "output_uri": folder.uri, "method": method})
-    with tracking.ended_on_exit(uri, run_id):
+    with mlflow_runs.tracked_run("invert-dataset", f"{method}-{PurePosixPath(input_uri).name}-{day}",
+                                 mlflow_tracking_uri=mlflow_tracking_uri, data_folder=output_uri,
+                                 output_uri=folder.uri, tags={"dataset_uri": input_uri, "method": method}) as mlflow:
         run = invert_dataset_on_dask(input_uri, images, folder, ckpt, configs, inversion, cluster,
-                                     mlflow_run_id=run_id, mlflow_tracking_uri=uri, mlflow_experiment_id=experiment_id)
-        params = {**tracking.config_params(configs[method]), **tracking.run_params(ckpt, input_uri, folder, limit),
-                  "batch_size": inversion.batch_size}
-        metrics = tracking.aggregate(run.rows, len(run.kept), run.wall_seconds, run.summary["computed"])
-        tracking.log_results(uri, run_id, params, metrics, artifacts=run.written.values())
-        tracking.log_image_table(uri, run_id, run.rows, folder)
+                                     mlflow_run_id=mlflow.run_id, mlflow_tracking_uri=mlflow.uri,
+                                     mlflow_experiment_id=mlflow.experiment_id)
+        params = {**mlflow_runs.config_params(configs[method]),
+                  **mlflow_runs.run_params(ckpt, input_uri, folder, limit), "batch_size": inversion.batch_size}
+        metrics = mlflow_runs.aggregate(run.rows, len(run.kept), run.wall_seconds, run.summary["computed"])
+        mlflow_runs.log_results(mlflow.uri, mlflow.run_id, params, metrics, artifacts=run.written.values())
+        mlflow_runs.log_image_table(mlflow.uri, mlflow.run_id, run.rows, folder)
     s = run.summary
     rows_artifact(run.rows, "invert-dataset-metrics", f"{method} on {input_uri}: one row per image")
     summary_artifact("invert-dataset-summary", f"invert-dataset: {method}", {
         "input": f"`{input_uri}`", "output": f"`{folder.uri}`", "generator": s["generator_label"],
         "images": s["images"], "ok": s["ok"], "failed": s["failed"], "skipped (kept)": s["skipped"],
         "lpips (mean)": metrics.get("lpips_mean", "-"),
-        "MLflow run": mlflow_run_link(uri, s["mlflow_experiment_id"], run_id)},
+        "MLflow run": mlflow_run_link(mlflow.uri, mlflow.experiment_id, mlflow.run_id)},
         "invert-dataset summary")
     get_run_logger().info("wrote %s: %d ok, %d failed, %d kept from earlier runs; MLflow run %s (%s)",
-                          folder.metrics_uri, s["ok"], s["failed"], s["skipped"], run_id, uri)
+                          folder.metrics_uri, s["ok"], s["failed"], s["skipped"], mlflow.run_id, mlflow.uri)
     return {**s, "written": run.written}
 
 

@@ -13,19 +13,18 @@ import datetime as dt
 import pyarrow as pa
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.runtime import flow_run
 
 from flows.cli import run_flow_from_shell
 from flows.domain_benchmark import SuiteName, domain_benchmark
 from flows.fan_out import invert_dataset_on_dask
-from flows.invert_dataset import EXAMPLES, REPO
 from flows.parameters import ClusterSettings, ImageLimit, InversionSettings
 from flows.reports import rows_artifact
 from gani_core import storage
+from gani_core.checkout import LOCAL_OUT, SHAPES_EXAMPLES
 from gani_core.checkpoints.ref import resolve_checkpoint
 from gani_core.invert import Method
-from gani_core.run_folder import SUMMARY_METRICS, RunFolder
-from tasks import tracking
+from gani_core.run_folder import RunFolder
+from tasks import mlflow_runs
 from tasks.storage import list_images
 
 BENCHMARK_METHODS: list[Method] = ["gani", "pti", "wplus"]
@@ -34,7 +33,7 @@ COUNTS = ("images", "ok", "failed")
 
 def comparison_table(per_method: dict[str, dict[str, float]]) -> pa.Table:
     """One row per method with its counts and means, then a row ``gani/pti``: GANI's means over PTI's."""
-    names = [*COUNTS, *[f"{m}_mean" for m in SUMMARY_METRICS]]
+    names = [*COUNTS, *[f"{m}_mean" for m in mlflow_runs.RUN_METRICS]]
     rows = [{"method": method, **{n: metrics.get(n) for n in names}} for method, metrics in per_method.items()]
     if "gani" in per_method and "pti" in per_method:
         ratio = {n: _ratio(per_method["gani"].get(n), per_method["pti"].get(n)) for n in names[len(COUNTS):]}
@@ -62,8 +61,8 @@ def _markdown(day: str, table: pa.Table, out: str, parent_run_id: str) -> str:
 
 @flow(name="nightly-benchmark")
 def nightly_benchmark(
-    input_uri: str = str(EXAMPLES),
-    output_uri: str = str(REPO / "out" / "nightly-benchmark"),
+    input_uri: str = str(SHAPES_EXAMPLES),
+    output_uri: str = str(LOCAL_OUT / "nightly-benchmark"),
     checkpoint: str = "builtin",
     methods: list[Method] = BENCHMARK_METHODS,
     inversion: InversionSettings = InversionSettings(),  # noqa: B008 (frozen: a default never mutated)
@@ -82,7 +81,9 @@ def nightly_benchmark(
             keeps what is done). The default sqlite MLflow store is ``OUTPUT/mlflow.db``, shared by all nights.
         checkpoint: generator: ``builtin`` / ``builtin-random:RES``, a local path or an ``s3://`` URI.
         methods: the methods compared (default gani, pti, wplus).
-        inversion: step budgets (tune_steps: of the methods that tune), seed and precision of every method.
+        inversion: step budgets (tune_steps: of the methods that tune), seed, precision and batch size (images per
+            task) of every method; the domain benchmark (``suite``) inverts ``batch_size`` images together too (8
+            for ``auto``).
         date: the run's date, ``YYYY-MM-DD`` (default: today, UTC).
         cluster: an existing Dask scheduler, or the size of the LocalCluster started for the run.
         mlflow_tracking_uri: MLflow tracking URI; none: ``$MLFLOW_TRACKING_URI``, else the sqlite store above.
@@ -100,38 +101,35 @@ def nightly_benchmark(
     ckpt = resolve_checkpoint(checkpoint)
     images = list_images(input_uri, limit)      # a bad input fails here, before the MLflow run starts
     folder = RunFolder(storage.join(output_uri.rstrip("/"), day))
-    uri = tracking.tracking_uri(mlflow_tracking_uri, output_uri)
-    experiment_id = tracking.experiment_id(uri, "nightly-benchmark")
-    tracking.end_stale_runs(uri, experiment_id, folder.uri, get_run_logger())    # of a killed run into this folder
-    tags = {"date": day, "dataset_uri": input_uri, "output_uri": folder.uri,
-            "prefect_flow_run_id": str(flow_run.get_id())}
-    parent = tracking.start_run(uri, experiment_id, run_name=f"nightly-{day}", tags=tags)
-    with tracking.ended_on_exit(uri, parent):
+    with mlflow_runs.tracked_run("nightly-benchmark", f"nightly-{day}", mlflow_tracking_uri=mlflow_tracking_uri,
+                                 data_folder=output_uri, output_uri=folder.uri,
+                                 tags={"date": day, "dataset_uri": input_uri}) as mlflow:
+        uri, parent = mlflow.uri, mlflow.run_id
         run = invert_dataset_on_dask(input_uri, images, folder, ckpt, configs, inversion, cluster,
                                      mlflow_run_id=parent, mlflow_tracking_uri=uri, date=day,
-                                     mlflow_experiment_id=experiment_id)
-        common = {**tracking.run_params(ckpt, input_uri, folder, limit), "date": day}
+                                     mlflow_experiment_id=mlflow.experiment_id)
+        common = {**mlflow_runs.run_params(ckpt, input_uri, folder, limit), "date": day}
         per_method: dict[str, dict[str, float]] = {}
         children: dict[str, str] = {}
         for method, cfg in configs.items():
             rows = [r for r in run.rows if r["method"] == method]
             kept = sum(1 for r in rows if (r["image_id"], method) in run.kept)
             # seconds_per_image: the wall time of the whole fan-out per result computed (the methods share it).
-            per_method[method] = tracking.aggregate(rows, skipped=kept, wall_seconds=run.wall_seconds,
-                                                    computed=run.summary["computed"])
-            children[method] = tracking.start_run(uri, experiment_id, run_name=f"{method}-{day}",
-                                                  tags={**tags, "method": method}, parent_run_id=parent)
-            with tracking.ended_on_exit(uri, children[method]):
-                tracking.log_results(uri, children[method], {**common, **tracking.config_params(cfg)},
-                                     per_method[method])
+            per_method[method] = mlflow_runs.aggregate(rows, skipped=kept, wall_seconds=run.wall_seconds,
+                                                       computed=run.summary["computed"])
+            children[method] = mlflow_runs.start_run(uri, mlflow.experiment_id, run_name=f"{method}-{day}",
+                                                     tags={**mlflow.tags, "method": method}, parent_run_id=parent)
+            with mlflow_runs.ended_on_exit(uri, children[method]):
+                mlflow_runs.log_results(uri, children[method], {**common, **mlflow_runs.config_params(cfg)},
+                                        per_method[method])
         table = comparison_table(per_method)
         comparison_uri = folder.path("comparison.parquet")
         storage.write_parquet(comparison_uri, table)
         ratios = table.to_pylist()[-1] if "gani" in configs and "pti" in configs else {}
         parent_metrics = {f"gani_pti_{k}": v for k, v in ratios.items() if k != "method" and v is not None}
         parent_metrics.update(images=run.summary["images"], failed=run.summary["failed"])
-        tracking.log_results(uri, parent, {**common, "methods": ",".join(methods), **inversion.model_dump()},
-                             parent_metrics, artifacts=[*run.written.values(), comparison_uri])
+        mlflow_runs.log_results(uri, parent, {**common, "methods": ",".join(methods), **inversion.model_dump()},
+                                parent_metrics, artifacts=[*run.written.values(), comparison_uri])
     create_markdown_artifact(key="nightly-benchmark-comparison", markdown=_markdown(day, table, folder.uri, parent),
                              description=f"nightly-benchmark {day}: means per method, GANI/PTI")
     rows_artifact(run.rows, "nightly-benchmark-rows", f"nightly-benchmark {day}: one row per image x method")
@@ -143,7 +141,7 @@ def nightly_benchmark(
         domain = domain_benchmark(suite=suite, split="test", output_uri=output_uri, checkpoint=checkpoint, date=day,
                                   batch_size=inversion.batch_size if isinstance(inversion.batch_size, int) else 8,
                                   cluster=cluster, mlflow_tracking_uri=uri)
-        tracking.log_results(uri, parent, {"domain_benchmark_run_id": domain["mlflow_run_id"]}, {})
+        mlflow_runs.log_results(uri, parent, {"domain_benchmark_run_id": domain["mlflow_run_id"]}, {})
     return {**run.summary, "comparison": table.to_pylist(), "mlflow_child_run_ids": children,
             "written": {**run.written, "comparison.parquet": comparison_uri}, "domain_benchmark": domain}
 

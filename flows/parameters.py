@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from gani_core.invert import METHODS, InvertConfig, has_tuning, method_config
+from gani_core.invert_files import CPU_BATCH_SIZE
 from gani_core.pivot import PivotConfig
 from gani_core.precision import Precision
 from gani_core.tuning import TuneConfig
@@ -32,11 +33,13 @@ class InversionSettings(BaseModel):
     tune_steps: int | None = Field(
         None, ge=0, description=f"steps of the generator tuning of gani and pti (none: {TuneConfig.steps}); "
                                 "w and wplus have no tuning stage")
-    seed: int = Field(0, description="seed of the pivot noise, the tuning, the locality latents and edit directions")
+    seed: int = Field(0, description="seed of the pivot noise, the tuning and its regulariser's latents, the "
+                                   "locality latents and edit directions")
     precision: Precision = Field(PivotConfig.precision, description="bf16: mixed precision (autocast), for GPUs")
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         1, description="images per task, inverted together (one forward and backward for all per step); auto: "
-                       "as many as a GPU worker's free memory holds, 8 on a CPU. Results do not depend on it")
+                       f"as many as a GPU worker's free memory holds, {CPU_BATCH_SIZE} on a CPU. Results do not "
+                       "depend on it")
 
     def images_per_task(self) -> int:
         """How many images one task takes: the batch size, or for ``auto`` a number the worker splits further."""

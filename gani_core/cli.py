@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from gani_core.errors import GaniError
+from gani_core.metric_registry import METRICS, names
 
 if TYPE_CHECKING:
     from gani_core.dataset import ImageSource
@@ -93,8 +94,8 @@ def _cmd_invert(args: argparse.Namespace) -> int:
     ckpt = resolve_checkpoint(args.checkpoint)
     G = ckpt.load(device)
     overrides = {}
-    if args.locality_weight is not None:
-        overrides["locality_weight"] = args.locality_weight
+    if args.reg_weight is not None:
+        overrides["reg_weight"] = args.reg_weight
     if args.tune_lr is not None:
         overrides["lr"] = args.tune_lr
     configs = {m: method_config(m, args.pivot_steps, args.tune_steps if has_tuning(m) else None, seed=args.seed,
@@ -161,14 +162,12 @@ def _print_rows(rows: list[dict]) -> None:
 
     columns = [c for c in DISPLAY_COLUMNS if c != "error"]      # failures are listed under the table
 
-    def fmt(v: object) -> str:
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
+    def fmt(column: str, v: object) -> str:
+        if column in METRICS:
+            return _metric_cell(column, v)
+        return "-" if v is None else str(v)
 
-    table = [[fmt(r.get(c)) for c in columns] for r in rows]
+    table = [[fmt(c, r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for t in table:
@@ -179,7 +178,7 @@ def _print_rows(rows: list[dict]) -> None:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from gani_core.run_folder import SUMMARY_METRICS, RunFolder
+    from gani_core.run_folder import RunFolder
 
     folder = RunFolder(args.run)
     rows = folder.read_rows()
@@ -189,31 +188,37 @@ def _cmd_show(args: argparse.Namespace) -> int:
     _print_rows(rows)
     print()
     print("means over ok images:")
-    print("  ".join(["method".ljust(8), *(n.rjust(16) for n in SUMMARY_METRICS)]))
+    print("  ".join(["method".ljust(8), *(n.rjust(16) for n in names("run"))]))
     for method, info in summary["methods"].items():
-        vals = [info["mean"].get(n) for n in SUMMARY_METRICS]
-        cells = ["-".rjust(16) if v is None else f"{v:16.0f}" if n == "delta_bytes" else f"{v:16.4g}"
-                 for n, v in zip(SUMMARY_METRICS, vals, strict=True)]
+        cells = [_metric_cell(n, info["mean"].get(n)).rjust(16) for n in names("run")]
         print("  ".join([method.ljust(8), *cells]))
     return 0
+
+
+def _metric_cell(name: str, value: object) -> str:
+    """A metric as the registry formats it (a mean of an integer metric rounded to a whole number)."""
+    if METRICS[name].integer and isinstance(value, float) and math.isfinite(value):
+        value = round(value)
+    return METRICS[name].format(value)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from gani_core.checkpoints import save_generator
     from gani_core.checkpoints.ref import resolve_checkpoint
     from gani_core.deltas import apply_deltas
-    from gani_core.invert import has_tuning
+    from gani_core.invert import METHODS, has_tuning
     from gani_core.run_folder import RunFolder
 
     folder = RunFolder(args.run)
     summary = folder.read_summary()
-    methods = [m for m in summary["methods"] if has_tuning(m)] if args.method is None else [args.method]
-    rows = [r for r in folder.read_rows()
-            if r["image_id"] == args.image_id and r["method"] in methods and r["status"] == "ok"]
-    if not rows:
+    # Without --method: the first tuned method of METHODS (gani, then pti) with a successful result for the image.
+    methods = [m for m in METHODS if has_tuning(m)] if args.method is None else [args.method]
+    found = {r["method"]: r for r in folder.read_rows()
+             if r["image_id"] == args.image_id and r["method"] in methods and r["status"] == "ok"}
+    if not found:
         raise GaniError(f"{args.run}: no successful tuned result for image {args.image_id!r} "
                         f"(methods {methods}); see `gani show {args.run}`")
-    row = rows[0]
+    row = next(found[m] for m in methods if m in found)
     ckpt = resolve_checkpoint(summary["checkpoint"])
     if ckpt.sha256 != summary["checkpoint_sha256"]:
         raise GaniError(f"{summary['checkpoint']} is not the checkpoint this run tuned (sha256 {ckpt.sha256[:12]}, "
@@ -285,19 +290,23 @@ def _cmd_shapes(args: argparse.Namespace) -> int:
     if args.out is None:
         raise GaniError("give a folder or URI to write to (OUT), or --list-kinds")
     if args.kind == IN_DOMAIN and args.split is None:
+        if args.split_seed is not None:
+            raise GaniError("--split-seed seeds a kind's split (--kind, --split); the plain images take --seed")
         return _write_legacy_shapes(args)
+    if args.seed is not None:
+        raise GaniError("--seed seeds the plain in-domain images; a kind's split (--kind, --split) takes --split-seed")
     return _write_kind(args)
 
 
 def _write_legacy_shapes(args: argparse.Namespace) -> int:
-    """``gani shapes OUT`` as it always was: the domain's images from torch's stream at ``--seed`` (2026)."""
+    """``gani shapes OUT`` as it always was: the domain's images from torch's stream at ``--seed``."""
     import torch
 
     from gani_core import storage
     from gani_core.render import grid_png
     from gani_core.shapes.domain import FACTOR_NAMES, sample_images, to_physical
 
-    seed = 2026 if args.seed is None else args.seed
+    seed = PLAIN_SHAPES_SEED if args.seed is None else args.seed
     images, t = sample_images(args.count, args.resolution, torch.Generator().manual_seed(seed))
     factors = {}
     for i in range(args.count):
@@ -311,13 +320,15 @@ def _write_legacy_shapes(args: argparse.Namespace) -> int:
 
 
 def _write_kind(args: argparse.Namespace) -> int:
-    """``--kind`` / ``--split``: a split of a kind of out_of_domain.KINDS, its ground truth in factors.json."""
+    """``--kind`` / ``--split``: a split of a kind of out_of_domain.KINDS (its stream seeded by ``--split-seed``),
+    its ground truth in factors.json."""
     from gani_core import storage
     from gani_core.render import grid_png
     from gani_core.shapes.out_of_domain import sample_kind
 
     split = args.split or "test"
-    images, truth = sample_kind(args.kind, args.count, args.resolution, split, 0 if args.seed is None else args.seed)
+    seed = SPLIT_SEED if args.split_seed is None else args.split_seed
+    images, truth = sample_kind(args.kind, args.count, args.resolution, split, seed)
     factors = {}
     for i, f in enumerate(truth):
         name = f"{args.kind}-{split}-{i:03d}.png"
@@ -327,6 +338,12 @@ def _write_kind(args: argparse.Namespace) -> int:
     print(f"wrote {args.count} {args.kind} images ({split} split, {args.resolution} px) and factors.json to "
           f"{args.out}")
     return 0
+
+
+# `gani shapes`'s two seeds: of the plain in-domain images (examples/shapes/ holds seed 2026's), and of a kind's
+# split stream (out_of_domain.sample_kind; the benchmark's sets use 0).
+PLAIN_SHAPES_SEED = 2026
+SPLIT_SEED = 0
 
 
 def _steps(value: str) -> int:
@@ -344,7 +361,8 @@ def _batch_size(value: str) -> int | str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gani_core.invert import GANI_TUNE, METHODS, PTI_TUNE
+    from gani_core.invert import GANI_TUNE, METHODS, PTI_TUNE, has_tuning
+    from gani_core.invert_files import CPU_BATCH_SIZE
     from gani_core.pivot import PivotConfig
     from gani_core.tuning import TuneConfig
 
@@ -384,14 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-steps", type=_steps, default=None,
                    help=f"generator tuning steps of gani and pti (default: {TuneConfig.steps})")
     p.add_argument("--tune-lr", type=float, default=None, help="tuning learning rate (default: per method)")
-    p.add_argument("--locality-weight", type=float, default=None,
-                   help=f"weight of the locality regulariser (default: gani {GANI_TUNE.locality_weight:g}, "
-                        f"pti {PTI_TUNE.locality_weight:g} as in PTI)")
+    p.add_argument("--reg-weight", type=float, default=None,
+                   help=f"weight of the regulariser, which keeps renders of latents near the pivot as the original "
+                        f"generator made them (default: gani {GANI_TUNE.reg_weight:g}, pti {PTI_TUNE.reg_weight:g} "
+                        "as in PTI)")
     p.add_argument("--directions", default=None, help=".npy of edit directions in W (default: seeded random)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=_batch_size, default=1, metavar="K|auto",
                    help="images inverted together, one forward and backward for all per step (default: 1); auto: "
-                        "as many as the GPU's free memory holds, 8 on a CPU")
+                        f"as many as the GPU's free memory holds, {CPU_BATCH_SIZE} on a CPU")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="bf16: mixed precision (autocast) for the optimisation, for GPUs (default: fp32)")
@@ -405,7 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write one image's tuned generator in gani's .safetensors format")
     p.add_argument("run", help="the --out of a run")
     p.add_argument("image_id", help="the image's id (see `gani show`)")
-    p.add_argument("--method", default=None, help="which method's result (default: gani, else pti)")
+    p.add_argument("--method", default=None,
+                   help=f"which method's result (default: {', else '.join(m for m in METHODS if has_tuning(m))}: "
+                        "the first with a successful result)")
     p.add_argument("--out", required=True, help=".safetensors file to write")
     p.set_defaults(func=_cmd_export)
 
@@ -441,8 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the kind's seed stream: choose on dev, report on test (default: test). In-domain "
                         "without --split writes shapes-SEED-NNN.png, as before")
     p.add_argument("--seed", type=int, default=None,
-                   help="the seed: of the plain images (default 2026; the training data uses other seeds), or "
-                        "of the split's stream (default 0)")
+                   help=f"seed of the plain in-domain images, shapes-SEED-NNN.png (default: {PLAIN_SHAPES_SEED}; "
+                        "the training data uses other seeds)")
+    p.add_argument("--split-seed", type=int, default=None,
+                   help=f"seed of a kind's split stream, with --kind or --split (default: {SPLIT_SEED}, the "
+                        "benchmark's)")
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--list-kinds", action="store_true", help="print the kinds and what each is, then exit")
     p.set_defaults(func=_cmd_shapes)

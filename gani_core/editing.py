@@ -1,21 +1,12 @@
-"""Latent directions in W, and the metrics that say whether a tuned generator still edits like the original.
+"""Latent directions in W, the latents the after-tuning metrics render, and factor edits read by a probe.
 
-Definitions (docs: method.md, "Metrics"):
-
-- `locality`: mean LPIPS (alex) between the tuned and the original generator's renderings of a fixed,
-  seeded set of latents (`locality_latents`: half mapped from random z, half between the pivot and
-  mapped z). 0 = the tuning changed nothing away from the image; lower is better.
-- `edit_consistency`: for each direction d, LPIPS(G_t(w_p + s d), G_o(w_p + s d)) minus
-  LPIPS(G_t(w_p), G_o(w_p)), averaged over directions. 0 = editing the tuned generator changes the image
-  exactly as editing the original does; lower is better.
-- `edit_accuracy`, for a generator that carries factor edit directions and a factor probe
-  (gani_core.factors; the built-in one does): at the pivot w_p, for each factor k, move ±s_k along its
-  direction d_k (s_k: its step) and read with the probe how much factor k changed, with the tuned
-  generator (Δt_k) and the original (Δo_k).
-      edit_accuracy = mean_k clip(1 - |Δt_k - Δo_k| / |Δo_k|, 0, 1)
-  1 = every edit moves its factor exactly as much as before tuning; 0 = the edits no longer work (or
-  overshoot by 100 % or more). The ratios Δt_k / Δo_k are reported per factor too. None (not
-  applicable) for a generator without directions or probe.
+The metrics themselves (``locality``, ``edit_consistency``, ``edit_accuracy``) are defined and computed in one
+place, gani_core/measure.py (``measure_images``; names, directions and formats in gani_core/metric_registry.py).
+This module gives them their inputs: `locality_latents` (the latents ``locality`` renders), `random_directions`
+(``edit_consistency``'s directions for a generator without factor directions) and `default_edit_strength` (its
+strength), and for ``edit_accuracy`` `factor_tools` (a generator's factor directions and probe) and
+`accuracy_of_changes` (the score from the probe's readings). `read_factors` and `factor_changes` read one
+generator's renders with a probe (the shapes domain fits and checks its directions with them).
 
 Distances in W are measured in units of `w_spread(G)` (the RMS distance of mapped latents from
 `G.mapping.w_avg`), which is what makes edit strengths comparable across generators whose W spaces have
@@ -30,7 +21,6 @@ or [num_ws, w_dim] (per layer); a set of directions [K, w_dim] or [K, num_ws, w_
 
 from __future__ import annotations
 
-import copy
 import zipfile
 from pathlib import Path
 
@@ -39,7 +29,6 @@ import torch
 
 from gani_core.errors import GaniError
 from gani_core.factors import FactorEdits, FactorProbe
-from gani_core.lpips import lpips_distance
 from gani_core.networks import Generator, assert_shape
 
 # Share of the locality latents drawn around the pivot; the rest are plain mapped latents.
@@ -206,77 +195,6 @@ def sample_regulariser_latents(
 
 
 # ----------------------------------------------------------------------------------------------------
-# Metrics
-
-
-@torch.no_grad()
-def locality(G_orig: Generator, G_tuned: Generator, ws: torch.Tensor, batch_size: int = 8) -> float:
-    """Mean LPIPS (alex) between G_tuned's and G_orig's renderings of ws [N, num_ws, w_dim] (`locality_latents`).
-
-    Renders use noise_mode "const" and are clamped to [-1, 1] (the metrics definition); images must be
-    at least 32 px. Computed on G_tuned's device, `batch_size` latents at a time, without gradients.
-    0 = identical at every latent; lower = a more local tuning.
-    """
-    assert_shape(ws, [None, G_orig.num_ws, G_orig.w_dim], "ws")
-    if ws.shape[0] == 0:
-        raise ValueError("locality needs at least one latent")
-    distances = [_render_distance(G_orig, G_tuned, batch) for batch in ws.split(batch_size)]
-    return float(torch.cat(distances).mean())
-
-
-@torch.no_grad()
-def edit_gaps(
-    G_orig: Generator,
-    G_tuned: Generator,
-    w_pivot: torch.Tensor,
-    directions: torch.Tensor,
-    strength: float | None = None,
-    batch_size: int = 8,
-) -> torch.Tensor:
-    """Per-direction edit inconsistency e_d, float32 [K] on the CPU (`edit_consistency` is its mean).
-
-    e_d = LPIPS(G_t(w_p + s d), G_o(w_p + s d)) - LPIPS(G_t(w_p), G_o(w_p)): how much further apart the
-    two generators are after the edit than before it. `directions` [K, w_dim], [K, num_ws, w_dim] or one
-    [w_dim] (a single per-layer direction is [1, num_ws, w_dim]: a 2-D tensor is always K W directions).
-    `strength` s in W units; None = `default_edit_strength(G_orig)`. Renders as in `locality` (const
-    noise, clamped, LPIPS alex). Can be negative: an edit that moves the image away from what the tuning
-    changed brings the two generators closer than they are at the pivot.
-    """
-    if strength is None:
-        strength = default_edit_strength(G_orig)
-    w_pivot = _as_pivot(G_orig, w_pivot)
-    directions = directions.to(device=w_pivot.device, dtype=w_pivot.dtype)
-    if directions.ndim == 1:
-        directions = directions[None]
-    if directions.shape[0] == 0 or directions.shape[1:] not in ((G_orig.w_dim,), tuple(w_pivot.shape)):
-        raise ValueError(
-            f"directions have shape {list(directions.shape)}, expected [K, {G_orig.w_dim}] or "
-            f"[K, {G_orig.num_ws}, {G_orig.w_dim}] with K >= 1"
-        )
-    unedited = _render_distance(G_orig, G_tuned, w_pivot[None])  # [1]
-    # Each direction applied to the pivot, as `apply_direction` does: a W direction at every layer.
-    per_layer = directions if directions.ndim == 3 else directions[:, None].expand(-1, G_orig.num_ws, -1)
-    edited = [_render_distance(G_orig, G_tuned, w_pivot + strength * batch) for batch in per_layer.split(batch_size)]
-    return (torch.cat(edited) - unedited).cpu()
-
-
-def edit_consistency(
-    G_orig: Generator,
-    G_tuned: Generator,
-    w_pivot: torch.Tensor,
-    directions: torch.Tensor,
-    strength: float | None = None,
-    batch_size: int = 8,
-) -> float:
-    """Mean over directions of `edit_gaps`: the extra LPIPS gap between tuned and original generator that
-    editing the pivot along each direction opens. 0 = edits behave as on the original; lower is better;
-    negative values are possible (see `edit_gaps`). `strength` None = `default_edit_strength(G_orig)`.
-    No gradients.
-    """
-    return float(edit_gaps(G_orig, G_tuned, w_pivot, directions, strength, batch_size).mean())
-
-
-# ----------------------------------------------------------------------------------------------------
 # Factor edits: directions with ground truth, read by the generator's factor probe
 
 
@@ -320,35 +238,13 @@ def factor_tools(G: Generator) -> tuple[FactorEdits, FactorProbe] | None:
 
 def accuracy_of_changes(before: torch.Tensor, after: torch.Tensor,
                         names: tuple[str, ...]) -> tuple[float, dict[str, float]]:
-    """(edit_accuracy, {factor: Δt/Δo}) from the factor changes [F] of the original (Δo) and tuned (Δt) generator."""
+    """(edit_accuracy, {factor: Δt/Δo}) from the factor changes [F] of the original (Δo) and tuned (Δt) generator:
+    mean_k clip(1 - |Δt_k - Δo_k| / |Δo_k|, 0, 1) (measure.py's docstring)."""
     before, after = before.cpu(), after.cpu()
     per_factor = (1 - (after - before).abs() / before.abs().clamp_min(1e-6)).clamp(0, 1)
     ratios = {name: float(a / b) if abs(float(b)) > 1e-6 else float("nan")
               for name, a, b in zip(names, after.tolist(), before.tolist(), strict=True)}
     return float(per_factor.mean()), ratios
-
-
-def edit_accuracy(G_orig: Generator, G_tuned: Generator, w_pivot: torch.Tensor,
-                  strength: float = 1.0) -> tuple[float, dict[str, float]] | None:
-    """(edit_accuracy, {factor: Δt/Δo}) at the pivot w_p [num_ws, w_dim]; see the module docstring.
-
-    Uses G_orig's ``factor_edits`` and ``factor_probe`` (`factor_tools`); None when it lacks either (not
-    applicable). ``strength``: the edit, in steps of each direction. Computed on G_orig's device; G_tuned is
-    G_orig (nothing tuned) gives exactly 1 without rendering.
-    """
-    tools = factor_tools(G_orig)
-    if tools is None:
-        return None
-    edits, probe = tools
-    if G_tuned is G_orig:
-        return 1.0, dict.fromkeys(edits.names, 1.0)
-    device = G_orig.mapping.w_avg.device
-    probe = copy.deepcopy(probe).to(device)     # the generator keeps its own probe (on the CPU)
-    edits = edits.to(device)
-    w_pivot = w_pivot.to(device)
-    before = factor_changes(G_orig, probe, w_pivot, edits, strength)
-    after = factor_changes(G_tuned, probe, w_pivot, edits, strength)
-    return accuracy_of_changes(before, after, edits.names)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -378,10 +274,3 @@ def _map(G: Generator, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Te
     c = torch.zeros([z.shape[0], G.c_dim], device=z.device) if G.c_dim > 0 else None
     with torch.no_grad():
         return G.mapping(z, c, truncation_psi=truncation_psi)
-
-
-def _render_distance(G_orig: Generator, G_tuned: Generator, ws: torch.Tensor) -> torch.Tensor:
-    """LPIPS (alex) per latent between the two generators' clamped const-noise renders: [N] on G_tuned's device."""
-    tuned = G_tuned.synthesis(ws.to(_device(G_tuned)), noise_mode="const").clamp(-1.0, 1.0)
-    orig = G_orig.synthesis(ws.to(_device(G_orig)), noise_mode="const").clamp(-1.0, 1.0)
-    return lpips_distance(tuned, orig.to(tuned.device), net="alex")

@@ -11,11 +11,12 @@ a run of it alone gives, within float32 rounding (docs/method.md, "Batched").
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import resource
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Literal, get_args
 
 import torch
@@ -24,6 +25,7 @@ from gani_core import deltas as deltas_mod
 from gani_core.editing import default_edit_strength, random_directions
 from gani_core.errors import InversionError
 from gani_core.measure import measure_images
+from gani_core.metric_registry import check_names, names
 from gani_core.networks import Generator
 from gani_core.pivot import PivotConfig, Progress, find_pivots
 from gani_core.precision import Precision
@@ -33,11 +35,11 @@ Method = Literal["gani", "pti", "wplus", "w"]     # the one list of methods; MET
 METHODS: tuple[str, ...] = get_args(Method)
 
 # GANI's default (docs/method.md, measured on the trained built-in generator): the parameter-conditioned
-# low-rank GMM with a light locality regulariser; rank 32 since the out-of-domain ablations of issue 11 (rank 8
-# before): at equal steps about half PTI's lpips out of the domain, a quarter of its locality.
-GANI_TUNE = TuneConfig(kind="param-lowrank", lr=3e-3, rank=32, locality_weight=0.1)
+# low-rank GMM with a light regulariser; rank 32 since the out-of-domain ablations of issue 11 (rank 8 before): at
+# equal steps about half PTI's lpips out of the domain, a quarter of its locality.
+GANI_TUNE = TuneConfig(form="param-lowrank", lr=3e-3, rank=32, reg_weight=0.1)
 # PTI as in its public code: Adam on all synthesis weights, lr 3e-4, 350 steps, no regulariser by default.
-PTI_TUNE = TuneConfig(kind="full", lr=3e-4, layers="all", locality_weight=0.0)
+PTI_TUNE = TuneConfig(form="full", lr=3e-4, layers="all", reg_weight=0.0)
 
 
 @dataclass(frozen=True)
@@ -53,17 +55,99 @@ class InvertConfig:
     delta_max_rel_error: float = 0.02           # per-layer relative error allowed by the encoding
 
     def config_hash(self) -> str:
-        """A short hash of everything that changes a result (keys reruns and resumes). A tuning option added after
-        results were stored leaves the hash as it was while it has its default: an upgrade keeps earlier rows."""
-        fields = asdict(self)
-        for name, default in TUNE_OPTIONS_ADDED.items():
-            if fields["tune"] is not None and fields["tune"][name] == default:
-                del fields["tune"][name]
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+        """A short hash of everything that changes a result (keys reruns and resumes: gani_core.run_folder).
+
+        Scheme 2: the hash of :meth:`differences`, the fields whose values differ from :data:`HASH_BASELINE`. A
+        field added later enters the hash only where it differs from its dataclass default, so adding a field
+        with a default changes no hash, with no list to keep.
+        """
+        payload = {"scheme": HASH_SCHEME, "differences": self.differences()}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def differences(self) -> dict[str, object]:
+        """The fields of this configuration that differ from :data:`HASH_BASELINE` (a field not in it: from its
+        dataclass default), by dotted name (``tune.steps``; ``tune``: None for the methods without tuning)."""
+        return _differences(self, HASH_BASELINE, "")
+
+    def resume_hashes(self) -> tuple[str, ...]:
+        """The config hashes a stored row may carry to be this configuration's result (run_folder's resume rule):
+        :meth:`config_hash`, and the hash gani gave the same configuration before issue 17
+        (:func:`scheme1_config_hash`), so that run folders written then are still kept."""
+        old = scheme1_config_hash(self)
+        return (self.config_hash(),) if old is None else (self.config_hash(), old)
 
 
-# Tuning options added after results were stored, with their defaults: left out of the hash at those defaults.
-TUNE_OPTIONS_ADDED: dict[str, object] = {"locality_start": 0}
+# The config hash's scheme: 2 since issue 17 (scheme 1, before it, hashed every field; scheme1_config_hash).
+HASH_SCHEME = 2
+# Scheme 2's baseline: InvertConfig()'s values when the scheme began (gani's method with its defaults; issue 17).
+# Frozen, never edited: a default changed later makes the configurations that use it differ from the baseline, so
+# their hashes change, as their results do. A field added later is not listed: it is compared with its dataclass
+# default, the value that does what gani did before the field existed (which is why that default never changes).
+HASH_BASELINE: dict[str, object] = {
+    "method": "gani",
+    "pivot": {
+        "space": "w", "steps": 450, "lr": 0.05, "lr_rampup": 0.05, "lr_rampdown": 0.25, "noise_factor": 0.05,
+        "noise_ramp": 0.75, "l2_weight": 1.0, "lpips_weight": 1.0, "optimize_noise": False,
+        "noise_regularize": 100000.0, "precision": "fp32",
+    },
+    "tune": {
+        "form": "param-lowrank", "steps": 350, "lr": 0.003, "rank": 32, "hidden": 32, "layers": "conv+torgb",
+        "l2_weight": 1.0, "lpips_weight": 1.0, "reg_weight": 0.1, "reg_interval": 1, "reg_start": 0,
+        "reg_alpha": 0.5, "reg_samples": 1, "reg_pool": 0, "precision": "fp32",
+    },
+    "seed": 0, "locality_count": 16, "num_directions": 4, "edit_strength": None, "delta_encoding": "lowrank",
+    "delta_max_rel_error": 0.02,
+}
+
+
+def _differences(config: object, baseline: dict, prefix: str) -> dict[str, object]:
+    """The fields of dataclass ``config`` whose values differ from ``baseline`` (or, for a field not in it, from
+    the field's default), by dotted name; a nested dataclass is compared field by field."""
+    found: dict[str, object] = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name in baseline:
+            base = baseline[f.name]
+        else:
+            base = f.default_factory() if f.default_factory is not MISSING else f.default
+            base = asdict(base) if is_dataclass(base) else base
+        if is_dataclass(value) and isinstance(base, dict):
+            found.update(_differences(value, base, f"{prefix}{f.name}."))
+        elif (asdict(value) if is_dataclass(value) else value) != base:
+            found[f"{prefix}{f.name}"] = asdict(value) if is_dataclass(value) else value
+    return found
+
+
+# Scheme 1's names of the fields issue 17 renamed (frozen: scheme 1 never sees a later name).
+_SCHEME1_NAMES = {"form": "kind", "reg_weight": "locality_weight", "reg_interval": "locality_interval",
+                  "reg_start": "locality_start", "reg_alpha": "locality_alpha", "reg_samples": "locality_samples",
+                  "reg_pool": "locality_pool"}
+
+
+def scheme1_config_hash(cfg: InvertConfig) -> str | None:
+    """The hash gani gave ``cfg`` before issue 17 (scheme 1), for the resume rule only: rows written then carry it.
+
+    Scheme 1 hashed every field of ``asdict(cfg)`` under its old name (:data:`_SCHEME1_NAMES`), with the tuning's
+    ``extra: {}`` (a field since removed) and without ``locality_start`` at its default 0 (scheme 1's list of
+    options added after results were stored). Its fields were :data:`HASH_BASELINE`'s, so the configuration is
+    the baseline with :meth:`InvertConfig.differences` applied. Frozen: fields added later never enter it, and it
+    answers None for a configuration that sets one of them (no row written before issue 17 can be its result).
+    """
+    config = copy.deepcopy(HASH_BASELINE)
+    for name, value in cfg.differences().items():
+        *parents, leaf = name.split(".")
+        section = config
+        for parent in parents:
+            section = section[parent]
+        if leaf not in section:
+            return None
+        section[leaf] = value
+    if config["tune"] is not None:
+        tune = {_SCHEME1_NAMES.get(k, k): v for k, v in config["tune"].items()}
+        if tune["locality_start"] == 0:
+            del tune["locality_start"]
+        config["tune"] = {**tune, "extra": {}}
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # The tuning stage of each method that has one; the others (w, wplus) stop at the pivot.
@@ -111,7 +195,7 @@ class InversionResult:
     method: str
     w_pivot: torch.Tensor                       # [num_ws, w_dim]
     encoded: list[deltas_mod.EncodedDelta]      # the stored deltas
-    metrics: dict[str, float | None]            # METRIC_NAMES, locality, edit_consistency, edit_accuracy (None: n/a)
+    metrics: dict[str, float | None]            # the registry's names("result") (None: n/a), measure.measure_images
     seconds: dict[str, float]                   # pivot, tune, metrics, total
     steps: dict[str, int]                       # pivot, tune
     peak_memory_mb: float
@@ -122,11 +206,13 @@ class InversionResult:
     edit_ratios: dict[str, float] = field(default_factory=dict)  # per factor: tuned / original edit response
 
     def row(self) -> dict:
-        """The metrics.parquet row of this result (without the run-level columns)."""
+        """The metrics.parquet row of this result (without the run-level columns): its ``names("result")`` metrics
+        (metric_registry; an unknown key raises KeyError) and what it cost."""
+        check_names(self.metrics, names("result"), f"{self.image_id}.{self.method}: metrics")
         tune_steps = self.steps.get("tune", 0)
         return {
             "image_id": self.image_id, "method": self.method, "status": "ok", "error": None,
-            **self.metrics,
+            **{name: self.metrics.get(name) for name in names("result")},
             "seconds": self.seconds["total"], "seconds_pivot": self.seconds["pivot"],
             "seconds_tune": self.seconds["tune"], "seconds_metrics": self.seconds["metrics"],
             "pivot_steps": self.steps["pivot"], "tune_steps": tune_steps,

@@ -143,7 +143,7 @@ def run_in_process(
     """Invert every image with every method here, ``batch_size`` at a time, resuming what ``folder`` already
     holds; write the tables. ``on_batch(image_ids, method)`` may return a progress callback for that batch."""
     started = time.time()
-    kept = folder.reusable_rows(images, {m: c.config_hash() for m, c in configs.items()}, ckpt.sha256)
+    kept = folder.reusable_rows(images, {m: c.resume_hashes() for m, c in configs.items()}, ckpt.sha256)
     new: dict[tuple[str, str], dict] = {}
     for method, cfg in configs.items():
         todo = [image for image in images if (image.image_id, method) not in kept]

@@ -1,14 +1,32 @@
-"""The final metrics of K inverted images, measured in batched renders.
+"""The after-tuning metrics of K inverted images, measured in batched renders: their one implementation.
 
-    measured = measure_images(G, images, w_pivots, deltas, stored, cfg)   # one Measured per image
+    measured = measure_images(G, images, w_pivots, deltas, stored, directions=directions, strength=strength,
+                              preview_offset=offset, locality_count=16, seed=0)     # one Measured per image
+
+Every metric is named, described and formatted once in gani_core/metric_registry.py; the image metrics (mse,
+psnr, ms_ssim, lpips, lpips_vgg of the input against the tuned render of the pivot) are gani_core/metrics.py's.
+The others compare the tuned generator G_t = W + ΔW (the stored deltas) with the original G_o, rendering with
+const noise, clamped to [-1, 1], LPIPS alex (docs/method.md, "Metrics"):
+
+- ``locality``: mean LPIPS(G_t(w), G_o(w)) over editing.locality_latents(G, w_p, locality_count, seed) (half
+  mapped from seeded z, half between the pivot and mapped z). 0 = the tuning changed nothing away from the image.
+- ``edit_consistency``: mean over the directions d of LPIPS(G_t(w_p + s d), G_o(w_p + s d)) - LPIPS(G_t(w_p),
+  G_o(w_p)), s = ``strength``: how much further apart the generators are after an edit than before it. 0 = edits
+  behave as on the original; negative where an edit moves away from what the tuning changed.
+- ``edit_accuracy``, for a generator with factor edit directions and a factor probe (editing.factor_tools; else
+  None): for each factor k, the probe's change of factor k between w_p + s_k d_k and w_p - s_k d_k (s_k: its
+  step), with G_t (Δt_k) and with G_o (Δo_k); mean_k clip(1 - |Δt_k - Δo_k| / |Δo_k|, 0, 1)
+  (editing.accuracy_of_changes). 1 = every edit moves its factor as before tuning. ``edit_ratios``: Δt_k / Δo_k.
+
+A method without tuning leaves G unchanged: locality and edit_consistency 0, edit_accuracy 1 where it applies.
 
 Every latent a metric renders (the pivot, the preview's edit, the locality latents, the edited pivots of
 ``edit_consistency`` and the factor edits of ``edit_accuracy``) is laid out per image, and all of them are
 rendered together: the K tuned generators ``W + ΔW_k`` through one vmapped call on a GPU (per-sample weights,
 as in tuning.tune_batch; on a CPU one generator at a time, which is faster there), the original generator in
-plain batches, and LPIPS over all pairs together. The
-definitions are editing.py's (``locality``, ``edit_gaps``, ``edit_accuracy``) and method.md's; the results
-equal those one-image functions within float32 rounding (tests/test_batching.py).
+plain batches, and LPIPS over all pairs together. A call with K images gives each what a call with it alone
+gives, within float32 rounding; the tests compare K = 1 calls with the definitions above computed by hand
+(tests/test_editing.py, tests/test_shapes.py) and K = 3 with three K = 1 calls (tests/test_batching.py).
 """
 
 from __future__ import annotations
@@ -34,7 +52,7 @@ Deltas = dict[str, torch.Tensor]
 
 @dataclass
 class Measured:
-    metrics: dict[str, float | None]        # METRIC_NAMES, locality, edit_consistency, edit_accuracy (None: n/a)
+    metrics: dict[str, float | None]        # the registry's names("result") (None: n/a)
     delta_lpips_change: float               # LPIPS between renders with the stored and the in-memory deltas
     previews: torch.Tensor                  # [4, 3, R, R] in [0, 1] on the CPU: input, pivot, tuned, edit
     edit_ratios: dict[str, float] = field(default_factory=dict)   # per factor: tuned / original edit response
@@ -185,7 +203,8 @@ def _lpips_pairs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _edit_accuracy(G: Generator, original: torch.Tensor, tuned: torch.Tensor
                    ) -> list[tuple[float, dict[str, float]]] | None:
-    """editing.edit_accuracy of each image from its factor renders [K, 2F, 3, R, R] (+s_k d_k, then -s_k d_k)."""
+    """edit_accuracy and edit_ratios of each image from its factor renders [K, 2F, 3, R, R] (+s_k d_k, then
+    -s_k d_k)."""
     tools = factor_tools(G)
     if tools is None:
         return None

@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import pyarrow as pa
+
 Better = Literal["lower", "higher"]
 Computed = Literal["image", "tuning", "benchmark", "cost"]
 
@@ -61,7 +63,7 @@ _DEFS = (
               "tuning"),
     MetricDef("edit_accuracy", "how exactly factor edits still move their factor, 1 = as before tuning (needs a "
               "factor probe)", "higher", "tuning", headline=True),
-    MetricDef("drift", "mean LPIPS between tuned and original renders of many random latents (benchmark only)",
+    MetricDef("drift", "Frechet distance of AlexNet features between tuned and original samples (benchmark only)",
               "lower", "benchmark", headline=True, curve=False),
     MetricDef("seconds", "seconds of the inversion per image (batch stages shared evenly)", "lower", "cost",
               headline=True),
@@ -94,6 +96,11 @@ def names(group: Group) -> tuple[str, ...]:
         "curve": lambda m: m.curve,
     }[group]
     return tuple(m.name for m in _DEFS if select(m))
+
+
+def parquet_field(name: str) -> tuple[str, pa.DataType]:
+    """The Parquet column of a metric: int64 where the registry says ``integer``, else float64."""
+    return name, pa.int64() if METRICS[name].integer else pa.float64()
 
 
 def check_names(keys: object, allowed: tuple[str, ...] | set[str], what: str) -> None:

@@ -1,7 +1,8 @@
 """Image metrics, one definition used everywhere (docs: method.md, "Metrics").
 
 All functions compare float RGB images in [0, 1], shape [N, 3, H, W], pairwise along N, and return one
-value per image, shape [N]. Renders get there through `to_unit`. `image_metrics` gives all five as rows.
+value per image, shape [N]. Renders get there through `to_unit`. `image_metrics` gives all five as rows, under the
+names of the registry's ``image`` group (gani_core.metric_registry).
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from gani_core.lpips import lpips_distance
-
-METRIC_NAMES = ("mse", "psnr", "ms_ssim", "lpips", "lpips_vgg")
+from gani_core.metric_registry import names
 
 # MS-SSIM as Wang et al. 2003 define it and pytorch_msssim implements it.
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -130,11 +130,13 @@ def lpips_vgg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return lpips_distance(a * 2 - 1, b * 2 - 1, net="vgg")
 
 
+# The function of each metric of the registry's image group.
 _METRICS = {"mse": mse, "psnr": psnr, "ms_ssim": ms_ssim, "lpips": lpips, "lpips_vgg": lpips_vgg}
 
 
 def image_metrics(a: torch.Tensor, b: torch.Tensor, device: str | torch.device | None = None) -> list[dict[str, float]]:
-    """All of `METRIC_NAMES` for each image pair: [0, 1] inputs [N, 3, H, W] x 2 -> N rows of floats.
+    """Every metric of ``names("image")`` for each image pair, in that order: [0, 1] inputs [N, 3, H, W] x 2 -> N
+    rows of floats.
 
     Computed on `device` (default: a's device), without gradients. `psnr` is inf for identical images
     (see `finite_or_none`).
@@ -143,8 +145,8 @@ def image_metrics(a: torch.Tensor, b: torch.Tensor, device: str | torch.device |
     if device is not None:
         a, b = a.to(device), b.to(device)
     with torch.no_grad():
-        columns = {name: _METRICS[name](a, b).cpu().tolist() for name in METRIC_NAMES}
-    return [{name: float(columns[name][i]) for name in METRIC_NAMES} for i in range(a.shape[0])]
+        columns = {name: _METRICS[name](a, b).cpu().tolist() for name in names("image")}
+    return [{name: float(columns[name][i]) for name in names("image")} for i in range(a.shape[0])]
 
 
 def finite_or_none(value: object) -> object:

@@ -8,8 +8,9 @@ writing and reading them, and the resume rule.
     OUT/summary.json                    the run: checkpoint, configs, counts, failures and means per method
     OUT/preview_grid.png                the first previews of the run, stacked
 
-Resume rule (:meth:`RunFolder.reusable_rows`): an image's row is kept when its ``image_sha256``,
-``checkpoint_sha256`` and ``config_hash`` equal this run's, and it is either ``ok`` (with its deltas file present)
+Resume rule (:meth:`RunFolder.reusable_rows`): an image's row is kept when its ``image_sha256`` and
+``checkpoint_sha256`` equal this run's, its ``config_hash`` is one of this run's ``InvertConfig.resume_hashes()``
+(today's, or the one gani wrote before issue 17's renames), and it is either ``ok`` (with its deltas file present)
 or failed because the image itself is unreadable (``ImageError``: the same bytes fail the same way). Other
 failures (a storage hiccup, a lost worker, an unreadable checkpoint) are computed again.
 
@@ -22,10 +23,9 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict
 
-import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
@@ -36,25 +36,24 @@ from gani_core import storage
 from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.dataset import ImageSource
 from gani_core.invert import InversionResult, InvertConfig
-from gani_core.metrics import METRIC_NAMES, finite_or_none, ms_ssim_note
+from gani_core.metric_registry import check_names, names, parquet_field
+from gani_core.metric_registry import summarise as summarise_metrics
+from gani_core.metrics import finite_or_none, ms_ssim_note
 from gani_core.render import save_grid, stack_pngs
 
-# The quality metrics of a result; edit_accuracy is null for generators without factor directions and a probe.
-RESULT_METRICS = (*METRIC_NAMES, "locality", "edit_consistency", "edit_accuracy")
-# What a run's summary, its MLflow run and the nightly comparison report per method: means (and quantiles). Every
-# method has each of them (edit_accuracy: wherever the generator has factor directions), so runs compare by name.
-SUMMARY_METRICS = (*RESULT_METRICS, "seconds", "delta_bytes")
-# The columns shown to people (gani show, gani invert, the Prefect table artifact).
-DISPLAY_COLUMNS = ("image_id", "method", "status", "lpips", "mse", "psnr", "ms_ssim", "locality",
-                   "edit_consistency", "edit_accuracy", "seconds", "delta_bytes", "error")
+# The columns shown to people (gani show, gani invert, the Prefect table artifact): a result's ``names("run")``, the
+# metrics that a run's summary, its MLflow run and the nightly comparison report per method.
+DISPLAY_COLUMNS = ("image_id", "method", "status", *names("run"), "error")
 
+
+# The metric columns come from the registry (gani_core.metric_registry); the others are a result's record.
 METRICS_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("image_sha256", pa.string()), ("method", pa.string()),
     ("status", pa.string()), ("error", pa.string()),
-    *[(m, pa.float64()) for m in RESULT_METRICS],
-    ("seconds", pa.float64()), ("seconds_pivot", pa.float64()), ("seconds_tune", pa.float64()),
+    *[parquet_field(m) for m in names("result")],      # edit_accuracy: null without factor directions and a probe
+    parquet_field("seconds"), ("seconds_pivot", pa.float64()), ("seconds_tune", pa.float64()),
     ("seconds_metrics", pa.float64()), ("pivot_steps", pa.int64()), ("tune_steps", pa.int64()),
-    ("seconds_per_tune_step", pa.float64()), ("delta_bytes", pa.int64()), ("delta_lpips_change", pa.float64()),
+    ("seconds_per_tune_step", pa.float64()), parquet_field("delta_bytes"), ("delta_lpips_change", pa.float64()),
     ("peak_memory_mb", pa.float64()), ("w_pivot", pa.list_(pa.float32())),
     ("checkpoint", pa.string()), ("checkpoint_sha256", pa.string()), ("generator_label", pa.string()),
     ("resolution", pa.int64()),     # px of the generator's images, at which the metrics were computed (ok rows)
@@ -91,26 +90,26 @@ def failed_row(image_id: str, cfg: InvertConfig, ckpt: CheckpointRef, error: str
 
 
 def rows_table(rows: Iterable[dict]) -> pa.Table:
-    """The rows as a METRICS_SCHEMA table (columns a row lacks are null)."""
+    """The rows as a METRICS_SCHEMA table (columns a row lacks are null). A key that is no column of the schema (a
+    misspelt metric) raises KeyError rather than being left out."""
     rows = list(rows)
+    check_names({key for r in rows for key in r}, METRICS_SCHEMA.names, "metrics.parquet")
     return pa.Table.from_pydict({name: [r.get(name) for r in rows] for name in METRICS_SCHEMA.names},
                                 schema=METRICS_SCHEMA)
 
 
 def summarise(rows: list[dict], configs: dict[str, InvertConfig], ckpt: CheckpointRef, out: str,
               started: float, **extra: object) -> dict:
-    """summary.json: the run's checkpoint, counts, and per method its config, failures and SUMMARY_METRICS means;
-    ``notes``, what its numbers leave out, once for the run (MS-SSIM with fewer scales at its resolution)."""
+    """summary.json: the run's checkpoint, counts, and per method its config, failures and the means of
+    ``names("run")`` (metric_registry.summarise); ``notes``, what its numbers leave out, once for the run (MS-SSIM
+    with fewer scales at its resolution)."""
     methods: dict[str, dict] = {}
     for method, cfg in configs.items():
         mine = [r for r in rows if r["method"] == method]
-        ok = [r for r in mine if r["status"] == "ok"]
-        means = {}
-        for m in SUMMARY_METRICS:
-            vals = [r[m] for r in ok if r.get(m) is not None]
-            means[m] = finite_or_none(float(np.mean(vals))) if vals else None
+        ok = sum(r["status"] == "ok" for r in mine)
+        means = {m: s["mean"] for m, s in summarise_metrics(mine, names("run")).items()}
         methods[method] = {
-            "images": len(mine), "ok": len(ok), "failed": len(mine) - len(ok), "mean": means,
+            "images": len(mine), "ok": ok, "failed": len(mine) - ok, "mean": means,
             "config": asdict(cfg), "config_hash": cfg.config_hash(),
             "failures": {r["image_id"]: r["error"] for r in mine if r["status"] != "ok"},
         }
@@ -193,10 +192,12 @@ class RunFolder:
     # ------------------------------------------------------------------------------------------------
     # Reading
 
-    def reusable_rows(self, images: list[ImageSource], config_hashes: dict[str, str],
+    def reusable_rows(self, images: list[ImageSource], config_hashes: dict[str, str | Collection[str]],
                       checkpoint_sha256: str) -> dict[tuple[str, str], dict]:
         """The rows under ``rows/`` that a run of ``images`` keeps (the resume rule), by (image_id, method);
-        ``config_hashes`` maps each method to its config hash. Only images with a row are read and hashed."""
+        ``config_hashes`` maps each method to the config hashes its rows may carry (InvertConfig.resume_hashes:
+        today's, and the one gani wrote before issue 17), or to one hash. Only images with a row are read and
+        hashed."""
         row_names, delta_names = storage.names_under(self.path("rows")), storage.names_under(self.path("deltas"))
         candidates = [(ref, m) for ref in images for m in config_hashes
                       if f"{result_key(ref.image_id, m)}.json" in row_names]
@@ -207,7 +208,9 @@ class RunFolder:
         for (ref, m), data in zip(candidates, raw.values(), strict=True):
             row = json.loads(data) if data else None
             have_deltas = f"{result_key(ref.image_id, m)}.parquet" in delta_names
-            if row and _reusable(row, checkpoint_sha256, config_hashes[m], have_deltas):
+            hashes = config_hashes[m]
+            if row and _reusable(row, checkpoint_sha256, {hashes} if isinstance(hashes, str) else set(hashes),
+                                 have_deltas):
                 rows[(ref.image_id, m)] = row
         # The same name may now hold other bytes: a row counts only for the image it was computed from.
         source_of = {ref.image_id: ref.source for ref in images}
@@ -233,8 +236,8 @@ class RunFolder:
         return deltas_mod.decode_deltas(deltas_mod.rows_from_table(table, image_id=image_id))
 
 
-def _reusable(row: dict, checkpoint_sha256: str, config_hash: str, have_deltas: bool) -> bool:
-    if row.get("checkpoint_sha256") != checkpoint_sha256 or row.get("config_hash") != config_hash:
+def _reusable(row: dict, checkpoint_sha256: str, config_hashes: set[str], have_deltas: bool) -> bool:
+    if row.get("checkpoint_sha256") != checkpoint_sha256 or row.get("config_hash") not in config_hashes:
         return False
     if row.get("status") == "ok":
         return have_deltas

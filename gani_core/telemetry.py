@@ -1,6 +1,6 @@
 """The one list of environment settings that keep Prefect, MLflow and friends from phoning home.
 
-gani runs offline (docs/environment.md): without these, Prefect and MLflow try to send usage data and log
+gani runs offline: without these, Prefect and MLflow try to send usage data and log
 errors when they cannot. Python sets them with :func:`quiet_telemetry` (the flows, the tests, the benchmarks);
 shells and the Makefile read them from ``python3 gani_core/telemetry.py`` (``KEY=value`` lines; this file
 imports nothing outside the standard library, so it runs before the virtual environment exists).

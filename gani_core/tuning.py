@@ -1,7 +1,7 @@
 """Generator tuning around a pivot, one loop for every method.
 
 GANI trains the GMMs (only their parameters are optimised); PTI is the same loop with a free dense
-update of every synthesis parameter (``kind="full"``), which under Adam is exactly PTI's tuning of the
+update of every synthesis parameter (``form="full"``), which under Adam is exactly PTI's tuning of the
 weights. Same pivot, same losses, same step budget: a comparison differs only in the method.
 """
 
@@ -14,9 +14,8 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from gani_core.editing import sample_regulariser_latents
-from gani_core.gmm import GMMKind, GMMSet
-from gani_core.losses import reconstruction_loss, reconstruction_losses
-from gani_core.lpips import lpips_distance
+from gani_core.gmm import GMMForm, GMMSet
+from gani_core.losses import reconstruction_loss, reconstruction_losses, regulariser_losses
 from gani_core.networks import Generator
 from gani_core.pivot import PROGRESS_EVERY, Progress
 from gani_core.precision import Precision, autocast
@@ -24,7 +23,7 @@ from gani_core.precision import Precision, autocast
 
 @dataclass(frozen=True)
 class TuneConfig:
-    kind: GMMKind = "param-lowrank"     # the GMM form (gmm.py); "full" is PTI
+    form: GMMForm = "param-lowrank"     # the GMM form (gmm.py); "full" is PTI
     steps: int = 350                    # PTI's tuning steps
     lr: float = 3e-3                    # Adam learning rate of the GMM parameters
     rank: int = 32                      # rank of low-rank GMM forms (8 until issue 11's ablations)
@@ -32,15 +31,16 @@ class TuneConfig:
     layers: str = "conv+torgb"          # "conv+torgb": every synthesis conv and ToRGB weight; "all": PTI's
     l2_weight: float = 1.0              # reconstruction MSE weight
     lpips_weight: float = 1.0           # reconstruction LPIPS weight
-    locality_weight: float = 0.1        # weight of the L2 and LPIPS locality terms (0: off)
-    locality_interval: int = 1          # apply the locality term every this many steps
-    locality_start: int = 0             # the first step with the locality term (before it: reconstruction only)
-    locality_alpha: float = 0.5         # how far from the pivot toward random latents it looks (fraction)
-    locality_samples: int = 1           # latents per locality evaluation
-    locality_pool: int = 0              # 0: fresh regulariser latents every step; N: N drawn once, their original
+    # The regulariser (losses.regulariser_losses): the tuned generator's renders of latents around the pivot kept
+    # close (MSE + LPIPS) to the original generator's. (The `locality` metric measures the same idea, after tuning.)
+    reg_weight: float = 0.1             # its weight (0: off)
+    reg_interval: int = 1               # apply it every this many steps
+    reg_start: int = 0                  # the first step with it (before it: reconstruction only)
+    reg_alpha: float = 0.5              # how far from the pivot toward random latents it looks (fraction)
+    reg_samples: int = 1                # latents per evaluation
+    reg_pool: int = 0                   # 0: fresh regulariser latents every step; N: N drawn once, their original
                                         # renders computed once, used in turn (one no-grad render less per step)
     precision: Precision = "fp32"       # "bf16": renders and losses under bf16 autocast
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,10 +94,10 @@ def _originals(G: Generator, ws: torch.Tensor, precision: Precision) -> torch.Te
 
 def _regulariser_pool(G: Generator, w_pivots: torch.Tensor, cfg: TuneConfig,
                       gens: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``cfg.locality_pool`` draws of the regulariser's latents per image [K, N, S, num_ws, w_dim], drawn as the
+    """``cfg.reg_pool`` draws of the regulariser's latents per image [K, N, S, num_ws, w_dim], drawn as the
     steps would draw them, and the original generator's renders of them [K, N, S, 3, R, R]."""
-    k, n, s = w_pivots.shape[0], cfg.locality_pool, cfg.locality_samples
-    ws = sample_regulariser_latents(G, w_pivots, n * s, gens, cfg.locality_alpha).view(k, n, s, *w_pivots.shape[1:])
+    k, n, s = w_pivots.shape[0], cfg.reg_pool, cfg.reg_samples
+    ws = sample_regulariser_latents(G, w_pivots, n * s, gens, cfg.reg_alpha).view(k, n, s, *w_pivots.shape[1:])
     renders = torch.cat([_originals(G, chunk, cfg.precision) for chunk in ws.flatten(0, 2).split(16)])
     return ws, renders.view(k, n, s, *renders.shape[1:])
 
@@ -146,9 +146,9 @@ def tune_batch(
     sets = []
     for i in range(k):
         grads = (layer_gradients(G, list(weights), w_pivots[i : i + 1], targets[i : i + 1], cfg)
-                 if cfg.kind == "grad" else None)
+                 if cfg.form == "grad" else None)
         torch.manual_seed(seeds[i])  # nn.Linear's default init in the "param" form
-        sets.append(GMMSet({n: w.detach() for n, w in weights.items()}, cfg.kind, rank=cfg.rank, hidden=cfg.hidden,
+        sets.append(GMMSet({n: w.detach() for n, w in weights.items()}, cfg.form, rank=cfg.rank, hidden=cfg.hidden,
                            grads=grads, seed=seeds[i]))
     params, buffers = stack_module_state(sets)          # {name: [K, ...]}: the trained leaves, and the inputs
     template = copy.deepcopy(sets[0]).to("meta")
@@ -162,30 +162,28 @@ def tune_batch(
     opt = torch.optim.Adam(params.values(), lr=cfg.lr, betas=(0.9, 0.999))
     gens = [torch.Generator().manual_seed(s + 1) for s in seeds]
     history: list[torch.Tensor] = []                    # per step: [K] reconstruction losses, on the device
-    pool = _regulariser_pool(G, w_pivots, cfg, gens) if cfg.locality_pool and cfg.locality_weight else None
+    pool = _regulariser_pool(G, w_pivots, cfg, gens) if cfg.reg_pool and cfg.reg_weight else None
     snapshots: dict[int, dict[str, torch.Tensor]] = {}  # step -> {name: [K, ...]}
     for step in range(cfg.steps):
-        since = step - cfg.locality_start
-        regularise = bool(cfg.locality_weight) and since >= 0 and since % cfg.locality_interval == 0
+        since = step - cfg.reg_start
+        regularise = bool(cfg.reg_weight) and since >= 0 and since % cfg.reg_interval == 0
         ws = w_pivots[:, None]                                                        # [K, 1, num_ws, w_dim]
         if regularise:
             if pool is None:
-                w_loc = sample_regulariser_latents(G, w_pivots, cfg.locality_samples, gens, cfg.locality_alpha)
-                original = _originals(G, w_loc, cfg.precision)                        # [K * S, 3, R, R]
+                w_reg = sample_regulariser_latents(G, w_pivots, cfg.reg_samples, gens, cfg.reg_alpha)
+                original = _originals(G, w_reg, cfg.precision).unflatten(0, (k, -1))  # [K, S, 3, R, R]
             else:
-                turn = (since // cfg.locality_interval) % cfg.locality_pool
-                w_loc, original = pool[0][:, turn], pool[1][:, turn].flatten(0, 1)
-            ws = torch.cat([ws, w_loc], dim=1)                                        # [K, 1 + S, num_ws, w_dim]
+                turn = (since // cfg.reg_interval) % cfg.reg_pool
+                w_reg, original = pool[0][:, turn], pool[1][:, turn]
+            ws = torch.cat([ws, w_reg], dim=1)                                        # [K, 1 + S, num_ws, w_dim]
         with autocast(ws.device, cfg.precision):
             renders = vmap(render_k)(params, buffers, ws).float()                     # [K, M, 3, R, R]
             per_image = reconstruction_losses(renders[:, 0], targets, cfg.l2_weight, cfg.lpips_weight)
             history.append(per_image.detach())
             loss = per_image.sum()
             if regularise:
-                tuned = renders[:, 1:].flatten(0, 1)
-                loc = (torch.nn.functional.mse_loss(tuned, original, reduction="none").view(k, -1).mean(1)
-                       + lpips_distance(tuned, original).view(k, -1).mean(1))
-                loss = loss + cfg.locality_weight * loc.sum()
+                reg = regulariser_losses(renders[:, 1:], original)                  # [K]
+                loss = loss + cfg.reg_weight * reg.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

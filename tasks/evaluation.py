@@ -19,11 +19,19 @@ from gani_core import storage
 from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.evaluation.evaluate import evaluate_set
 from gani_core.evaluation.suites import Suite, set_images
-from tasks import tracking
+from gani_core.metric_registry import METRICS, names
+from tasks import mlflow_runs
 from tasks.inversion import prepare_worker_process, worker_device, worker_generator
+from tasks.mlflow_view import view_columns
 from tasks.storage import storage_retries_logged
 
-CURVE_METRICS = ("seconds", "lpips", "lpips_vgg", "psnr", "locality", "edit_consistency", "edit_accuracy")
+# What a child run logs: each curve metric at every budget (``curve_lpips``, the budget as its step), and at the
+# final budget the curve metrics and those only the benchmark computes (drift), with their interval bounds.
+CURVE_METRICS = names("curve")
+FINAL_METRICS = (*CURVE_METRICS, *(n for n in names("benchmark") if METRICS[n].computed == "benchmark"))
+# The experiment's saved runs-table view: the headline metrics among those.
+RUNS_VIEW_COLUMNS = view_columns(tags=("method", "set"),
+                                 metrics=(*(n for n in names("headline") if n in FINAL_METRICS), "images", "failed"))
 
 
 @task(name="evaluate-set", task_run_name="evaluate-{set_name}-seed{seed}", retries=1, cache_policy=NO_CACHE)
@@ -50,20 +58,21 @@ def evaluate_set_on_worker(set_name: str, seed: int, suite: Suite, split: str, c
 
 def log_child_runs(uri: str, experiment_id: str, parent: str, summary: list[dict], budget: int,
                    tags: dict[str, str]) -> dict[str, str]:
-    """One child run of ``parent`` per (method, set): the means (and interval bounds) at ``budget`` (the pivot-only
-    methods: at budget 0) as metrics, and each curve metric with its budget as the step, so that MLflow's charts
-    draw the curves. Returns {"method/set": run id}."""
+    """One child run of ``parent`` per (method, set): the means of FINAL_METRICS (and their interval bounds,
+    ``lpips_lo``, ``lpips_hi``) at ``budget`` (the pivot-only methods: at budget 0) as metrics, and each of
+    CURVE_METRICS with its budget as the step (``curve_lpips``), so that MLflow's charts draw the curves. Returns
+    {"method/set": run id}."""
     client = MlflowClient(tracking_uri=uri)
     children: dict[str, str] = {}
     for method, set_name in dict.fromkeys((r["method"], r["set"]) for r in summary):
         points = sorted((r for r in summary if r["method"] == method and r["set"] == set_name),
                         key=lambda r: r["budget"])
         final = next((r for r in points if r["budget"] in (budget, 0)), points[-1])
-        run_id = tracking.start_run(uri, experiment_id, run_name=f"{method}-{set_name}",
-                                    tags={**tags, "method": method, "set": set_name}, parent_run_id=parent)
+        run_id = mlflow_runs.start_run(uri, experiment_id, run_name=f"{method}-{set_name}",
+                                       tags={**tags, "method": method, "set": set_name}, parent_run_id=parent)
         now = int(time.time() * 1000)
         metrics = [Metric(f"{name}{suffix}", float(final[f"{name}{suffix}"]), now, 0)
-                   for name in (*CURVE_METRICS, "drift") for suffix in ("", "_lo", "_hi")
+                   for name in FINAL_METRICS for suffix in ("", "_lo", "_hi")
                    if _finite(final.get(f"{name}{suffix}"))]
         metrics += [Metric("images", float(final["images"]), now, 0), Metric("failed", float(final["failed"]), now, 0)]
         metrics += [Metric(f"curve_{name}", float(p[name]), now, p["budget"]) for p in points for name in CURVE_METRICS

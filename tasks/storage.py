@@ -54,7 +54,7 @@ def list_images(input_uri: str, limit: int | None = None) -> list[ImageSource]:
 
 
 @task(name="find-existing-results", cache_policy=NO_CACHE)
-def reusable_rows(folder: RunFolder, images: list[ImageSource], config_hashes: dict[str, str],
+def reusable_rows(folder: RunFolder, images: list[ImageSource], config_hashes: dict[str, tuple[str, ...]],
                   checkpoint_sha256: str) -> dict[tuple[str, str], dict]:
     """The rows a rerun keeps, by (image_id, method): RunFolder.reusable_rows (the resume rule)."""
     with storage_retries_logged():

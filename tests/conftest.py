@@ -1,27 +1,33 @@
-"""What the tests share: paths, a free port, and session-wide fixtures built once for every file.
+"""What the tests share: paths, and the fixtures built once for every file (session-wide) or once per module.
 
 The session fixtures are shared between test files, so they are read-only: a test that needs to change a
 generator, a folder or a tensor copies it first (``copy.deepcopy(G)``, ``shutil.copytree``, ``.clone()``).
+Plain helpers that the benchmarks use too (ports, processes, S3, Prefect, Dask) are in tests/support/.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
+from collections.abc import Iterator
 from pathlib import Path
-
-# No telemetry from the orchestration tools, in tests as in the Makefile.
-os.environ.setdefault("DO_NOT_TRACK", "true")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
 from gani_core import Generator, build_builtin, save_generator
 from gani_core.images import load_image
+
+from .support.dask_cluster import local_cluster
+from .support.prefect_api import services_environment, temporary_prefect_api
+from .support.s3 import s3_service
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+# No telemetry from the orchestration tools (gani_core.telemetry, as in the Makefile), and time for the temporary
+# Prefect API's first start: set before any test module imports Prefect, Dask or MLflow.
+services_environment()
 
 # One intra-op thread in the test process. The tests' tensors are small (32-256 px), and on a 2-core machine
 # whose other core is busy (a Dask worker, a server, a second job) torch's second thread spin-waits: a 128 x 128
@@ -38,11 +44,13 @@ PHOTO_PAIR = ("astronaut.jpg", "coffee.jpg")    # the two photos of the small da
 BROKEN_PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40  # a PNG signature and nothing decodable after it
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def photo_folder(folder: Path, broken: bool = False) -> Path:
+    """``folder`` holding PHOTO_PAIR copied from EXAMPLES, and broken.png (BROKEN_PNG) if ``broken``."""
+    for name in PHOTO_PAIR:
+        shutil.copy(EXAMPLES / name, folder / name)
+    if broken:
+        (folder / "broken.png").write_bytes(BROKEN_PNG)
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -65,26 +73,26 @@ def g32_file(g32: Generator, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def photo_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding astronaut.jpg and coffee.jpg, copied from EXAMPLES."""
-    folder = tmp_path_factory.mktemp("photo-pair")
-    for name in PHOTO_PAIR:
-        shutil.copy(EXAMPLES / name, folder / name)
-    return folder
+    return photo_folder(tmp_path_factory.mktemp("photo-pair"))
 
 
 @pytest.fixture(scope="session")
 def photos_with_broken(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding astronaut.jpg, coffee.jpg and broken.png (a corrupt PNG: one failed row per method)."""
-    folder = tmp_path_factory.mktemp("photos-with-broken")
-    for name in PHOTO_PAIR:
-        shutil.copy(EXAMPLES / name, folder / name)
-    (folder / "broken.png").write_bytes(BROKEN_PNG)
-    return folder
+    return photo_folder(tmp_path_factory.mktemp("photos-with-broken"), broken=True)
 
 
 @pytest.fixture(scope="session")
 def example_photos() -> torch.Tensor:
     """The six example photos in PHOTO_NAMES order, [6, 3, 256, 256] float32 in [0, 1]."""
     return torch.stack([load_image(EXAMPLES / f"{name}.jpg") for name in PHOTO_NAMES])
+
+
+@pytest.fixture(scope="session")
+def G(g32: Generator) -> Generator:
+    """``g32`` under the name the library gives a generator, for the tests of one generator's inversion, tuning,
+    deltas and editing; read-only. (test_shapes.py's own ``G`` is the trained built-in.)"""
+    return g32
 
 
 S3_BUCKET = "gani-test"
@@ -96,26 +104,25 @@ def s3(tmp_path_factory: pytest.TempPathFactory):
 
     Credentials, region and endpoint are set in the environment, as for any s3fs / boto user
     (``AWS_ENDPOINT_URL`` points botocore at the server), before anything starts workers that inherit them;
-    the checkpoint download cache (``GANI_CACHE_DIR``) is a fresh folder.
+    the checkpoint download cache (``GANI_CACHE_DIR``) is a fresh folder (tests/support/s3.py: s3_service).
     """
     import boto3
-    import s3fs
-    from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-                            "GANI_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}.items():
-            mp.setenv(name, value)
-        mp.delenv("AWS_PROFILE", raising=False)
-        s3fs.S3FileSystem.clear_instance_cache()
-        client = boto3.client("s3")
-        client.create_bucket(Bucket=S3_BUCKET)
-        try:
-            yield client
-        finally:
-            s3fs.S3FileSystem.clear_instance_cache()
-            server.stop()
+    with s3_service(S3_BUCKET, tmp_path_factory.mktemp("cache")):
+        yield boto3.client("s3")
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[str]:
+    """Prefect's temporary local API for a module's tests; its URL."""
+    with temporary_prefect_api() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def cluster(prefect_api: str) -> Iterator[Client]:
+    """A 2-worker LocalCluster (processes, one thread each) whose workers report to the test Prefect API; a client
+    of it (``cluster.scheduler.address`` is what a flow's ``dask_address`` takes). Its workers inherit the
+    environment as it is when it starts: a module that sets one for them makes ``cluster`` depend on that."""
+    with local_cluster(prefect_api) as client:
+        yield client

@@ -34,7 +34,7 @@ from gani_core.errors import ImageError
 from gani_core.images import MAX_UPSCALE, load_image, read_image_bytes
 from gani_core.run_folder import RunFolder
 
-from .conftest import S3_BUCKET
+from .conftest import BROKEN_PNG, S3_BUCKET
 from .test_images import _png_declaring
 
 FAST = ["--checkpoint", "builtin-random:32", "--method", "wplus", "--pivot-steps", "2", "--quiet"]
@@ -491,7 +491,7 @@ def test_s3_keys_with_odd_characters_are_listed_and_read(s3) -> None:
 def test_gani_invert_of_an_s3_prefix_with_odd_keys(s3, tmp_path: Path) -> None:
     for n, key in enumerate(ODD_KEYS):
         s3.put_object(Bucket=S3_BUCKET, Key=f"inv/{key}", Body=_noise(seed=n))
-    s3.put_object(Bucket=S3_BUCKET, Key="inv/broken.png", Body=b"\x89PNG\r\n\x1a\n" + bytes(40))
+    s3.put_object(Bucket=S3_BUCKET, Key="inv/broken.png", Body=BROKEN_PNG)
     assert cli_main(["invert", f"s3://{S3_BUCKET}/inv", "--out", str(tmp_path / "out"), *FAST,
                      "--batch-size", "8"]) == 0
     rows = {r["image_id"]: r for r in pq.read_table(tmp_path / "out" / "metrics.parquet").to_pylist()}

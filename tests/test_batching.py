@@ -14,30 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from gani_core import build_builtin
 from gani_core.checkpoints.ref import resolve_checkpoint
 from gani_core.dataset import list_images
-from gani_core.deltas import apply_deltas, decode_deltas
-from gani_core.editing import (
-    default_edit_strength,
-    edit_accuracy,
-    edit_consistency,
-    locality,
-    locality_latents,
-)
-from gani_core.invert import InversionError, invert_image, invert_images, method_config
+from gani_core.editing import default_edit_strength
+from gani_core.invert import InversionError, invert_image, invert_images, method_config, preview_edit
 from gani_core.invert_files import invert_sources
-from gani_core.metrics import image_metrics, to_unit
+from gani_core.measure import measure_images
+from gani_core.metric_registry import names
 from gani_core.pivot import PivotConfig, find_pivot, find_pivots
 from gani_core.run_folder import RunFolder
 from gani_core.tuning import TuneConfig, render_with, tune, tune_batch
 
 SEEDS = [0, 1, 0]       # two images with the same seed, one with another
-
-
-@pytest.fixture(scope="module")
-def G():
-    return build_builtin(32)
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +43,11 @@ def test_pivots_of_a_batch_are_the_pivots_of_each_image_alone(G, targets, space)
     assert not torch.allclose(alone[0], alone[2])       # same seed, other image: another pivot
 
 
-@pytest.mark.parametrize(("kind", "layers"), [("param-lowrank", "conv+torgb"), ("lowrank", "conv+torgb"),
+@pytest.mark.parametrize(("form", "layers"), [("param-lowrank", "conv+torgb"), ("lowrank", "conv+torgb"),
                                               ("param", "conv+torgb"), ("grad", "conv+torgb"), ("full", "all")])
-def test_tuning_a_batch_is_tuning_each_image_alone(G, targets, kind, layers) -> None:
+def test_tuning_a_batch_is_tuning_each_image_alone(G, targets, form, layers) -> None:
     w = G.mapping(torch.randn([3, G.z_dim], generator=torch.Generator().manual_seed(1)))
-    cfg = TuneConfig(kind=kind, layers=layers, steps=3, locality_weight=0.1)
+    cfg = TuneConfig(form=form, layers=layers, steps=3, reg_weight=0.1)
     batch = tune_batch(G, w, targets, cfg, SEEDS)
     for i, seed in enumerate(SEEDS):
         alone = tune(G, w[i], targets[i : i + 1], cfg, seed=seed)
@@ -82,32 +70,34 @@ def test_an_inverted_batch_has_each_image_row_of_a_run_alone(G, targets) -> None
         assert row["w_pivot"] == pytest.approx(alone["w_pivot"], abs=1e-5)
 
 
-@pytest.mark.parametrize("method", ["gani", "pti"])
-def test_batched_metrics_are_the_one_image_definitions(method: str) -> None:
-    """measure.measure_images (every metric of K images in shared renders) against editing.py's functions, which
-    render one tuned generator (deltas.apply_deltas) at a time: the trained built-in generator, with factor edits
-    and a probe, so edit_accuracy is measured too."""
+def test_batched_metrics_are_three_one_image_calls() -> None:
+    """measure.measure_images of K = 3 images in shared renders against three K = 1 calls (the definition, which
+    tests/test_editing.py and tests/test_shapes.py check against hand computations): the trained built-in generator,
+    with factor edits and a probe, so edit_accuracy is measured too; each image its own pivot and seeded deltas on
+    every tunable layer, stored ones slightly off the in-memory ones (delta_lpips_change)."""
     G = resolve_checkpoint("builtin").load()
-    images = torch.rand([3, 3, 64, 64], generator=torch.Generator().manual_seed(7))
-    cfg = method_config(method, pivot_steps=3, tune_steps=3, seed=2)
-    results = invert_images(G, images, ["a", "b", "c"], cfg)
+    gen = torch.Generator().manual_seed(7)
+    images = torch.rand([3, 3, 64, 64], generator=gen)
+    w_pivots = G.mapping(torch.randn([3, G.z_dim], generator=gen))
+    stored = [{n: 0.05 * p.detach().std() * torch.randn(p.shape, generator=gen) for n, p in G.tunable_layers().items()}
+              for _ in range(3)]
+    deltas = [{n: d * 1.01 for n, d in s.items()} for s in stored]
     directions = G.factor_edits.directions
     strength = default_edit_strength(G)
-    for image, result in zip(images, results, strict=True):
-        w = result.w_pivot
-        G_tuned = apply_deltas(G, decode_deltas(result.encoded))
-        with torch.no_grad():
-            tuned_render = G_tuned.synthesis(w[None], noise_mode="const")
-        expected = {
-            **image_metrics(to_unit(tuned_render), image[None])[0],
-            "locality": locality(G, G_tuned, locality_latents(G, w, cfg.locality_count, seed=cfg.seed)),
-            "edit_consistency": edit_consistency(G, G_tuned, w, directions, strength),
-            "edit_accuracy": edit_accuracy(G, G_tuned, w)[0],
-        }
-        assert result.metrics["locality"] > 1e-4 and result.metrics["edit_consistency"] != 0
-        for name, value in expected.items():
-            assert result.metrics[name] == pytest.approx(value, rel=1e-3, abs=2e-5), name
-        torch.testing.assert_close(result.previews[2], to_unit(tuned_render)[0], atol=1e-4, rtol=0)
+    options = {"directions": directions, "strength": strength, "locality_count": 16, "seed": 2,
+               "preview_offset": preview_edit(G, directions[0], strength)}
+    batch = measure_images(G, images, w_pivots, deltas, stored, **options)
+    for i, measured in enumerate(batch):
+        (alone,) = measure_images(G, images[i : i + 1], w_pivots[i : i + 1], deltas[i : i + 1], stored[i : i + 1],
+                                  **options)
+        assert measured.metrics["locality"] > 1e-4 and measured.metrics["edit_consistency"] != 0
+        assert measured.metrics["edit_accuracy"] is not None and measured.delta_lpips_change > 0
+        for name in names("result"):
+            assert measured.metrics[name] == pytest.approx(alone.metrics[name], rel=1e-3, abs=2e-5), name
+        assert measured.delta_lpips_change == pytest.approx(alone.delta_lpips_change, rel=1e-3, abs=2e-5)
+        assert measured.edit_ratios == pytest.approx(alone.edit_ratios, rel=1e-3, abs=2e-5)
+        torch.testing.assert_close(measured.previews, alone.previews, atol=1e-4, rtol=0)
+    assert batch[0].metrics["lpips"] != pytest.approx(batch[1].metrics["lpips"])    # three images, not one
 
 
 def test_untuned_methods_measure_an_unchanged_generator(G, targets) -> None:
@@ -119,20 +109,20 @@ def test_untuned_methods_measure_an_unchanged_generator(G, targets) -> None:
 
 def test_a_pool_of_regulariser_latents_is_per_image_and_used_in_turn(G, targets) -> None:
     w = G.mapping(torch.randn([3, G.z_dim], generator=torch.Generator().manual_seed(1)))
-    cfg = TuneConfig(steps=5, locality_weight=0.1, locality_pool=2)
+    cfg = TuneConfig(steps=5, reg_weight=0.1, reg_pool=2)
     batch = tune_batch(G, w, targets, cfg, SEEDS)
     for i, seed in enumerate(SEEDS):
         assert batch[i].losses == pytest.approx(tune(G, w[i], targets[i : i + 1], cfg, seed=seed).losses, rel=1e-4)
-    fresh = tune_batch(G, w, targets, TuneConfig(steps=5, locality_weight=0.1), SEEDS)
+    fresh = tune_batch(G, w, targets, TuneConfig(steps=5, reg_weight=0.1), SEEDS)
     assert batch[0].losses[:1] == pytest.approx(fresh[0].losses[:1])    # the first step: no update yet
     assert batch[0].losses != pytest.approx(fresh[0].losses, rel=1e-6)  # then other regulariser latents
 
 
 def test_the_regulariser_starts_at_its_step(G, targets) -> None:
     w = G.mapping(torch.randn([2, G.z_dim], generator=torch.Generator().manual_seed(1)))
-    late = tune_batch(G, w, targets[:2], TuneConfig(steps=5, locality_weight=0.5, locality_start=3), [0, 1])
-    never = tune_batch(G, w, targets[:2], TuneConfig(steps=5, locality_weight=0.0), [0, 1])
-    always = tune_batch(G, w, targets[:2], TuneConfig(steps=5, locality_weight=0.5), [0, 1])
+    late = tune_batch(G, w, targets[:2], TuneConfig(steps=5, reg_weight=0.5, reg_start=3), [0, 1])
+    never = tune_batch(G, w, targets[:2], TuneConfig(steps=5, reg_weight=0.0), [0, 1])
+    always = tune_batch(G, w, targets[:2], TuneConfig(steps=5, reg_weight=0.5), [0, 1])
     for i in range(2):
         assert late[i].losses[:4] == pytest.approx(never[i].losses[:4], rel=1e-6)   # 3 updates without it
         assert late[i].losses[4] != pytest.approx(never[i].losses[4], rel=1e-6)     # then the regulariser's update
@@ -142,7 +132,7 @@ def test_the_regulariser_starts_at_its_step(G, targets) -> None:
 def test_weights_left_non_finite_by_the_last_step_are_a_divergence(G, targets) -> None:
     # At lr 1e15 both losses are finite (the second about 1e31) but the second update leaves NaN weights.
     w = G.mapping(torch.randn([2, G.z_dim], generator=torch.Generator().manual_seed(1)))
-    results = tune_batch(G, w, targets[:2], TuneConfig(steps=2, lr=1e15, locality_weight=0.0), [0, 1])
+    results = tune_batch(G, w, targets[:2], TuneConfig(steps=2, lr=1e15, reg_weight=0.0), [0, 1])
     for r in results:
         assert all(loss < float("inf") for loss in r.losses)
         assert r.diverged_at == 2 and not all(bool(torch.isfinite(d).all()) for d in r.deltas.values())

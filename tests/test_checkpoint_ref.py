@@ -18,14 +18,14 @@ from gani_core.cli import main as cli_main
 from .conftest import EXAMPLES, S3_BUCKET
 
 
-@pytest.mark.parametrize(("spec", "kind", "resolution"), [
+@pytest.mark.parametrize(("spec", "origin", "resolution"), [
     ("builtin", "builtin", 64), ("builtin:64", "builtin", 64), ("builtin-random", "builtin-random", 64),
     ("builtin-random:32", "builtin-random", 32), ("models/g.pkl", "file", None),
     ("file:///m/g.pt", "file", None), ("s3://bucket/g.pkl", "uri", None)])
-def test_a_spec_is_parsed_into_its_kind(spec: str, kind: str, resolution: int | None) -> None:
-    got_kind, location, got_res = parse_spec(spec)
-    assert (got_kind, got_res) == (kind, resolution)
-    if kind == "file":
+def test_a_spec_is_parsed_into_its_origin(spec: str, origin: str, resolution: int | None) -> None:
+    got_origin, location, got_res = parse_spec(spec)
+    assert (got_origin, got_res) == (origin, resolution)
+    if origin == "file":
         assert not location.startswith("file://")
 
 
@@ -73,7 +73,7 @@ def test_an_s3_checkpoint_is_downloaded_once_and_checked(s3, g32_file: Path) -> 
     s3.put_object(Bucket=S3_BUCKET, Key="models/g32.safetensors", Body=g32_file.read_bytes())
     uri = f"s3://{S3_BUCKET}/models/g32.safetensors"
     ref = resolve_checkpoint(uri)
-    assert (ref.kind, ref.sha256) == ("uri", resolve_checkpoint(g32_file).sha256)
+    assert (ref.origin, ref.sha256) == ("uri", resolve_checkpoint(g32_file).sha256)
     cached = ref.local_path()
     assert cached.is_relative_to(cache_dir()) and cached.read_bytes() == g32_file.read_bytes()
     mtime = cached.stat().st_mtime_ns

@@ -45,12 +45,6 @@ def low_rank(shape: list[int], rank: int, seed: int, scale: float = 1.0) -> torc
 
 
 @pytest.fixture(scope="module")
-def G(g32: Generator) -> Generator:
-    """The shared builtin-random:32 generator (conftest); read-only."""
-    return g32
-
-
-@pytest.fixture(scope="module")
 def ws(G: Generator) -> torch.Tensor:
     z = torch.randn([2, G.z_dim], generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import closing
@@ -25,8 +23,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from gani_core import build_builtin, save_generator
-from tests.conftest import EXAMPLES, REPO
+from gani_core.telemetry import QUIET_TELEMETRY
+from tests.conftest import REPO
+from tests.support.processes import free_port, start_in_own_session, stop_process_group, wait_until
 
 pytestmark = pytest.mark.services
 
@@ -42,45 +41,9 @@ class Server:
     log: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> subprocess.Popen:
-    """Start cmd in its own session (its children share its process group), output to log."""
-    with log.open("wb") as f:
-        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=f, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def _group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
-def _stop(proc: subprocess.Popen, steps: list[tuple[signal.Signals, bool, float]]) -> None:
-    """Stop proc and its process group: each step is (signal, to the whole group?, seconds to wait); then SIGKILL."""
-    for sig, whole_group, seconds in [*steps, (signal.SIGKILL, True, 10.0)]:
-        if proc.poll() is not None and _group_gone(proc.pid):
-            return
-        try:
-            if whole_group:
-                os.killpg(proc.pid, sig)
-            else:
-                proc.send_signal(sig)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if proc.poll() is not None and _group_gone(proc.pid):
-                return
-            time.sleep(0.2)
-    proc.wait(timeout=1)
+def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """Start cmd in the repository, in its own session (its children share its process group), output to log."""
+    return start_in_own_session(cmd, env, log, cwd=REPO)
 
 
 # A Prefect worker ignores SIGTERM; the first SIGINT asks it to stop, the second insists.
@@ -96,22 +59,6 @@ def _api(server: Server, path: str, body: dict | None = None) -> object:
         return json.load(resp)
 
 
-def _wait_until(what: str, ready, seconds: float, alive: subprocess.Popen | None = None, log: Path | None = None):
-    """Poll ready() until it returns something truthy (returned), or fail after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            value = ready()
-        except OSError:
-            value = None
-        if value:
-            return value
-        if alive is not None and alive.poll() is not None:
-            pytest.fail(f"{what}: process exited with {alive.returncode}\n{log.read_text()[-3000:] if log else ''}")
-        time.sleep(0.5)
-    pytest.fail(f"{what}: not within {seconds} s\n{log.read_text()[-3000:] if log else ''}")
-
-
 def _prefect(server: Server, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     result = subprocess.run([PREFECT, *args], env=server.env, cwd=REPO, capture_output=True, text=True,
                             timeout=timeout, stdin=subprocess.DEVNULL)
@@ -122,13 +69,11 @@ def _prefect(server: Server, *args: str, timeout: float = 180) -> subprocess.Com
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env.update({
         "PREFECT_HOME": str(home),
-        "DO_NOT_TRACK": "true",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
+        **QUIET_TELEMETRY,
         "GANI_REPO": str(REPO),                         # prefect.yaml's pull step: flow runs start in the repo
         "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
     })
@@ -137,20 +82,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(api=f"http://127.0.0.1:{port}/api", env={**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"},
                  log=log)
     try:
-        _wait_until("prefect server /api/health", lambda: _api(srv, "/health") is True, 120, proc, log)
+        wait_until("prefect server /api/health", lambda: _api(srv, "/health") is True, 120, proc, log)
         yield srv
     finally:
-        _stop(proc, STOP_SERVER)
+        stop_process_group(proc, STOP_SERVER)
 
 
-def test_deployment_run_through_server_and_process_worker(server: Server, tmp_path: Path) -> None:
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for name in ("astronaut.jpg", "coffee.jpg"):
-        (photos / name).write_bytes((EXAMPLES / name).read_bytes())
+def test_deployment_run_through_server_and_process_worker(server: Server, photo_pair: Path, g32_file: Path,
+                                                          tmp_path: Path) -> None:
+    photos = photo_pair                             # astronaut.jpg and coffee.jpg
     out = tmp_path / "run"
-    checkpoint = tmp_path / "g32.safetensors"       # a seeded 32 px generator, whatever `builtin` loads
-    save_generator(build_builtin(32), checkpoint)
+    checkpoint = g32_file                           # a seeded 32 px generator, whatever `builtin` loads
 
     _prefect(server, "work-pool", "create", POOL, "--type", "process")
     _prefect(server, "deploy", "--all", "--no-prompt", timeout=300)
@@ -179,7 +121,7 @@ def test_deployment_run_through_server_and_process_worker(server: Server, tmp_pa
         # The worker polls once: start it when the flow run is scheduled, so that the one poll finds it.
         # (The nightly deployment's schedule has created runs for the coming nights: not these.)
         mine = {"deployments": {"id": {"any_": [deployments["default"]["id"]]}}}
-        runs = _wait_until("flow run scheduled", lambda: _api(server, "/flow_runs/filter", mine), 120, watcher, run_log)
+        runs = wait_until("flow run scheduled", lambda: _api(server, "/flow_runs/filter", mine), 120, watcher, run_log)
         assert len(runs) == 1
         worker = _start([PREFECT, "worker", "start", "--pool", POOL, "--run-once", "--prefetch-seconds", "0"],
                         server.env, worker_log)
@@ -193,7 +135,7 @@ def test_deployment_run_through_server_and_process_worker(server: Server, tmp_pa
     finally:
         for proc, steps in ((worker, STOP_WORKER), (watcher, STOP_WORKER)):
             if proc is not None:
-                _stop(proc, steps)
+                stop_process_group(proc, steps)
 
     logs = f"--- prefect deployment run:\n{run_log.read_text()[-4000:]}\n--- worker:\n{worker_log.read_text()[-6000:]}"
     assert timed_out is None, f"{timed_out}\n{logs}"

@@ -14,7 +14,9 @@ from flows.cli import run_flow_from_shell
 from flows.domain_benchmark import domain_benchmark
 from flows.parameters import ClusterSettings
 from gani_core.evaluation.suites import SUITES
-from tasks import tracking
+from gani_core.metric_registry import names
+from tasks.evaluation import CURVE_METRICS, FINAL_METRICS
+from tasks.mlflow_view import RUNS_VIEW, runs_url
 
 pytestmark = pytest.mark.services
 
@@ -35,7 +37,7 @@ def test_the_smoke_suite_reports_to_mlflow_and_a_rerun_keeps_its_parts(tmp_path:
             "--date", "2026-12-02", "--batch-size", "2", "--n-workers", "1", "--mlflow-tracking-uri", uri])
     printed = capsys.readouterr().out
     assert second["written"]["report.md"] in printed and "gani show" not in printed      # a report, not a run folder
-    assert tracking.runs_url(second["mlflow_experiment_id"]) in printed
+    assert runs_url(second["mlflow_experiment_id"]) in printed
     assert first["ok"] and first["failed"] == 0
     per_image = 2 + 3 + 1                     # gani at 2 budgets, pti at 3, w
     assert first["rows"] == second["rows"] == len(suite.sets) * suite.count * per_image
@@ -55,9 +57,17 @@ def test_the_smoke_suite_reports_to_mlflow_and_a_rerun_keeps_its_parts(tmp_path:
     assert set(children) == {f"{m}/{s}" for m in suite.methods for s in (*suite.sets, "all-out-of-domain")}
     gani_disc = client.get_run(children["gani/disc"])
     assert gani_disc.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    view = json.loads(client.get_experiment(parent.info.experiment_id).tags["mlflow.sharedViewState.gani"])
-    columns = set(json.loads(view["state"])["selectedColumns"]) - {"metrics.`edit_accuracy`"}   # no factors here
+    view = json.loads(client.get_experiment(parent.info.experiment_id).tags[f"mlflow.sharedViewState.{RUNS_VIEW}"])
+    columns = json.loads(view["state"])["selectedColumns"]
+    assert [c for c in columns if c.startswith("metrics.")][:2] == ["metrics.`psnr`", "metrics.`lpips`"]
+    columns = set(columns) - {"metrics.`edit_accuracy`"}   # no factors here
     assert columns <= {f"tags.`{k}`" for k in gani_disc.data.tags} | {f"metrics.`{k}`" for k in gani_disc.data.metrics}
+    # the metric names of a child run: the registry's curve metrics, and drift, as they were before the registry
+    assert set(CURVE_METRICS) == {"seconds", "lpips", "lpips_vgg", "psnr", "locality", "edit_consistency",
+                                  "edit_accuracy"} == set(names("curve"))
+    assert set(FINAL_METRICS) == {*CURVE_METRICS, "drift"}
+    assert {f"curve_{n}" for n in CURVE_METRICS} - {"curve_edit_accuracy"} <= gani_disc.data.metrics.keys()
+    assert {"lpips", "lpips_lo", "lpips_hi", "drift", "images", "failed"} <= gani_disc.data.metrics.keys()
     curve = client.get_metric_history(gani_disc.info.run_id, "curve_lpips")
     assert sorted(m.step for m in curve) == list(suite.budgets)
     rows = json.loads(parts[0].read_text())

@@ -1,5 +1,5 @@
 """Latent directions, locality latents, and the `locality`, `edit_consistency` and `edit_accuracy` metrics
-(method.md, "Metrics")."""
+(measure.measure_images of one image against the formulas of its docstring, computed here by hand)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from gani_core import load_generator
+from gani_core.deltas import apply_deltas
 from gani_core.editing import (
     DirectionsError,
     apply_direction,
     default_edit_strength,
-    edit_accuracy,
-    edit_consistency,
-    edit_gaps,
+    factor_changes,
     load_directions,
-    locality,
     locality_latents,
     random_directions,
     sample_regulariser_latents,
@@ -30,12 +27,8 @@ from gani_core.editing import (
 from gani_core.factors import FactorEdits, FactorProbe
 from gani_core.invert import preview_edit
 from gani_core.lpips import lpips_distance
+from gani_core.measure import Measured, measure_images
 from gani_core.networks import Generator
-
-
-@pytest.fixture(scope="module")
-def G() -> Generator:
-    return load_generator("builtin-random:32")
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +42,20 @@ def latents(G: Generator, w_pivot: torch.Tensor) -> torch.Tensor:
     return locality_latents(G, w_pivot, count=8, seed=0)
 
 
+LAYER = "synthesis.b16.conv1.weight"
+
+
 @pytest.fixture(scope="module")
-def perturbed(G: Generator) -> Callable[[float], Generator]:
-    """A copy of G whose 16 px conv1 weight moved by `size` times a fixed Gaussian (weights are ~N(0, 1))."""
-    noise = torch.randn(G.synthesis.b16.conv1.weight.shape, generator=torch.Generator().manual_seed(0))
+def bump(G: Generator) -> Callable[[float], dict[str, torch.Tensor]]:
+    """Deltas that move the 16 px conv1 weight by `size` times a fixed Gaussian (weights are ~N(0, 1))."""
+    noise = torch.randn(G.get_parameter(LAYER).shape, generator=torch.Generator().manual_seed(0))
+    return lambda size: {LAYER: size * noise}
 
-    @functools.cache
-    def make(size: float) -> Generator:
-        tuned = copy.deepcopy(G)
-        tuned.synthesis.b16.conv1.weight.add_(size * noise)
-        return tuned
 
-    return make
+@pytest.fixture(scope="module")
+def perturbed(G: Generator, bump: Callable[[float], dict[str, torch.Tensor]]) -> Callable[[float], Generator]:
+    """A copy of G tuned by ``bump(size)`` (deltas.apply_deltas: the hand computations' tuned generator)."""
+    return functools.cache(lambda size: apply_deltas(G, bump(size)))
 
 
 def _render(G: Generator, ws: torch.Tensor) -> torch.Tensor:
@@ -217,53 +212,62 @@ def test_regulariser_latents_are_fresh_each_call_and_a_fraction_of_the_way_to_ma
 
 
 # ----------------------------------------------------------------------------------------------------
-# Metrics
+# Metrics: measure.measure_images of one image (K = 1, the definition) against the formulas computed here
 
 
-def test_locality_of_an_exact_copy_is_zero(G: Generator, latents: torch.Tensor) -> None:
-    assert abs(locality(G, copy.deepcopy(G), latents)) < 1e-6
+def _measure(G: Generator, deltas: dict[str, torch.Tensor], w_pivot: torch.Tensor,
+             directions: torch.Tensor | None = None, strength: float = 1.0) -> Measured:
+    """measure_images of one image (a constant grey one) inverted to ``w_pivot``, G tuned by ``deltas``; the
+    locality latents are the ``latents`` fixture's (8, seed 0)."""
+    directions = random_directions(G.w_dim, 2, seed=0) if directions is None else directions
+    image = torch.full([1, 3, G.img_resolution, G.img_resolution], 0.5)
+    (measured,) = measure_images(G, image, w_pivot[None], [deltas], [deltas], directions=directions,
+                                 strength=strength, preview_offset=torch.zeros(G.w_dim), locality_count=8, seed=0)
+    return measured
+
+
+def test_zero_deltas_change_nothing(G: Generator, w_pivot: torch.Tensor) -> None:
+    """Zero deltas take the tuned path (renders with W + 0), unlike a method without tuning."""
+    metrics = _measure(G, {LAYER: torch.zeros_like(G.get_parameter(LAYER))}, w_pivot, strength=4.0).metrics
+    assert abs(metrics["locality"]) < 1e-6 and abs(metrics["edit_consistency"]) < 1e-6
+    assert metrics["edit_accuracy"] is None                 # no factor directions and probe: not applicable
 
 
 def test_locality_grows_with_the_size_of_a_weight_perturbation(
-    G: Generator, latents: torch.Tensor, perturbed: Callable[[float], Generator]
+    G: Generator, w_pivot: torch.Tensor, bump: Callable[[float], dict[str, torch.Tensor]]
 ) -> None:
-    values = [locality(G, perturbed(size), latents) for size in (0.1, 0.3, 1.0)]
+    values = [_measure(G, bump(size), w_pivot).metrics["locality"] for size in (0.1, 0.3, 1.0)]
     assert values[0] > 1e-4
     assert values[0] < values[1] < values[2]
 
 
-def test_locality_is_the_mean_lpips_of_clamped_renders(
-    G: Generator, latents: torch.Tensor, perturbed: Callable[[float], Generator]
+def test_locality_is_the_mean_lpips_of_clamped_renders_of_the_locality_latents(
+    G: Generator, w_pivot: torch.Tensor, latents: torch.Tensor, perturbed: Callable[[float], Generator],
+    bump: Callable[[float], dict[str, torch.Tensor]]
 ) -> None:
-    tuned = perturbed(1.0)
-    expected = lpips_distance(_render(tuned, latents), _render(G, latents)).mean().item()
-    assert locality(G, tuned, latents, batch_size=3) == pytest.approx(expected, rel=1e-4)
-
-
-def test_edit_consistency_of_an_exact_copy_is_zero(G: Generator, w_pivot: torch.Tensor) -> None:
-    directions = random_directions(G.w_dim, 2, seed=0)
-    assert abs(edit_consistency(G, copy.deepcopy(G), w_pivot, directions, strength=4.0)) < 1e-6
+    expected = lpips_distance(_render(perturbed(1.0), latents), _render(G, latents)).mean().item()
+    assert expected > 1e-3
+    assert _measure(G, bump(1.0), w_pivot).metrics["locality"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_edit_consistency_is_the_mean_extra_gap_an_edit_opens(
-    G: Generator, w_pivot: torch.Tensor, perturbed: Callable[[float], Generator]
+    G: Generator, w_pivot: torch.Tensor, perturbed: Callable[[float], Generator],
+    bump: Callable[[float], dict[str, torch.Tensor]]
 ) -> None:
     tuned = perturbed(1.0)
     strength = default_edit_strength(G)
     # As many directions as G has layers: a [K, w_dim] tensor is K directions, never one per-layer one.
     directions = random_directions(G.w_dim, G.num_ws, seed=0)
-    gaps = edit_gaps(G, tuned, w_pivot, directions, strength)
-    assert gaps.shape == (G.num_ws,)
-
     edited = w_pivot + strength * directions[:, None]  # [K, num_ws, w_dim]
     unedited = lpips_distance(_render(tuned, w_pivot[None]), _render(G, w_pivot[None]))
-    expected = lpips_distance(_render(tuned, edited), _render(G, edited)) - unedited
-    assert torch.allclose(gaps, expected, atol=1e-5)
+    gaps = lpips_distance(_render(tuned, edited), _render(G, edited)) - unedited
     assert gaps.abs().max() > 1e-3
-    assert edit_consistency(G, tuned, w_pivot, directions, strength) == pytest.approx(expected.mean().item(), abs=1e-5)
+    measured = _measure(G, bump(1.0), w_pivot, directions, strength).metrics["edit_consistency"]
+    assert measured == pytest.approx(gaps.mean().item(), abs=1e-5)
 
     per_layer = directions[:1, None].expand(1, G.num_ws, G.w_dim)  # the first direction, given per layer
-    assert edit_gaps(G, tuned, w_pivot, per_layer, strength).item() == pytest.approx(gaps[0].item(), abs=1e-6)
+    measured = _measure(G, bump(1.0), w_pivot, per_layer, strength).metrics["edit_consistency"]
+    assert measured == pytest.approx(gaps[0].item(), abs=1e-5)
 
 
 def _factor_edits(G: Generator, linear_r2: list[float]) -> FactorEdits:
@@ -273,27 +277,54 @@ def _factor_edits(G: Generator, linear_r2: list[float]) -> FactorEdits:
                        steps=torch.arange(1.0, k + 1), linear_r2=torch.tensor(linear_r2))
 
 
+def _probe(G: Generator, names: list[str]) -> FactorProbe:
+    """An untrained factor probe, seeded (its readings still change with the image)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return FactorProbe(names, resolution=G.img_resolution)
+
+
 def test_edit_accuracy_is_not_applicable_without_factor_directions_and_a_probe(
-    G: Generator, w_pivot: torch.Tensor, perturbed: Callable[[float], Generator]
+    G: Generator, w_pivot: torch.Tensor, bump: Callable[[float], dict[str, torch.Tensor]]
 ) -> None:
     assert G.factor_edits is None and G.factor_probe is None
-    assert edit_accuracy(G, perturbed(1.0), w_pivot) is None
+    assert _measure(G, bump(1.0), w_pivot).metrics["edit_accuracy"] is None
     with_directions = copy.deepcopy(G)
     with_directions.factor_edits = _factor_edits(G, [0.5, 0.9])
-    assert edit_accuracy(with_directions, perturbed(1.0), w_pivot) is None      # directions, but no probe
+    assert _measure(with_directions, bump(1.0), w_pivot).metrics["edit_accuracy"] is None   # no probe
     with_probe = copy.deepcopy(G)
-    with_probe.factor_probe = FactorProbe(["f0", "f1"], resolution=G.img_resolution)
-    assert edit_accuracy(with_probe, perturbed(1.0), w_pivot) is None           # a probe, but no directions
+    with_probe.factor_probe = _probe(G, ["f0", "f1"])
+    assert _measure(with_probe, bump(1.0), w_pivot).metrics["edit_accuracy"] is None        # no directions
 
 
 def test_edit_accuracy_of_the_generator_itself_is_one(G: Generator, w_pivot: torch.Tensor) -> None:
     both = copy.deepcopy(G)
     both.factor_edits = _factor_edits(G, [0.5, 0.9])
-    both.factor_probe = FactorProbe(["f0", "f1"], resolution=G.img_resolution)
-    assert edit_accuracy(both, both, w_pivot) == (1.0, {"f0": 1.0, "f1": 1.0})
-    both.factor_probe = FactorProbe(["f1", "f0"], resolution=G.img_resolution)
+    both.factor_probe = _probe(G, ["f0", "f1"])
+    change = factor_changes(both, both.factor_probe, w_pivot, both.factor_edits)
+    assert change.abs().min() > 1e-3        # every edit moves its factor: the ratios below are no 0 / 0
+    measured = _measure(both, {LAYER: torch.zeros_like(G.get_parameter(LAYER))}, w_pivot)
+    assert measured.metrics["edit_accuracy"] == pytest.approx(1.0, abs=1e-4)
+    assert measured.edit_ratios == pytest.approx({"f0": 1.0, "f1": 1.0}, abs=1e-3)
+    both.factor_probe = _probe(G, ["f1", "f0"])
     with pytest.raises(ValueError, match="same factors in the same order"):
-        edit_accuracy(both, both, w_pivot)
+        _measure(both, {LAYER: torch.zeros_like(G.get_parameter(LAYER))}, w_pivot)
+
+
+def test_edit_accuracy_compares_each_factor_change_of_the_tuned_generator_with_the_original(
+    G: Generator, w_pivot: torch.Tensor, bump: Callable[[float], dict[str, torch.Tensor]]
+) -> None:
+    both = copy.deepcopy(G)
+    edits = both.factor_edits = _factor_edits(G, [0.5, 0.9])
+    probe = both.factor_probe = _probe(G, ["f0", "f1"])
+    before = factor_changes(both, probe, w_pivot, edits)                               # Δo_k
+    after = factor_changes(apply_deltas(both, bump(1.0)), probe, w_pivot, edits)       # Δt_k
+    expected = (1 - (after - before).abs() / before.abs()).clamp(0, 1).mean().item()
+    assert expected < 0.99
+    measured = _measure(both, bump(1.0), w_pivot)
+    assert measured.metrics["edit_accuracy"] == pytest.approx(expected, abs=1e-4)
+    assert measured.edit_ratios == pytest.approx({"f0": (after[0] / before[0]).item(),
+                                                  "f1": (after[1] / before[1]).item()}, rel=1e-3)
 
 
 def test_the_preview_edit_is_two_steps_of_the_most_linear_factor(G: Generator) -> None:

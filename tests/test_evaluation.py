@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -15,9 +16,10 @@ import torch
 from gani_core.checkpoints.ref import resolve_checkpoint
 from gani_core.evaluation import stats
 from gani_core.evaluation.evaluate import benchmark_config, evaluate_set
-from gani_core.evaluation.report import write_report
+from gani_core.evaluation.report import ROWS_SCHEMA, rows_table, write_report
 from gani_core.evaluation.suites import SUITES, Suite, get_suite, set_images
 from gani_core.invert import invert_images
+from gani_core.metric_registry import METRICS, names
 from gani_core.pivot import PivotConfig, find_pivots
 from gani_core.tuning import tune_batch
 
@@ -39,9 +41,23 @@ def test_bootstrap_interval_holds_the_mean_and_shrinks_with_more_images() -> Non
 
 
 def test_seeds_are_averaged_per_image_before_resampling() -> None:
-    rows = [_row("disc", i, "gani", 10, 1.0, 0.1 * i, seed=s) for i in range(3) for s in (0, 1)]
+    """Image 0 at two seeds (0.0 and 0.2: mean 0.1), image 1 at one (0.4). Per image first: (0.1 + 0.4) / 2 = 0.25;
+    over rows it would be 0.2, over each image's first seed 0.2, over the last 0.3."""
+    rows = [_row("disc", 0, "gani", 10, 1.0, 0.0, seed=0), _row("disc", 0, "gani", 10, 1.0, 0.2, seed=1),
+            _row("disc", 1, "gani", 10, 1.0, 0.4, seed=0)]
     (summary,) = [r for r in stats.summary(rows) if r["set"] == "disc"]
-    assert summary["images"] == 3 and summary["lpips"] == pytest.approx(0.1)
+    assert summary["images"] == 2 and summary["lpips"] == pytest.approx(0.25)
+    assert (summary["lpips_lo"], summary["lpips_hi"]) == (pytest.approx(0.1), pytest.approx(0.4))
+
+
+def test_the_rows_table_is_the_registrys_benchmark_metrics_and_refuses_a_misspelt_one() -> None:
+    for name in names("benchmark"):
+        assert ROWS_SCHEMA.field(name).type == (pa.int64() if METRICS[name].integer else pa.float64()), name
+    row = {**_row("disc", 0, "gani", 10, 1.0, 0.1), "delta_bytes": 12, "psnr": float("inf")}
+    (back,) = rows_table([row]).to_pylist()
+    assert (back["lpips"], back["delta_bytes"], back["psnr"], back["drift"]) == (0.1, 12, None, None)
+    with pytest.raises(KeyError, match=r"rows\.parquet: unknown column\(s\) \['lpip'\]"):
+        rows_table([row, {**row, "lpip": 0.1}])
 
 
 def test_equal_time_reads_the_other_curve_at_the_same_seconds() -> None:
@@ -106,9 +122,9 @@ def test_suites_are_valid_and_unknown_names_are_refused() -> None:
 
 
 def test_ablations_override_tuning_options() -> None:
-    cfg = benchmark_config("gani[locality_interval=4,lr=0.001,kind=lowrank]", 10, 20, seed=1)
-    assert (cfg.tune.locality_interval, cfg.tune.lr, cfg.tune.kind, cfg.tune.steps) == (4, 0.001, "lowrank", 20)
-    assert benchmark_config("pti-reg", 10, 20, seed=1).tune.locality_weight == 0.1
+    cfg = benchmark_config("gani[reg_interval=4,lr=0.001,form=lowrank]", 10, 20, seed=1)
+    assert (cfg.tune.reg_interval, cfg.tune.lr, cfg.tune.form, cfg.tune.steps) == (4, 0.001, "lowrank", 20)
+    assert benchmark_config("pti-reg", 10, 20, seed=1).tune.reg_weight == 0.1
     replace(SUITES["smoke"], methods=("gani[rank=4]", "pti"))              # a valid suite
     with pytest.raises(ValueError, match="option 'rank' has no value"):
         benchmark_config("gani[rank]", 10, 20, seed=0)

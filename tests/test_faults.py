@@ -4,7 +4,7 @@ the disk, the optimisation or the checkpoint fails, and that no secret ends up i
 Services, all on 127.0.0.1: Prefect's temporary API (prefect_test_harness); one 2-worker Dask LocalCluster reached
 through ``dask_address`` and warmed before each test (its workers have loaded the generator and LPIPS: a killed
 worker's replacement starts cold); moto's S3 server, which the tests stop and start again
-(benchmarks/soak.py's S3Endpoint; its buckets survive a stop); sqlite MLflow stores. Generator
+(tests/support/s3.py's S3Endpoint; its buckets survive a stop); sqlite MLflow stores. Generator
 ``builtin-random:32``; wplus with 12 pivot steps (about half a second an image), gani 10 + 10 where a task must last.
 
 botocore's own retries are off (``AWS_MAX_ATTEMPTS=1``) and gani's are short (5 retries from 0.2 s, about 6 s):
@@ -32,30 +32,13 @@ from uuid import UUID
 import boto3
 import pytest
 import s3fs
-from distributed import Client, LocalCluster
+from distributed import Client
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.settings import PREFECT_API_URL
-from prefect.testing.utilities import prefect_test_harness
 
-from benchmarks.soak import (
-    FaultInjector,
-    S3Endpoint,
-    flow_run_ids,
-    flush_prefect_logs,
-    kill_busy_worker,
-    prefect_logs,
-    s3_environment,
-    soak,
-    storage_retries,
-    task_run_states,
-    times_scheduled,
-    wait_until_idle,
-    write_shapes,
-)
 from flows.fan_out import invert_dataset_on_dask
 from flows.invert_dataset import invert_dataset
 from flows.parameters import ClusterSettings, InversionSettings
@@ -66,15 +49,18 @@ from gani_core.images import read_image_bytes
 from gani_core.invert import method_config
 from gani_core.metrics import ms_ssim_note
 from gani_core.run_folder import RunFolder
-from tasks.inversion import TORCH_THREADS_ENV, warm_worker
+from tasks.inversion import warm_worker
 
 from .conftest import BROKEN_PNG, REPO
+from .support.dask_cluster import kill_busy_worker, times_scheduled, wait_until_idle
+from .support.faults import SPEC, FaultInjector, soak, write_shapes
+from .support.prefect_api import flow_run_ids, flush_prefect_logs, prefect_logs, storage_retries, task_run_states
+from .support.s3 import SHORT_RETRIES, S3Endpoint, s3_service
 
 pytestmark = pytest.mark.services
 
 CANARY = "canary-5f0c2e9a-this-secret-must-never-be-written"
 BUCKET = "gani-faults"
-SPEC = "builtin-random:32"
 IMAGES = 8
 FAST = InversionSettings(pivot_steps=12)    # wplus: about half a second per image, so that faults meet running tasks
 SLOW = InversionSettings(pivot_steps=10, tune_steps=10)    # gani: a task long enough to kill in its middle
@@ -88,33 +74,15 @@ S3_RUNS: list = []                                          # flow run ids of th
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory: pytest.TempPathFactory):
     """moto's S3 server with the bucket BUCKET; the environment (set before any worker starts) reaches it with the
-    canary as its secret."""
-    with S3Endpoint() as ep, pytest.MonkeyPatch.context() as mp:
-        env = {**s3_environment(ep, secret=CANARY), "GANI_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
-        for name, value in env.items():
-            mp.setenv(name, value)
-        mp.delenv("AWS_PROFILE", raising=False)
-        s3fs.S3FileSystem.clear_instance_cache()
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        try:
-            yield ep
-        finally:
-            s3fs.S3FileSystem.clear_instance_cache()
+    canary as its secret, and has the short retries (SHORT_RETRIES)."""
+    with s3_service(BUCKET, tmp_path_factory.mktemp("cache"), secret=CANARY, env=SHORT_RETRIES) as ep:
+        yield ep
 
 
 @pytest.fixture(scope="module")
-def prefect_api(endpoint) -> str:
-    with prefect_test_harness(server_startup_timeout=None):
-        yield PREFECT_API_URL.value()
-
-
-@pytest.fixture(scope="module")
-def cluster(prefect_api: str):
-    """A 2-worker LocalCluster (processes, one thread each) reporting to the test API; a client of it."""
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      env={"PREFECT_API_URL": prefect_api, TORCH_THREADS_ENV: "1"}) as lc, \
-            Client(lc.scheduler_address, set_as_default=False) as client:
-        yield client
+def cluster(endpoint: S3Endpoint, cluster: Client) -> Client:
+    """conftest's cluster, started after ``endpoint``: its workers inherit the S3 environment and the canary."""
+    return cluster
 
 
 @pytest.fixture
@@ -207,14 +175,8 @@ def _retries(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_storage_rides_out_a_short_outage_and_logs_each_retry(endpoint, caplog):
     uri = f"s3://{BUCKET}/unit/short-outage.bin"
     storage.write_bytes(uri, b"kept")
-    endpoint.stop()
-    back = threading.Timer(0.5, endpoint.start)
-    back.start()
-    try:
-        with caplog.at_level(logging.WARNING, logger="gani_core.storage"):
-            assert storage.read_bytes(uri) == b"kept"
-    finally:
-        back.join()
+    with endpoint.outage(0.5), caplog.at_level(logging.WARNING, logger="gani_core.storage"):
+        assert storage.read_bytes(uri) == b"kept"
     retries = _retries(caplog)
     assert retries, "the read met no outage"
     for k, message in enumerate(retries, 1):
@@ -254,13 +216,8 @@ def test_a_missing_object_is_never_retried(endpoint, caplog):
 
 def test_an_image_read_from_s3_rides_out_a_short_outage(endpoint, shapes):
     uri = f"s3://{BUCKET}/in/shape-0000.png"
-    endpoint.stop()
-    back = threading.Timer(0.5, endpoint.start)
-    back.start()
-    try:
+    with endpoint.outage(0.5):
         assert read_image_bytes(uri) == (shapes / "shape-0000.png").read_bytes()
-    finally:
-        back.join()
 
 
 def test_a_listing_sees_what_other_processes_wrote_since(endpoint):
@@ -281,13 +238,8 @@ def test_listing_the_input_while_s3_is_down_says_it_cannot_be_reached_not_that_i
         boto3.client("s3").put_object(Bucket=bucket, Key=f"in/{path.name}", Body=path.read_bytes())
     input_uri = f"s3://{bucket}/{prefix}".rstrip("/")
     s3fs.S3FileSystem.clear_instance_cache()        # as in a new flow process: nothing listed yet
-    endpoint.stop()
-    back = threading.Timer(0.5, endpoint.start)
-    back.start()
-    try:
+    with endpoint.outage(0.5):
         assert [i.image_id for i in list_images(input_uri)] == image_ids()     # a short outage is ridden out
-    finally:
-        back.join()
     monkeypatch.setenv("GANI_STORAGE_RETRIES", "2")
     s3fs.S3FileSystem.clear_instance_cache()
     with endpoint.down(), pytest.raises(ConnectionError) as raised:
@@ -403,13 +355,9 @@ def _set_worker_env(dask: Client, name: str, value: str) -> None:
 
 def test_an_s3_outage_shorter_than_the_retries_is_ridden_out(dask, shapes, endpoint, mlflow_dir):
     folder = RunFolder(f"s3://{BUCKET}/out-ridden-out")
-    injector = FaultInjector(folder.path("rows"), dask.scheduler.address, total=IMAGES, endpoint=endpoint,
-                             outage=1.5, outage_at=1)
-    injector.start()
-    try:
+    with FaultInjector(folder.path("rows"), dask.scheduler.address, total=IMAGES, endpoint=endpoint, outage=1.5,
+                       outage_at=1) as injector:
         state = run_flow(str(shapes), folder.uri, dask, mlflow_dir)
-    finally:
-        injector.stop()
     summary = state.result()
     assert injector.count("s3-outage") == 1
     assert (summary["images"], summary["ok"], summary["failed"]) == (IMAGES, IMAGES, 0)
@@ -424,13 +372,11 @@ def test_an_s3_outage_longer_than_the_retries_fails_those_images_clearly_and_the
     # The workers give up after one retry (about 0.25 s); this process, which writes the run's tables, keeps 5
     # (about 6 s) and so outlasts the 3 s outage.
     _set_worker_env(dask, "GANI_STORAGE_RETRIES", "1")
-    injector = FaultInjector(folder.path("rows"), dask.scheduler.address, total=IMAGES, endpoint=endpoint,
-                             outage=3.0, outage_at=1)
-    injector.start()
     try:
-        summary = run_flow(str(shapes), folder.uri, dask, mlflow_dir).result()
+        with FaultInjector(folder.path("rows"), dask.scheduler.address, total=IMAGES, endpoint=endpoint, outage=3.0,
+                           outage_at=1):
+            summary = run_flow(str(shapes), folder.uri, dask, mlflow_dir).result()
     finally:
-        injector.stop()
         _set_worker_env(dask, "GANI_STORAGE_RETRIES", os.environ["GANI_STORAGE_RETRIES"])
     rows = metrics_rows(folder)
     assert sorted(rows) == image_ids()

@@ -2,7 +2,8 @@
 
 A first start of Prefect's temporary API creates its database and was seen to take longer than Prefect's 20 s
 default timeout; the flows package raises it (flows/__init__.py). Nothing from the test process helps here: the
-timeout the other tests set is removed from the environment.
+timeout the other tests set is removed from the environment, and so is the quiet telemetry (gani_core.telemetry),
+which the flows package sets itself.
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from gani_core.telemetry import QUIET_TELEMETRY
+
 from .conftest import REPO
 
 pytestmark = pytest.mark.services
 
 
 def test_the_demo_entry_point_runs_on_a_fresh_home(photo_pair: Path, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "DO_NOT_TRACK"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_", "MLFLOW_")) and k not in QUIET_TELEMETRY}
     env.update(HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "home" / ".prefect"))
     (tmp_path / "home").mkdir()
     out = tmp_path / "demo"

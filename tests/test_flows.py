@@ -1,8 +1,8 @@
 """The invert-dataset and nightly-benchmark flows with the real components on 127.0.0.1.
 
-Prefect: a temporary local API (prefect_test_harness). Dask: one 2-worker LocalCluster (processes) shared by
-these tests through ``dask_address``. MLflow: a sqlite store in tmp_path. Generator: a seeded 32 px one saved
-as a file (the ``small`` fixture), 3 + 3 steps.
+Prefect: a temporary local API (conftest: prefect_api). Dask: one 2-worker LocalCluster (processes) shared by
+these tests through ``dask_address`` (conftest: cluster). MLflow: a sqlite store in tmp_path. Generator: the
+seeded 32 px one saved as a file (conftest: g32_file, in the ``small`` settings), 3 + 3 steps.
 
 The run sequence mirrors an interrupted and resumed run: first the first two images only (astronaut and the
 corrupt broken.png; as if the run died there), then all three (only coffee is computed), then all three again
@@ -12,58 +12,37 @@ corrupt broken.png; as if the run died there), then all three (only coffee is co
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-import prefect.settings
 import pyarrow.parquet as pq
 import pytest
-from distributed import LocalCluster
+from distributed import Client
 from mlflow.tracking import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.invert_dataset import invert_dataset
 from flows.nightly_benchmark import nightly_benchmark
 from flows.parameters import ClusterSettings, InversionSettings
-from gani_core import build_builtin, save_generator
-from gani_core.run_folder import METRICS_SCHEMA, SUMMARY_METRICS
-from tasks import tracking
+from gani_core.metric_registry import names
+from gani_core.run_folder import METRICS_SCHEMA
+from tasks import mlflow_runs, mlflow_view
 
-from .conftest import EXAMPLES
+from .conftest import photo_folder
 
 STEPS = InversionSettings(pivot_steps=3, tune_steps=3, seed=0)
 pytestmark = pytest.mark.services
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def small(g32_file: Path) -> dict:
     """The flows' small settings: a seeded, untrained 32 px generator saved as a file (whatever ``builtin``
     loads), 3 + 3 steps."""
-    path = tmp_path_factory.mktemp("generator") / "g32.safetensors"
-    save_generator(build_builtin(32), path)
-    return {"checkpoint": str(path), "inversion": STEPS}
-
-
-@pytest.fixture(scope="module")
-def prefect_api() -> str:
-    with prefect_test_harness(server_startup_timeout=None):
-        yield prefect.settings.PREFECT_API_URL.value()
-
-
-@pytest.fixture(scope="module")
-def cluster(prefect_api: str) -> str:
-    """A 2-worker LocalCluster whose workers report to the test Prefect API; its scheduler address."""
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      env={"PREFECT_API_URL": prefect_api}) as lc:
-        yield lc.scheduler_address
+    return {"checkpoint": str(g32_file), "inversion": STEPS}
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    for name in ("astronaut.jpg", "coffee.jpg"):
-        shutil.copy(EXAMPLES / name, folder / name)
-    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    """astronaut.jpg, coffee.jpg, the corrupt broken.png, and notes.txt (not an image)."""
+    folder = photo_folder(tmp_path_factory.mktemp("photos"), broken=True)
     (folder / "notes.txt").write_text("not an image: not listed")
     return folder
 
@@ -74,11 +53,11 @@ def _mtimes(out: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def runs(photos: Path, cluster: str, small: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def runs(photos: Path, cluster: Client, small: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("invert-dataset")
     out, db = root / "out", f"sqlite:///{root / 'mlflow.db'}"
     common = {**small, "input_uri": str(photos), "output_uri": str(out),
-              "cluster": ClusterSettings(dask_address=cluster), "mlflow_tracking_uri": db}
+              "cluster": ClusterSettings(dask_address=cluster.scheduler.address), "mlflow_tracking_uri": db}
     interrupted = invert_dataset(**common, limit=2)
     resumed = invert_dataset(**common)
     before = _mtimes(out)
@@ -134,19 +113,23 @@ def test_mlflow_run_holds_metrics_params_and_artifacts(runs, tmp_path):
     run = client.get_run(runs["resumed"]["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name.startswith(f"gani-{runs['photos'].name}-")
     # the saved view of the runs table: each of its columns is a tag or a metric this run logged
-    view = json.loads(experiment.tags[f"mlflow.sharedViewState.{tracking.RUNS_VIEW}"])
+    view = json.loads(experiment.tags[f"mlflow.sharedViewState.{mlflow_view.RUNS_VIEW}"])
     columns = json.loads(view["state"])["selectedColumns"]
-    assert columns[:2] == ["tags.`method`", "metrics.`lpips_mean`"]
+    headline = [n for n in names("headline") if n in names("run")]     # the registry's, in its order
+    assert columns == ["tags.`method`", *(f"metrics.`{n}_mean`" for n in headline), "metrics.`ok`", "metrics.`failed`"]
     logged_columns = {f"tags.`{k}`" for k in run.data.tags} | {f"metrics.`{k}`" for k in run.data.metrics}
     assert set(columns) - {"metrics.`edit_accuracy_mean`"} <= logged_columns    # no factor labels on photos
     m = run.data.metrics
     ok_rows = [r for r in pq.read_table(runs["out"] / "metrics.parquet").to_pylist() if r["status"] == "ok"]
-    for name in SUMMARY_METRICS:
+    for name in mlflow_runs.RUN_METRICS:
         logged = {f"{name}_mean", f"{name}_p50", f"{name}_p90"}
         if all(r.get(name) is None for r in ok_rows):      # not applicable here (edit_accuracy: no factor labels)
             assert not logged & m.keys(), name
         else:
             assert logged <= m.keys(), name
+    # the names of the runs logged before the metric registry (issue 17), so that comparisons with them keep working
+    before = ("mse", "psnr", "ms_ssim", "lpips", "lpips_vgg", "locality", "edit_consistency", "seconds", "delta_bytes")
+    assert {f"{n}_{s}" for n in before for s in ("mean", "p50", "p90")} <= m.keys()
     assert (m["images"], m["ok"], m["failed"], m["skipped"]) == (3, 2, 1, 2)
     assert m["seconds_per_image"] > 0 and 0 < m["lpips_mean"] < 1
     p = run.data.params
@@ -157,6 +140,7 @@ def test_mlflow_run_holds_metrics_params_and_artifacts(runs, tmp_path):
         "metrics.parquet", "preview_grid.png", "summary.json", "per_image.json", "table_images"}
     split = json.loads(Path(client.download_artifacts(run.info.run_id, "per_image.json", str(tmp_path))).read_text())
     table = [dict(zip(split["columns"], values, strict=True)) for values in split["data"]]
+    assert split["columns"] == ["image_id", "method", *headline, "input", "pivot", "tuned", "edit"]
     assert sorted(r["image_id"] for r in table) == ["astronaut", "coffee"]   # the ok images; the corrupt one has none
     lpips = {r["image_id"]: r["lpips"] for r in ok_rows}
     assert all(r["lpips"] == pytest.approx(lpips[r["image_id"]]) for r in table)
@@ -167,7 +151,7 @@ def test_mlflow_run_holds_metrics_params_and_artifacts(runs, tmp_path):
 def test_nightly_benchmark_parent_run_with_a_child_per_method(photos, cluster, small, tmp_path):
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     s = nightly_benchmark(**small, input_uri=str(photos), output_uri=str(tmp_path / "nightly"), limit=1,
-                          date="2026-01-02", cluster=ClusterSettings(dask_address=cluster),
+                          date="2026-01-02", cluster=ClusterSettings(dask_address=cluster.scheduler.address),
                           mlflow_tracking_uri=db)
     table = pq.read_table(tmp_path / "nightly" / "2026-01-02" / "metrics.parquet").to_pylist()
     assert sorted(r["method"] for r in table) == ["gani", "pti", "wplus"]

@@ -14,7 +14,6 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 from mlflow.tracking import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.invert_dataset import invert_dataset
 from flows.parameters import ClusterSettings, InversionSettings
@@ -36,15 +35,14 @@ def s3_env(s3, g32_file: Path):
 
 
 @pytest.fixture(scope="module")
-def runs(s3_env, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def runs(s3_env, prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
     db = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     params = {"input_uri": f"s3://{BUCKET}/in", "output_uri": f"s3://{BUCKET}/out",
               "checkpoint": f"s3://{BUCKET}/models/g32.safetensors",
               "inversion": InversionSettings(pivot_steps=3, tune_steps=3), "cluster": ClusterSettings(n_workers=2),
               "mlflow_tracking_uri": db}
-    with prefect_test_harness(server_startup_timeout=None):
-        first = invert_dataset(**params)
-        again = invert_dataset(**params)
+    first = invert_dataset(**params)
+    again = invert_dataset(**params)
     return {"db": db, "first": first, "again": again}
 
 

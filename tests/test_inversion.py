@@ -7,8 +7,10 @@ from GANI's pivot (the same pivot, the same step budget), and the pivot-only bas
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import replace
+from dataclasses import asdict, field, fields, make_dataclass, replace
 from itertools import pairwise
 
 import pyarrow as pa
@@ -17,11 +19,19 @@ import torch
 
 from gani_core import Generator, build_builtin
 from gani_core.deltas import apply_deltas, decode_deltas, delta_bytes
-from gani_core.gmm import GMM_KINDS, GMMSet
+from gani_core.gmm import GMM_FORMS, GMMSet
 from gani_core.images import load_image
-from gani_core.invert import InversionResult, invert_image, method_config
+from gani_core.invert import (
+    HASH_BASELINE,
+    InversionResult,
+    InvertConfig,
+    invert_image,
+    method_config,
+    scheme1_config_hash,
+)
 from gani_core.lpips import lpips_distance
 from gani_core.metrics import image_metrics
+from gani_core.pivot import PivotConfig
 from gani_core.run_folder import METRICS_SCHEMA
 from gani_core.tuning import TuneConfig, layer_gradients, render_with, tune, tuned_layers
 
@@ -33,12 +43,6 @@ RUN_COLUMNS = {"image_sha256", "checkpoint", "checkpoint_sha256", "generator_lab
                "seed", "device", "gani_version"}
 TIMING_COLUMNS = {"seconds", "seconds_pivot", "seconds_tune", "seconds_metrics", "seconds_per_tune_step",
                   "peak_memory_mb"}
-
-
-@pytest.fixture(scope="module")
-def G(g32: Generator) -> Generator:
-    """The shared builtin-random:32 generator (conftest); read-only."""
-    return g32
 
 
 @pytest.fixture(scope="module")
@@ -104,14 +108,14 @@ def test_w_pivot_is_one_latent_for_every_layer_and_wplus_one_per_layer(
 # Tuning.
 
 
-@pytest.mark.parametrize("kind", GMM_KINDS)
+@pytest.mark.parametrize("form", GMM_FORMS)
 def test_zero_initialised_gmms_leave_the_generator_unchanged(
-    G: Generator, image: torch.Tensor, gani: InversionResult, kind: str
+    G: Generator, image: torch.Tensor, gani: InversionResult, form: str
 ) -> None:
     pivot = gani.w_pivot
     layers = tuned_layers(G, "conv+torgb")
-    grads = layer_gradients(G, list(layers), pivot[None], target_of(image), TuneConfig()) if kind == "grad" else None
-    gmms = GMMSet({n: w.detach() for n, w in layers.items()}, kind, grads=grads)
+    grads = layer_gradients(G, list(layers), pivot[None], target_of(image), TuneConfig()) if form == "grad" else None
+    gmms = GMMSet({n: w.detach() for n, w in layers.items()}, form, grads=grads)
     deltas = gmms.deltas()
     assert set(deltas) == set(layers)
     assert all(d.shape == layers[n].shape and not d.any() for n, d in deltas.items())
@@ -182,7 +186,7 @@ def test_pivot_only_methods_leave_the_generator_unchanged(
 
 
 def test_bf16_mixed_precision_runs_and_still_fits(G: Generator, image: torch.Tensor, gani: InversionResult) -> None:
-    cfg = method_config("gani", tune_steps=6, precision="bf16", locality_weight=0.0)
+    cfg = method_config("gani", tune_steps=6, precision="bf16", reg_weight=0.0)
     assert cfg.pivot.precision == cfg.tune.precision == "bf16"
     result = tune(G, gani.w_pivot, target_of(image), cfg.tune, seed=0)
     assert all(d.dtype == torch.float32 for d in result.deltas.values())
@@ -242,17 +246,53 @@ def test_method_config_validates() -> None:
     with pytest.raises(ValueError, match="no tuning stage"):
         method_config("wplus", lr=1e-3)
     cfg = method_config("pti", pivot_steps=7, tune_steps=9, lr=1e-3)
-    assert (cfg.pivot.steps, cfg.tune.steps, cfg.tune.lr, cfg.tune.kind) == (7, 9, 1e-3, "full")
+    assert (cfg.pivot.steps, cfg.tune.steps, cfg.tune.lr, cfg.tune.form) == (7, 9, 1e-3, "full")
     assert cfg.config_hash() != replace(cfg, seed=1).config_hash()
 
 
-def test_a_tuning_option_added_later_keeps_earlier_hashes_at_its_default() -> None:
-    # The hashes of these configurations as stored in rows before `locality_start` existed (commit 45e5f67).
-    gani, pti = method_config("gani", pivot_steps=7, tune_steps=9), method_config("pti")
-    assert (gani.config_hash(), pti.config_hash()) == ("7e7c416f371c241e", "fbde17625a029ead")
-    assert method_config("wplus").config_hash() == "0c472692c5e0c5b0"
-    later = replace(gani, tune=replace(gani.tune, locality_start=5))
-    assert later.config_hash() != gani.config_hash()
+def test_the_hash_covers_the_differences_from_the_baseline() -> None:
+    assert InvertConfig().differences() == {}
+    pti = method_config("pti", pivot_steps=7)
+    assert pti.differences() == {"method": "pti", "pivot.steps": 7, "tune.form": "full", "tune.lr": 3e-4,
+                                 "tune.layers": "all", "tune.reg_weight": 0.0}
+    assert method_config("w").differences() == {"method": "w", "tune": None}
+    # Pinned: the baseline is frozen (a change of it, or of the scheme, would orphan every stored row).
+    assert hashlib.sha256(json.dumps(HASH_BASELINE, sort_keys=True).encode()).hexdigest()[:16] == "b2f930c9dc607370"
+    assert (InvertConfig().config_hash(), pti.config_hash()) == ("47a910067da3d6ef", "40f290a3e7dfe5ac")
+    later = method_config("gani", pivot_steps=7, tune_steps=9, reg_start=5)
+    assert later.config_hash() != method_config("gani", pivot_steps=7, tune_steps=9).config_hash()
+
+
+def test_a_field_added_with_a_default_changes_no_hash() -> None:
+    """A field added to TuneConfig, PivotConfig or InvertConfig (here by subclassing): at its default every hash is
+    what it was, with no list kept by hand; at another value the hash changes."""
+    def plus(cls: type, name: str) -> type:
+        return make_dataclass(f"{cls.__name__}Plus", [(name, int, field(default=7))], bases=(cls,), frozen=True)
+
+    TunePlus, PivotPlus, InvertPlus = plus(TuneConfig, "new_tune"), plus(PivotConfig, "new_pivot"), \
+        plus(InvertConfig, "new_top")
+    for cfg in (method_config("gani", 7, 9), method_config("pti"), method_config("wplus"), InvertConfig()):
+        tune = None if cfg.tune is None else TunePlus(**asdict(cfg.tune))
+        same = InvertPlus(**{**{f.name: getattr(cfg, f.name) for f in fields(cfg)},
+                             "tune": tune, "pivot": PivotPlus(**asdict(cfg.pivot))})
+        assert (same.config_hash(), same.resume_hashes()) == (cfg.config_hash(), cfg.resume_hashes())
+        for changed in (replace(same, new_top=8), replace(same, pivot=replace(same.pivot, new_pivot=8)),
+                        *([replace(same, tune=replace(tune, new_tune=8))] if tune is not None else [])):
+            assert changed.config_hash() != cfg.config_hash()
+            assert changed.resume_hashes() == (changed.config_hash(),)     # no row written before can be its
+
+
+def test_rows_written_before_issue_17_keep_their_hashes() -> None:
+    """Hashes stored by gani before issue 17 (scheme 1, the fields' old names; tests/fixtures/run-before-issue17
+    and the rows of commit 45e5f67) are still recognised by the resume rule, beside today's."""
+    stored = {method_config("gani", 5, 3): "f6c0b8b6423e8af0", method_config("w", 5): "322161a9c25b5a67",
+              method_config("gani", 7, 9): "7e7c416f371c241e", method_config("pti"): "fbde17625a029ead",
+              method_config("wplus"): "0c472692c5e0c5b0", method_config("gani", 7, 9, reg_start=5): "0b70840e0112e26a",
+              method_config("gani", reg_pool=16): "c504314a982b5d59",
+              method_config("pti", 20, 10, reg_weight=0.1): "31fe44d96a784881"}
+    for cfg, old in stored.items():
+        assert scheme1_config_hash(cfg) == old
+        assert cfg.resume_hashes() == (cfg.config_hash(), old) and cfg.config_hash() != old
 
 
 def test_image_of_wrong_size_is_refused(G: Generator) -> None:

@@ -89,6 +89,16 @@ def test_export_writes_a_loadable_tuned_generator(run, tmp_path):
     assert mse(render, target[None]).item() == pytest.approx(row["mse"], rel=1e-3)
 
 
+def test_export_takes_gani_else_pti_whatever_the_order_of_the_run(tmp_path):
+    out = tmp_path / "run"
+    assert cli_main(["invert", str(EXAMPLES / "astronaut.jpg"), "--checkpoint", "builtin-random:32", "--method",
+                     "pti", "gani", "--pivot-steps", "1", "--tune-steps", "1", "--out", str(out), "--quiet"]) == 0
+    assert cli_main(["export", str(out), "astronaut", "--out", str(tmp_path / "a.safetensors")]) == 0
+    assert load_generator(tmp_path / "a.safetensors").label.endswith("by gani")
+    assert cli_main(["export", str(out), "astronaut", "--method", "pti", "--out", str(tmp_path / "b.safetensors")]) == 0
+    assert load_generator(tmp_path / "b.safetensors").label.endswith("by pti")
+
+
 def test_export_of_unknown_image_is_a_clear_error(run, tmp_path, capsys):
     assert cli_main(["export", str(run), "nope", "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "no successful tuned result for image 'nope'" in capsys.readouterr().err

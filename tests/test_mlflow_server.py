@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -28,13 +24,15 @@ import pytest
 from distributed import LocalCluster
 from mlflow.tracking import MlflowClient
 from PIL import Image
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.invert_dataset import invert_dataset
 from flows.parameters import ClusterSettings, InversionSettings
 from gani_core.images import load_image
+from gani_core.telemetry import QUIET_TELEMETRY
 
-from .conftest import EXAMPLES, free_port
+from .conftest import EXAMPLES
+from .support.prefect_api import temporary_prefect_api
+from .support.processes import free_port, start_in_own_session, stop_process_group, wait_until
 
 pytestmark = pytest.mark.services
 
@@ -47,35 +45,9 @@ def _mlflow_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "mlflow"]
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the server and its worker processes (its own process group)."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 15)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"mlflow server not healthy after {SERVER_START_TIMEOUT} s:\n{log.read_text()[-3000:]}")
+def _healthy(url: str) -> bool:
+    with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+        return response.status == 200
 
 
 @pytest.fixture(scope="module")
@@ -84,18 +56,16 @@ def server_run(tmp_path_factory: pytest.TempPathFactory, g32_file: Path, photo_p
     artifacts, log, out = root / "artifacts", root / "server.log", root / "out"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {**os.environ, **QUIET_TELEMETRY}
     env.pop("MLFLOW_TRACKING_URI", None)
-    with log.open("wb") as server_output:
-        proc = subprocess.Popen(
-            [*_mlflow_command(), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(artifacts)],
-            stdout=server_output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=root,
-            start_new_session=True)
+    proc = start_in_own_session(     # the server and its worker processes: one process group
+        [*_mlflow_command(), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(artifacts)],
+        env, log, cwd=root)
     try:
-        with (prefect_test_harness(server_startup_timeout=None),     # start while the MLflow server does
+        with (temporary_prefect_api(),     # start while the MLflow server does
               LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster):
-            _wait_healthy(url, proc, log)
+            wait_until("mlflow server /health", lambda: _healthy(url), SERVER_START_TIMEOUT, proc, log)
             summary = invert_dataset(input_uri=str(photo_pair), output_uri=str(out), checkpoint=str(g32_file),
                                      inversion=InversionSettings(pivot_steps=3, tune_steps=3),
                                      cluster=ClusterSettings(dask_address=cluster.scheduler_address),
@@ -103,7 +73,7 @@ def server_run(tmp_path_factory: pytest.TempPathFactory, g32_file: Path, photo_p
         yield {"url": url, "summary": summary, "photos": photo_pair, "artifacts": artifacts, "out": out,
                "checkpoint": str(g32_file)}
     finally:
-        _stop(proc)
+        stop_process_group(proc)
 
 
 def test_the_run_is_in_the_servers_invert_dataset_experiment(server_run):

@@ -161,6 +161,23 @@ def test_cli_plain_shapes_is_unchanged(tmp_path):
         np.testing.assert_array_equal(read_png(tmp_path / name), read_png(SHAPES / name))
 
 
+def test_cli_has_one_seed_for_plain_images_and_one_for_a_split(tmp_path, capsys):
+    """--seed names the plain images' seed (shapes-SEED-NNN.png), --split-seed a kind's split stream; each is
+    refused where it does not apply."""
+    assert main(["shapes", str(tmp_path / "p"), "--count", "1", "--seed", "3"]) == 0
+    assert (tmp_path / "p" / "shapes-3-000.png").exists()
+    assert main(["shapes", str(tmp_path / "d"), "--kind", "disc", "--count", "1", "--split-seed", "5"]) == 0
+    images, truth = sample_kind("disc", 1, 64, "test", seed=5)
+    assert json.loads((tmp_path / "d" / "factors.json").read_text())["disc-test-000.png"] == truth[0]
+    np.testing.assert_array_equal(read_png(tmp_path / "d" / "disc-test-000.png"), to_pixels(images)[0])
+    capsys.readouterr()
+    assert main(["shapes", str(tmp_path / "x"), "--kind", "disc", "--seed", "5"]) == 2
+    assert "takes --split-seed" in capsys.readouterr().err
+    assert main(["shapes", str(tmp_path / "y"), "--split-seed", "5"]) == 2
+    assert "the plain images take --seed" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
 def test_cli_rejects_an_unknown_kind_and_lists_the_kinds(tmp_path, capsys):
     assert main(["shapes", str(tmp_path / "x"), "--kind", "hexagon"]) == 2
     err = capsys.readouterr().err.strip()

@@ -7,12 +7,22 @@ import json
 import math
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from gani_core.checkpoints.ref import resolve_checkpoint
 from gani_core.dataset import image_sources, list_images
 from gani_core.invert import method_config
-from gani_core.run_folder import METRICS_SCHEMA, RunFolder, complete_row, failed_row, rows_table, summarise
+from gani_core.metric_registry import METRICS, names
+from gani_core.run_folder import (
+    DISPLAY_COLUMNS,
+    METRICS_SCHEMA,
+    RunFolder,
+    complete_row,
+    failed_row,
+    rows_table,
+    summarise,
+)
 
 CFG = method_config("gani", pivot_steps=2, tune_steps=2)
 CKPT = resolve_checkpoint("builtin-random:32")
@@ -63,6 +73,35 @@ def test_rows_table_has_the_schema_and_nulls_for_missing_columns() -> None:
     row = table.to_pylist()[0]
     assert row["status"] == "failed" and row["lpips"] is None and row["error"].startswith("ImageError")
     assert rows_table([]).num_rows == 0
+
+
+def test_the_registry_drives_the_schema() -> None:
+    """Every metric a run reports is a column, typed as the registry says; the quality metrics in its order."""
+    for name in names("run"):
+        expected = pa.int64() if METRICS[name].integer else pa.float64()
+        assert METRICS_SCHEMA.field(name).type == expected, name
+        assert name in DISPLAY_COLUMNS
+    first = METRICS_SCHEMA.names.index(names("result")[0])
+    assert tuple(METRICS_SCHEMA.names[first : first + len(names("result"))]) == names("result")
+    assert METRICS_SCHEMA.field("delta_bytes").type == pa.int64()
+
+
+def test_rows_table_refuses_a_misspelt_column() -> None:
+    row = complete_row({"image_id": "x", "method": "gani", "status": "ok", "lpips": 0.1}, CFG, CKPT)
+    assert rows_table([row]).to_pylist()[0]["lpips"] == 0.1
+    with pytest.raises(KeyError, match=r"metrics\.parquet: unknown column\(s\) \['lpip', 'psnr_db'\]"):
+        rows_table([row, {**row, "lpip": 0.1, "psnr_db": 30.0}])
+
+
+def test_summary_means_are_over_ok_rows_with_a_value() -> None:
+    rows = [complete_row({"image_id": i, "method": "gani", "status": status, "error": None, "lpips": lpips,
+                          "delta_bytes": size, "edit_accuracy": None}, CFG, CKPT)
+            for i, status, lpips, size in (("a", "ok", 0.1, 100), ("b", "ok", 0.4, 200), ("c", "ok", None, 600),
+                                           ("d", "failed", 9.0, 5000))]
+    means = summarise(rows, {"gani": CFG}, CKPT, "out", started=0.0)["methods"]["gani"]["mean"]
+    assert tuple(means) == names("run")
+    assert means["lpips"] == pytest.approx(0.25) and means["delta_bytes"] == pytest.approx(300.0)
+    assert means["edit_accuracy"] is None and means["mse"] is None
 
 
 def test_resume_keeps_ok_rows_with_deltas_for_the_same_bytes_checkpoint_and_config(images, tmp_path: Path) -> None:

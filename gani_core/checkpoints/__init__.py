@@ -39,18 +39,18 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", lr_mlp:
 
 
 def _load(spec: str, lr_mlp: float) -> Generator:
-    kind, location, resolution = parse_spec(spec)       # the one parse of a spec (checkpoints/ref.py)
-    if kind == "builtin":
+    origin, location, resolution = parse_spec(spec)     # the one parse of a spec (checkpoints/ref.py)
+    if origin == "builtin":
         G = load_native(TRAINED_FILE.read_bytes(), str(TRAINED_FILE))
         if G.factor_probe is None:      # the shipped weights file holds the directions, the probe is beside it
             attach_probe(G, probe_from_bytes(PROBE_FILE.read_bytes(), str(PROBE_FILE)), str(PROBE_FILE))
         return G
-    if kind == "builtin-random":
+    if origin == "builtin-random":
         try:
             return build_builtin(resolution or BUILTIN_RESOLUTION)
         except ValueError as exc:
             raise CheckpointError(f"{spec}: {exc}") from exc
-    path = resolve_checkpoint(spec).local_path() if kind == "uri" else Path(location)
+    path = resolve_checkpoint(spec).local_path() if origin == "uri" else Path(location)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {spec}" + (" (it is a directory)" if path.is_dir() else ""))
     data = path.read_bytes()

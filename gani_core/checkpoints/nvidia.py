@@ -22,8 +22,8 @@ def _flatten(record: PersistentRecord, prefix: str = "") -> dict[str, torch.Tens
     state = record.state
     out: dict[str, torch.Tensor] = {}
     skip = set(state.get("_non_persistent_buffers_set") or ())
-    for kind in ("_parameters", "_buffers"):
-        for name, value in (state.get(kind) or {}).items():
+    for table in ("_parameters", "_buffers"):
+        for name, value in (state.get(table) or {}).items():
             if value is not None and name not in skip:
                 out[prefix + name] = value.detach()
     for name, child in (state.get("_modules") or {}).items():

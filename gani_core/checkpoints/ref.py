@@ -36,7 +36,8 @@ from gani_core.checkpoints import builtin
 from gani_core.errors import CheckpointError
 from gani_core.networks import Generator
 
-Kind = Literal["builtin", "builtin-random", "file", "uri"]
+# Where a spec points (CheckpointRef.origin): the shipped weights, a computed generator, a local file, a URI.
+Origin = Literal["builtin", "builtin-random", "file", "uri"]
 
 _BUILTIN = re.compile(r"builtin(?::(\d+))?")
 _BUILTIN_RANDOM = re.compile(r"builtin-random(?::(\d+))?")
@@ -52,7 +53,7 @@ def cache_dir() -> Path:
 @dataclass(frozen=True)
 class CheckpointRef:
     spec: str                   # as given
-    kind: Kind
+    origin: Origin              # where the spec points: builtin, builtin-random, file or uri
     location: str               # builtin: the weights file; builtin-random: ""; file: its path; uri: the URI
     resolution: int | None      # known without loading for the built-in generators, else None
     sha256: str                 # the checkpoint part of every result's key
@@ -61,9 +62,9 @@ class CheckpointRef:
     def local_path(self) -> Path:
         """The file ``load_generator`` reads: a URI is downloaded into the cache once per machine and checked
         against :attr:`sha256` (an object replaced since the run started is refused, not mixed in)."""
-        if self.kind == "builtin-random":
+        if self.origin == "builtin-random":
             raise CheckpointError(f"{self.spec}: a computed generator has no file")
-        if self.kind != "uri":
+        if self.origin != "uri":
             return Path(self.location)
         target = _cached_file(self.sha256, self.location)
         if not target.is_file():
@@ -78,13 +79,13 @@ class CheckpointRef:
         """The generator, in evaluation mode on ``device`` (read as data, never as code)."""
         from gani_core.checkpoints import load_generator
 
-        if self.kind in ("builtin", "builtin-random"):
+        if self.origin in ("builtin", "builtin-random"):
             return load_generator(self.spec, device=device)
         return load_generator(self.local_path(), device=device)
 
 
-def parse_spec(spec: str | Path) -> tuple[Kind, str, int | None]:
-    """The one parse of a checkpoint spec: (kind, location, resolution); see the module docstring.
+def parse_spec(spec: str | Path) -> tuple[Origin, str, int | None]:
+    """The one parse of a checkpoint spec: (origin, location, resolution); see the module docstring.
 
     Raises :class:`CheckpointError` for a built-in resolution that does not exist or missing built-in weights.
     Local paths and URIs are not checked here.
@@ -116,15 +117,15 @@ def resolve_checkpoint(spec: str | Path) -> CheckpointRef:
     that does not exist. Whether the file is a readable generator is found out where it is loaded.
     """
     spec = str(spec)
-    kind, location, res = parse_spec(spec)
-    if kind == "builtin":
+    origin, location, res = parse_spec(spec)
+    if origin == "builtin":
         path = Path(location)
         digest = hashlib.sha256((_file_sha256(path) + _file_sha256(builtin.PROBE_FILE)).encode()).hexdigest()
-        return CheckpointRef(spec, kind, location, res, digest, _native_label(path) or "built-in")
-    if kind == "builtin-random":
+        return CheckpointRef(spec, origin, location, res, digest, _native_label(path) or "built-in")
+    if origin == "builtin-random":
         assert res is not None
-        return CheckpointRef(spec, kind, "", res, _random_sha256(res), builtin.builtin_config(res).label)
-    if kind == "uri":
+        return CheckpointRef(spec, origin, "", res, _random_sha256(res), builtin.builtin_config(res).label)
+    if origin == "uri":
         return _resolve_uri(spec)
     path = Path(location)
     if not path.is_file():
@@ -132,7 +133,7 @@ def resolve_checkpoint(spec: str | Path) -> CheckpointRef:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{spec}: the checkpoint file is empty")
     path = path.resolve()
-    return CheckpointRef(spec, kind, str(path), None, _file_sha256(path), _native_label(path) or path.name)
+    return CheckpointRef(spec, origin, str(path), None, _file_sha256(path), _native_label(path) or path.name)
 
 
 def _resolve_uri(uri: str) -> CheckpointRef:

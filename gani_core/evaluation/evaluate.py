@@ -30,18 +30,15 @@ from gani_core.invert import (
     invert_images,
     method_config,
 )
+from gani_core.metric_registry import names
 from gani_core.networks import Generator
 from gani_core.pivot import PivotConfig, find_pivots
 from gani_core.tuning import TuneResult, all_finite, tune_batch
 
-# The per-image columns of the benchmark table (besides set, kind, seed, image_id, method, budget, status, error).
-RESULT_COLUMNS: tuple[str, ...] = ("seconds", "lpips", "lpips_vgg", "psnr", "ms_ssim", "mse", "locality",
-                                   "edit_consistency", "edit_accuracy", "drift", "delta_bytes")
-
 
 def benchmark_config(method: str, pivot_steps: int | None, tune_steps: int | None, seed: int) -> InvertConfig:
     """The InvertConfig of a benchmark method: one of suites.BENCHMARK_METHODS, or one with tuning options
-    overridden for an ablation, ``gani[locality_interval=4,rank=4]`` (suites.parse_method)."""
+    overridden for an ablation, ``gani[reg_interval=4,rank=4]`` (suites.parse_method)."""
     base, overrides = parse_method(method)
     if overrides:
         cfg = benchmark_config(base, pivot_steps, tune_steps, seed)
@@ -49,9 +46,9 @@ def benchmark_config(method: str, pivot_steps: int | None, tune_steps: int | Non
             raise ValueError(f"{method}: {base} has no tuning stage to override")
         return replace(cfg, tune=replace(cfg.tune, **overrides))
     if method.startswith("gani-"):
-        return method_config("gani", pivot_steps, tune_steps, seed, kind=method.removeprefix("gani-"))
+        return method_config("gani", pivot_steps, tune_steps, seed, form=method.removeprefix("gani-"))
     if method == "pti-reg":
-        return method_config("pti", pivot_steps, tune_steps, seed, locality_weight=GANI_TUNE.locality_weight)
+        return method_config("pti", pivot_steps, tune_steps, seed, reg_weight=GANI_TUNE.reg_weight)
     if method in ("w", "wplus"):
         return method_config(method, pivot_steps, None, seed)      # tune_steps does not apply
     return method_config(method, pivot_steps, tune_steps, seed)
@@ -143,7 +140,8 @@ def _at(result: TuneResult, budget: int) -> TuneResult:
 
 def _rows(ids: list[str], method: str, budget: int, results: list[InversionResult | InversionError],
           drift: DriftReference | None = None) -> list[dict]:
-    """The table's rows of one method at one budget (drift measured when ``drift`` is given)."""
+    """The table's rows of one method at one budget: set, seed (added by evaluate_set), image_id, method, budget,
+    status, error and the registry's ``names("benchmark")`` (drift measured when ``drift`` is given, else null)."""
     rows = []
     for image_id, result in zip(ids, results, strict=True):
         if isinstance(result, InversionError):
@@ -153,8 +151,7 @@ def _rows(ids: list[str], method: str, budget: int, results: list[InversionResul
         m = result.metrics
         row = {"image_id": result.image_id, "method": method, "budget": budget, "status": "ok", "error": None,
                "seconds": result.seconds["pivot"] + result.seconds["tune"],
-               **{name: m.get(name) for name in ("lpips", "lpips_vgg", "psnr", "ms_ssim", "mse", "locality",
-                                                 "edit_consistency", "edit_accuracy")},
+               **{name: m.get(name) for name in names("result")},
                "drift": None, "delta_bytes": result.delta_bytes}
         if drift is not None:
             G_tuned = apply_deltas(drift.G, decode_deltas(result.encoded)) if result.encoded else drift.G

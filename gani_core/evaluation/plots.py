@@ -11,7 +11,10 @@ import itertools
 
 from matplotlib.figure import Figure  # not pyplot: no global state, safe in worker threads
 
-PANELS = (("lpips", "lpips (lower is better)"), ("locality", "locality (lower is better)"))
+from gani_core.metric_registry import METRICS
+
+# The metrics drawn against seconds per image, one panel each (report.comparisons compares them at equal time).
+PANELS = ("lpips", "locality")
 COLOURS = {"gani": "tab:red", "gani-lowrank": "tab:orange", "gani-param": "tab:pink", "gani-grad": "tab:brown",
            "pti": "tab:blue", "pti-reg": "tab:cyan", "wplus": "tab:green", "w": "tab:gray"}
 OTHER_COLOURS = ("tab:purple", "tab:olive", "black", "gold", "lime", "navy")    # ablations, in order, dashed
@@ -32,7 +35,7 @@ def curves_png(summary_rows: list[dict], sets: list[str] | None = None, title: s
     styles = _styles(list(dict.fromkeys(r["method"] for r in summary_rows)))
     for row_axes, set_name in zip(axes, sets, strict=True):
         rows = [r for r in summary_rows if r["set"] == set_name]
-        for ax, (metric, label) in zip(row_axes, PANELS, strict=True):
+        for ax, metric in zip(row_axes, PANELS, strict=True):
             for method in dict.fromkeys(r["method"] for r in rows):
                 points = sorted((r for r in rows if r["method"] == method), key=lambda r: r["seconds"])
                 x = [r["seconds"] for r in points]
@@ -44,7 +47,7 @@ def curves_png(summary_rows: list[dict], sets: list[str] | None = None, title: s
                 else:
                     ax.plot(x, y, "o", linestyle=line, color=colour, label=method, markersize=3)
                     ax.fill_between(x, lo, hi, color=colour, alpha=0.15, linewidth=0)
-            ax.set_title(f"{set_name}: {label}", fontsize=9)
+            ax.set_title(f"{set_name}: {metric} ({METRICS[metric].better} is better)", fontsize=9)
             ax.set_xlabel("seconds per image", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)

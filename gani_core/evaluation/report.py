@@ -1,6 +1,7 @@
 """The benchmark's outputs, written to a folder or an s3:// prefix (gani_core.storage).
 
-    rows.parquet      one row per set x seed x image x method x budget (evaluate.RESULT_COLUMNS)
+    rows.parquet      one row per set x seed x image x method x budget (ROWS_SCHEMA: the registry's
+                      names("benchmark"), gani_core.metric_registry)
     summary.parquet   one row per set x method x budget: means with 95 % bootstrap intervals (stats.summary)
     comparisons.json  gani against pti at equal time (every budget), at equal steps, and against pti-reg at
                       equal reconstruction, per set, each with its interval
@@ -19,18 +20,21 @@ import pyarrow as pa
 
 from gani_core import storage
 from gani_core.evaluation import stats
-from gani_core.evaluation.evaluate import RESULT_COLUMNS
-from gani_core.evaluation.plots import curves_png
+from gani_core.evaluation.plots import PANELS, curves_png
 from gani_core.evaluation.suites import Suite
+from gani_core.metric_registry import METRICS, check_names, names, parquet_field
 
 ROWS_SCHEMA = pa.schema([
     ("set", pa.string()), ("seed", pa.int64()), ("image_id", pa.string()), ("method", pa.string()),
     ("budget", pa.int64()), ("status", pa.string()), ("error", pa.string()),
-    *[(c, pa.int64() if c == "delta_bytes" else pa.float64()) for c in RESULT_COLUMNS],
+    *[parquet_field(m) for m in names("benchmark")],
 ])
 
 
 def rows_table(rows: list[dict]) -> pa.Table:
+    """The rows as a ROWS_SCHEMA table (columns a row lacks are null, non-finite numbers too). A key that is no
+    column of the schema (a misspelt metric) raises KeyError rather than being left out."""
+    check_names({key for r in rows for key in r}, ROWS_SCHEMA.names, "rows.parquet")
     clean = [{name: _finite(r.get(name)) for name in ROWS_SCHEMA.names} for r in rows]
     return pa.Table.from_pylist(clean, schema=ROWS_SCHEMA)
 
@@ -40,17 +44,17 @@ def _finite(value: object) -> object:
 
 
 def comparisons(rows: list[dict], budget: int) -> dict[str, list[dict]]:
-    """gani against pti (equal time: lpips and locality at every budget; equal steps: every summary metric at
-    ``budget``) and against pti-reg (equal reconstruction), for every set and pooled."""
+    """gani against pti (equal time: the curves' metrics, plots.PANELS, at every budget; equal steps: the registry's
+    headline metrics at ``budget``) and against pti-reg (equal reconstruction), for every set and pooled."""
     sets = [*dict.fromkeys(r["set"] for r in rows), stats.POOLED]
     methods = {r["method"] for r in rows}
     out: dict[str, list[dict]] = {"equal_time": [], "equal_steps": [], "equal_reconstruction": []}
     if not {"gani", "pti"} <= methods:
         return out
     for s in sets:
-        for metric in ("lpips", "locality"):
+        for metric in PANELS:
             out["equal_time"] += stats.equal_time(rows, s, metric)
-        for metric in ("lpips", "locality", "edit_consistency", "edit_accuracy", "drift", "seconds"):
+        for metric in names("headline"):
             r = stats.paired_ratio(rows, s, metric, budget)
             if r is not None:
                 out["equal_steps"].append(r)
@@ -102,9 +106,18 @@ def _ci(r: dict, key: str, digits: int = 3) -> str:
     return f"{_fmt(r[key], digits)} [{_fmt(r[f'{key}_lo'], digits)}, {_fmt(r[f'{key}_hi'], digits)}]"
 
 
+def _mean(r: dict, metric: str) -> str:
+    """A summary row's mean of ``metric`` in the registry's format, with its interval for the curves' metrics."""
+    show = METRICS[metric].format
+    if metric not in PANELS:
+        return show(r[metric])
+    return f"{show(r[metric])} [{show(r[f'{metric}_lo'])}, {show(r[f'{metric}_hi'])}]"
+
+
 def markdown(summary: list[dict], compared: dict[str, list[dict]], goals: list[dict], suite: Suite, split: str,
              header: str = "") -> str:
-    """The report's tables: goals, comparisons, and every set's means at the largest common budget."""
+    """The report's tables: goals, comparisons, and every set's means of the registry's headline metrics at the
+    largest common budget."""
     budget = suite.budgets[-1]
     lines = [header, ""] if header else []
     lines += [f"Suite `{suite.name}` ({suite.description}), {split} split: sets {', '.join(suite.sets)}; "
@@ -124,16 +137,16 @@ def markdown(summary: list[dict], compared: dict[str, list[dict]], goals: list[d
                   "| set | metric | gani budget | seconds | gani | pti | ratio [95 % CI] |",
                   "|---|---|---|---|---|---|---|"]
         for r in compared["equal_time"]:
+            show = METRICS[r["metric"]].format
             extra = " (extrapolated)" if r["extrapolated"] else ""
             lines.append(f"| {r['set']} | {r['metric']} | {r['budget']} | {_fmt(r['seconds'], 3)} | "
-                         f"{_fmt(r['value_a'])} | {_fmt(r['value_b'])} | {_ci(r, 'ratio')}{extra} |")
+                         f"{show(r['value_a'])} | {show(r['value_b'])} | {_ci(r, 'ratio')}{extra} |")
         lines.append("")
     lines += [f"### Means at {budget} tuning steps (w, wplus: the pivot alone)", "",
-              "| set | method | images | seconds | lpips | psnr | locality | edit_accuracy | drift |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              f"| set | method | images | {' | '.join(names('headline'))} |",
+              "|---|---|---|" + "---|" * len(names("headline"))]
     for r in summary:
         if r["budget"] in (0, budget):
-            lines.append(f"| {r['set']} | {r['method']} | {r['images']} | {_fmt(r['seconds'], 3)} | "
-                         f"{_ci(r, 'lpips')} | {_fmt(r['psnr'], 3)} | {_ci(r, 'locality')} | "
-                         f"{_fmt(r['edit_accuracy'], 3)} | {_fmt(r['drift'], 3)} |")
+            means = " | ".join(_mean(r, m) for m in names("headline"))
+            lines.append(f"| {r['set']} | {r['method']} | {r['images']} | {means} |")
     return "\n".join(lines) + "\n"

@@ -18,12 +18,11 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from gani_core.metric_registry import names
 from gani_core.shapes.out_of_domain import IN_DOMAIN
 
 BOOTSTRAP = 2000
 LEVEL = 0.95
-SUMMARY_METRICS = ("seconds", "lpips", "lpips_vgg", "psnr", "ms_ssim", "locality", "edit_consistency",
-                   "edit_accuracy", "drift")
 POOLED = "all-out-of-domain"       # every set but in-domain, pooled
 
 
@@ -66,20 +65,21 @@ def bootstrap_mean(values: list[float] | np.ndarray, seed: int = 0) -> tuple[flo
 
 
 def summary(rows: list[dict]) -> list[dict]:
-    """One row per (set, method, budget): images, failed, and mean / lo / hi of every SUMMARY_METRICS."""
+    """One row per (set, method, budget): images, failed, and mean / lo / hi of every metric of the registry's
+    ``names("benchmark")`` (``lpips``, ``lpips_lo``, ``lpips_hi``, ...)."""
     rows = with_pooled(rows)
     keys = sorted({(r["set"], r["method"], r["budget"]) for r in rows})
     failed: dict[tuple, set] = defaultdict(set)
     for r in rows:
         if r["status"] != "ok":
             failed[(r["set"], r["method"], r["budget"])].add(r["image_id"])
-    per_metric = {m: _per_image(rows, m) for m in SUMMARY_METRICS}
+    per_metric = {m: _per_image(rows, m) for m in names("benchmark")}
     out = []
     for key in keys:
         set_name, method, budget = key
         row: dict = {"set": set_name, "method": method, "budget": budget,
                      "images": len(per_metric["lpips"].get(key, {})), "failed": len(failed[key])}
-        for m in SUMMARY_METRICS:
+        for m in names("benchmark"):
             mean, lo, hi = bootstrap_mean(list(per_metric[m].get(key, {}).values()))
             row.update({m: mean, f"{m}_lo": lo, f"{m}_hi": hi})
         out.append(row)

@@ -17,8 +17,8 @@ from gani_core.images import load_image
 from gani_core.shapes.out_of_domain import IN_DOMAIN, KINDS, OUT_OF_DOMAIN, sample_kind
 
 PHOTOS = "photos"
-# The benchmark's methods: gani's default and its other GMM forms, PTI with and without GANI's regulariser
-# setting, and the pivot-only baselines. Budgets are tuning steps after the shared W pivot.
+# The benchmark's methods: gani's default and its other GMM forms (gani-FORM), PTI with and without GANI's
+# regulariser setting, and the pivot-only baselines. Budgets are tuning steps after the shared W pivot.
 BENCHMARK_METHODS: tuple[str, ...] = ("gani", "gani-lowrank", "gani-param", "gani-grad", "pti", "pti-reg",
                                       "wplus", "w")
 
@@ -58,8 +58,9 @@ class Suite:
 
 
 def parse_method(method: str) -> tuple[str, dict[str, int | float | str]]:
-    """``gani[locality_interval=4,lr=0.001]`` → ("gani", {"locality_interval": 4, "lr": 0.001}): a benchmark
-    method with tuning options (tuning.TuneConfig fields) overridden, for ablations; a plain name has none."""
+    """``gani[reg_interval=4,lr=0.001]`` → ("gani", {"reg_interval": 4, "lr": 0.001}): a benchmark method with
+    tuning options (tuning.TuneConfig fields) overridden, for ablations; a plain name has none. (Results stored
+    before issue 17 name the regulariser's options ``locality_*`` and the GMM form ``kind`` in their labels.)"""
     match = re.fullmatch(r"([a-z-]+)(?:\[(.*)\])?", method)
     if match is None:
         raise ValueError(f"a benchmark method is NAME or NAME[option=value,...], got {method!r}")
@@ -73,9 +74,9 @@ def parse_method(method: str) -> tuple[str, dict[str, int | float | str]]:
 
 
 def _number(text: str) -> int | float | str:
-    for kind in (int, float):
+    for number in (int, float):
         try:
-            return kind(text)
+            return number(text)
         except ValueError:
             pass
     return text

@@ -5,7 +5,8 @@ Folder layout (``out``):
     state.pt            G, G_ema, D, both optimisers, counters and RNG states (tensors and numbers only;
                         read back with ``torch.load(weights_only=True)``, never as code)
     G_ema.safetensors   the EMA generator in the project's format (what `load_generator` reads)
-    curves.jsonl        one JSON line per log tick: kimg, losses, regularisers, seconds, quality
+    curves.jsonl        one JSON line per log tick: kimg, step, seconds, and each loss and regulariser averaged
+                        since the previous line (sample quality is measured after training: shapes/build.py)
     samples.png         a fixed grid of samples from G_ema, rewritten at every snapshot
     config.json         the TrainConfig of the run (a resume with a different config is refused)
 

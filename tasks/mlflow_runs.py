@@ -1,0 +1,235 @@
+"""MLflow: one run per flow run (and, for the benchmarks, child runs), its params, metrics and artifacts.
+
+Every run of invert-dataset and nightly-benchmark logs the same metric names, whatever the method, so runs compare
+side by side in the MLflow UI: ``{metric}_mean``, ``{metric}_p50``, ``{metric}_p90`` for each metric of
+gani_core.metric_registry's ``run`` group (:data:`RUN_METRICS`: the image and tuning metrics, ``seconds`` and
+``delta_bytes``) over the images that succeeded (a metric no image has, edit_accuracy without a factor probe, is
+left out), plus ``images``, ``ok``, ``failed``, ``skipped`` and ``seconds_per_image`` (wall time of the images
+computed in this flow run, per image). The domain benchmark's child runs log theirs in tasks/evaluation.py. The
+client is explicit (``MlflowClient``): no global MLflow state is touched, so flows in one process never see each
+other's active runs.
+
+A flow opens its run with :func:`tracked_run`; the runs a killed flow left behind are tasks/stale_runs.py's, the
+saved runs-table view tasks/mlflow_view.py's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fsspec.implementations.local import LocalFileSystem
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from prefect import get_run_logger
+from prefect.runtime import flow_run
+
+import gani_core
+from gani_core import metric_registry, storage
+from gani_core.checkout import LOCAL_OUT, code_version
+from gani_core.checkpoints.ref import CheckpointRef
+from gani_core.invert import InvertConfig
+from gani_core.run_folder import RunFolder
+from tasks.mlflow_view import experiment_tags, view_columns
+from tasks.stale_runs import end_stale_runs
+
+log = logging.getLogger(__name__)
+
+# The metrics of an invert-dataset or nightly-benchmark run (each as _mean, _p50, _p90), and the few of them its
+# saved runs-table view and its per-image table show.
+RUN_METRICS = metric_registry.names("run")
+HEADLINE_METRICS = tuple(n for n in metric_registry.names("headline") if n in RUN_METRICS)
+RUNS_VIEW_COLUMNS = view_columns(tags=("method",), metrics=(*(f"{n}_mean" for n in HEADLINE_METRICS), "ok", "failed"))
+
+
+def tracking_uri(given: str | None, data_folder: str) -> str:
+    """The parameter, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///DATA/mlflow.db`` with DATA the run's data
+    folder when it is local, else ``<repo>/out`` (an S3 output has no place for a sqlite file)."""
+    if given:
+        return given
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    fs, path = storage.resolve(data_folder)
+    folder = Path(path) if isinstance(fs, LocalFileSystem) else LOCAL_OUT
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder.resolve() / 'mlflow.db'}"
+
+
+def experiment_id(uri: str, name: str, columns: tuple[str, ...] = RUNS_VIEW_COLUMNS) -> str:
+    """The id of the experiment ``name`` in the tracking store ``uri``, created when missing, with its saved
+    runs-table view of ``columns`` (tasks.mlflow_view)."""
+    client = MlflowClient(tracking_uri=uri)
+    tags = experiment_tags(name, columns)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        for key, value in tags.items():     # those an older gani did not set; a view the user saved over is kept
+            if key not in exp.tags:
+                client.set_experiment_tag(exp.experiment_id, key, value)
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):        # artifacts next to the database, not in the current directory
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location, tags=tags)
+    except MlflowException:                 # created meanwhile by a concurrent flow run
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def start_run(uri: str, experiment_id: str, run_name: str, tags: dict[str, str] | None = None,
+              parent_run_id: str | None = None) -> str:
+    """Create a run (a child of ``parent_run_id`` when given) in the experiment ``experiment_id``
+    (:func:`experiment_id`), tagged with the process that runs it (``flow_host``, ``flow_pid``: see
+    tasks.stale_runs); return its id."""
+    client = MlflowClient(tracking_uri=uri)
+    all_tags = {"code_version": code_version(), "gani_version": gani_core.__version__,
+                "flow_host": socket.gethostname(), "flow_pid": str(os.getpid()), **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    return client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
+
+
+def end_run(uri: str, run_id: str, ok: bool = True) -> None:
+    MlflowClient(tracking_uri=uri).set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+@contextlib.contextmanager
+def ended_on_exit(uri: str, *run_ids: str) -> Iterator[None]:
+    """End the runs when the block ends: FINISHED, or FAILED when it raised (the error goes on, also when the
+    runs cannot be marked: the store may share the disk that just filled up)."""
+    try:
+        yield
+    except BaseException as exc:
+        for run_id in run_ids:
+            try:
+                end_run(uri, run_id, ok=False)
+            except Exception as end_exc:
+                log.warning("MLflow run %s at %s not marked FAILED (%s: %s) after %s: %s", run_id, uri,
+                            type(end_exc).__name__, end_exc, type(exc).__name__, exc)
+        raise
+    for run_id in run_ids:
+        end_run(uri, run_id)
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """A flow run's MLflow run (:func:`tracked_run`)."""
+
+    uri: str                # the tracking store
+    experiment_id: str
+    run_id: str
+    tags: dict[str, str]    # the tags it was started with (its child runs take them too)
+
+
+@contextlib.contextmanager
+def tracked_run(experiment: str, run_name: str, *, mlflow_tracking_uri: str | None, data_folder: str,
+                output_uri: str, tags: dict[str, str], columns: tuple[str, ...] = RUNS_VIEW_COLUMNS
+                ) -> Iterator[TrackedRun]:
+    """The MLflow run of the flow run calling it, ended when the block ends (FINISHED, or FAILED when it raised).
+
+    The sequence every flow opens with: the tracking store (:func:`tracking_uri` of ``mlflow_tracking_uri`` and
+    ``data_folder``); the experiment (:func:`experiment_id`, with its saved runs-table view of ``columns``); the
+    runs a killed flow process left RUNNING into ``output_uri`` ended (tasks.stale_runs.end_stale_runs, on the
+    flow run's log); then the run ``run_name``, tagged with this Prefect flow run, ``output_uri`` and ``tags``."""
+    uri = tracking_uri(mlflow_tracking_uri, data_folder)
+    exp_id = experiment_id(uri, experiment, columns)
+    end_stale_runs(uri, exp_id, output_uri, get_run_logger())
+    all_tags = {"prefect_flow_run_id": str(flow_run.get_id()), "prefect_flow_run_name": str(flow_run.get_name()),
+                "output_uri": output_uri, **tags}
+    run_id = start_run(uri, exp_id, run_name, tags=all_tags)
+    with ended_on_exit(uri, run_id):
+        yield TrackedRun(uri, exp_id, run_id, all_tags)
+
+
+def run_params(ckpt: CheckpointRef, input_uri: str, folder: RunFolder, limit: int | None) -> dict[str, object]:
+    """The parameters every run of a flow logs besides its method's configuration."""
+    return {"checkpoint": ckpt.spec, "checkpoint_sha256": ckpt.sha256, "generator_label": ckpt.label,
+            "dataset_uri": input_uri, "output_uri": folder.uri, "limit": limit, "code_version": code_version()}
+
+
+def config_params(cfg: InvertConfig) -> dict[str, object]:
+    """The parameters of one method's configuration: its fields with flat names (``seed``, ``pivot_lr``,
+    ``tune_lr``, ...; ``tune_steps`` 0 for the methods without a tuning stage), and its ``config_hash``."""
+    fields = asdict(cfg)
+    if fields["tune"] is None:
+        fields["tune"] = {"steps": 0}
+    params: dict[str, object] = {"config_hash": cfg.config_hash()}
+    for name, value in fields.items():
+        if isinstance(value, dict):
+            params.update({f"{name}_{k}": v for k, v in value.items()})
+        else:
+            params[name] = value
+    return params
+
+
+def aggregate(rows: list[dict], skipped: int = 0, wall_seconds: float | None = None,
+              computed: int = 0) -> dict[str, float]:
+    """The run's metrics: counts, and each of :data:`RUN_METRICS` summarised over the ok rows as
+    gani_core.metric_registry.summarise does (``lpips_mean``, ``lpips_p50``, ``lpips_p90``; none where no row has
+    a value)."""
+    ok = sum(r["status"] == "ok" for r in rows)
+    metrics: dict[str, float] = {"images": len(rows), "ok": ok, "failed": len(rows) - ok, "skipped": skipped}
+    for name, summary in metric_registry.summarise(rows, RUN_METRICS).items():
+        metrics.update({f"{name}_{stat}": value for stat, value in summary.items() if value is not None})
+    if computed and wall_seconds is not None:
+        metrics["seconds_per_image"] = wall_seconds / computed
+    return metrics
+
+
+def log_results(uri: str, run_id: str, params: dict[str, object], metrics: dict[str, float],
+                artifacts: Iterable[str] = ()) -> None:
+    """Log params, metrics and artifacts (local paths or URIs: remote ones are copied to a temp folder first)."""
+    client = MlflowClient(tracking_uri=uri)
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(v)],
+        params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+        tags=[RunTag("code_version", code_version())],
+    )
+    with tempfile.TemporaryDirectory(prefix="gani-mlflow-") as tmp:
+        for artifact in artifacts:
+            fs, path = storage.resolve(artifact)
+            if isinstance(fs, LocalFileSystem):
+                client.log_artifact(run_id, path)
+            else:
+                local = Path(tmp) / Path(path).name
+                local.write_bytes(storage.read_bytes(artifact))
+                client.log_artifact(run_id, str(local))
+
+
+IMAGE_TABLE = "per_image.json"          # the run's per-image table, with images, in MLflow's evaluation views
+IMAGE_TABLE_MAX = 64                    # rows with images (the whole table is metrics.parquet)
+PREVIEW_CELLS = ("input", "pivot", "tuned", "edit")     # a preview's square cells, left to right (run_folder)
+
+
+def log_image_table(uri: str, run_id: str, rows: list[dict], folder: RunFolder) -> None:
+    """The run's ok results as an MLflow table: ids, method, the :data:`HEADLINE_METRICS` and four images per row
+    (the PREVIEW_CELLS of each preview), so that MLflow compares each image across runs."""
+    import pandas as pd
+    from PIL import Image
+
+    ok = [r for r in rows if r["status"] == "ok"][:IMAGE_TABLE_MAX]
+    previews = storage.read_many([folder.preview_uri(r["image_id"], r["method"]) for r in ok]) if ok else {}
+    values = ("image_id", "method", *HEADLINE_METRICS)
+    table: dict[str, list] = {k: [] for k in (*values, *PREVIEW_CELLS)}
+    for row, png in zip(ok, previews.values(), strict=True):
+        if png is None:
+            continue
+        grid = Image.open(io.BytesIO(png)).convert("RGB")
+        cell = grid.width // len(PREVIEW_CELLS)     # square cells side by side, the caption below
+        for i, name in enumerate(PREVIEW_CELLS):
+            table[name].append(grid.crop((i * cell, 0, (i + 1) * cell, cell)))
+        for name in values:
+            table[name].append(row.get(name))
+    if table["image_id"]:
+        MlflowClient(tracking_uri=uri).log_table(run_id, data=pd.DataFrame(table), artifact_file=IMAGE_TABLE)
