@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from gani_core.checkout import REPO
 from gani_core.checkpoints.ref import resolve_checkpoint
 from gani_core.evaluation.evaluate import benchmark_config
 from gani_core.images import load_image
@@ -40,7 +41,6 @@ from gani_core.networks import Generator, GeneratorConfig
 from gani_core.pivot import PivotConfig, find_pivots
 from gani_core.tuning import TuneConfig, tune_batch
 
-REPO = Path(__file__).resolve().parent.parent
 PHOTOS = sorted((REPO / "examples" / "photos").glob("*.jpg"))
 METHODS = ("gani", "pti", "pti-reg", "wplus")    # pti-reg: PTI with GANI's regulariser setting (a GANI step
                                                 # against a PTI step at the same regulariser)

@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 
 from gani_core import load_generator
+from gani_core.checkout import REPO
 from gani_core.invert import InversionError, invert_images, method_config
 from gani_core.shapes.out_of_domain import IN_DOMAIN, KINDS, SPLITS, distance_to_domain, sample_kind
 
-REPO = Path(__file__).resolve().parent.parent
 COLUMNS = ("lpips", "mse", "psnr", "domain_rms")
 OUT_RATIO = 2.0         # a kind is out of domain when its mean W+ lpips is at least this many times in-domain's
 

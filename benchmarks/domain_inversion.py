@@ -23,12 +23,11 @@ from pathlib import Path
 
 import torch
 
+from gani_core.checkout import REPO
 from gani_core.checkpoints.ref import resolve_checkpoint
 from gani_core.evaluation.evaluate import evaluate_set
 from gani_core.evaluation.report import write_report
 from gani_core.evaluation.suites import BENCHMARK_METHODS, SUITES, get_suite, set_images
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:

@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 
 from gani_core import load_generator
+from gani_core.checkout import REPO
 from gani_core.deltas import generator_bytes
 from gani_core.images import load_image
 from gani_core.invert import GANI_TUNE, PTI_TUNE, InvertConfig, invert_image, method_config
 from gani_core.pivot import find_pivot
 
-REPO = Path(__file__).resolve().parent.parent
 COLUMNS = ("lpips", "mse", "psnr", "ms_ssim", "lpips_vgg", "locality", "edit_consistency", "edit_accuracy",
            "s_per_image",
            "s_per_tune_step", "delta_bytes", "delta_lpips_change")

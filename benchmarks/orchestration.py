@@ -44,9 +44,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from gani_core.checkout import REPO
 from gani_core.telemetry import QUIET_TELEMETRY
 
-REPO = Path(__file__).resolve().parent.parent
 PHOTOS = REPO / "examples" / "photos"
 CONFIGS = ("loop-1t", "loop-2t", "flow-1w", "flow-2w", "flow-1w-warm")
 

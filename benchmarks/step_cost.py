@@ -14,16 +14,15 @@ import argparse
 import statistics
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
 from gani_core import load_generator
+from gani_core.checkout import REPO
 from gani_core.images import load_image
 from gani_core.invert import GANI_TUNE, PTI_TUNE
 from gani_core.tuning import tune
 
-REPO = Path(__file__).resolve().parent.parent
 VARIANTS = {
     "pti": PTI_TUNE,
     "pti-reg": replace(PTI_TUNE, reg_weight=GANI_TUNE.reg_weight),

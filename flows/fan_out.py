@@ -1,6 +1,6 @@
 """Inverting a dataset on Dask, the body invert-dataset and nightly-benchmark share: keep what the run folder
 already holds (the resume rule of gani_core.run_folder), fan the rest out as ``invert-images`` tasks (a batch of
-images each), write the tables."""
+images each), write the tables (every valid result of the folder, the earlier runs' included)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from flows.parameters import ClusterSettings, InversionSettings
 from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.dataset import ImageSource
 from gani_core.invert import InvertConfig
-from gani_core.run_folder import RunFolder, failed_row, summarise
+from gani_core.run_folder import RunFolder, failed_row
 from tasks.inversion import invert_on_worker
-from tasks.storage import reusable_rows, write_tables
+from tasks.storage import reusable_rows, storage_retries_logged, write_tables
 
 
 @flow(name="invert-images-on-dask", validate_parameters=False)
@@ -43,7 +43,8 @@ def invert_images_on_dask(work: list[tuple[list[ImageSource], InvertConfig]], ck
         result = future.result(raise_on_failure=False)
         release_future(future)
         if not isinstance(result, list):
-            result = [failed_row(image.image_id, cfg, ckpt, f"{type(result).__name__}: {result}") for image in images]
+            result = [failed_row(image.image_id, cfg, ckpt, f"{type(result).__name__}: {result}",
+                                 source=image.source_path) for image in images]
         progress.done(result)
         rows.extend(result)
     return rows
@@ -75,8 +76,8 @@ def _duration(seconds: float) -> str:
 class DatasetRun:
     """What :func:`invert_dataset_on_dask` did."""
 
-    rows: list[dict]            # one per image x method, in image order
-    summary: dict               # as in summary.json
+    rows: list[dict]            # this run's: one per image x method, in image order
+    summary: dict               # as in summary.json (the tables: every valid result in the folder)
     written: dict[str, str]     # metrics.parquet, summary.json, preview_grid.png -> URI
     kept: set[tuple[str, str]]  # (image_id, method) of the results kept from an earlier run
     wall_seconds: float         # of the fan-out
@@ -89,6 +90,8 @@ def invert_dataset_on_dask(input_uri: str, images: list[ImageSource], folder: Ru
     ``folder``, ``settings.images_per_task()`` images per task; runs inside a flow."""
     logger = get_run_logger()
     started = time.time()
+    with storage_retries_logged(logger):
+        folder.write_configs(configs.values())
     kept = reusable_rows(folder, images, {m: c.resume_hashes() for m, c in configs.items()}, ckpt.sha256)
     per_task = settings.images_per_task()
     work = []
@@ -108,12 +111,13 @@ def invert_dataset_on_dask(input_uri: str, images: list[ImageSource], folder: Ru
         new = {(r["image_id"], r["method"]): r for r in new_rows}
     wall = time.perf_counter() - t0
     rows = [kept.get((image.image_id, m)) or new[(image.image_id, m)] for image in images for m in configs]
-    summary = summarise(rows, configs, ckpt, folder.uri, started, input_uri=input_uri, skipped=len(kept),
-                        computed=computed, wall_seconds=wall, batch_size=settings.batch_size, **summary_extra)
-    written = write_tables(folder, rows, summary)
+    summary, written = write_tables(folder, rows, configs, ckpt, started, {
+        "input_uri": input_uri, "skipped": len(kept), "computed": computed, "wall_seconds": wall,
+        "batch_size": settings.batch_size, **summary_extra})
     for note in summary["notes"]:       # once per run: the workers leave it to the flow (gani_core.invert_files)
         logger.info("%s", note)
-    if summary["failed"]:
-        failures = "; ".join(f"{r['image_id']} [{r['method']}]: {r['error']}" for r in rows if r["status"] != "ok")
-        logger.warning("partial success: %d of %d result(s) failed: %s", summary["failed"], len(rows), failures)
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        failures = "; ".join(f"{r['image_id']} [{r['method']}]: {r['error']}" for r in failed)
+        logger.warning("partial success: %d of %d result(s) failed: %s", len(failed), len(rows), failures)
     return DatasetRun(rows, summary, written, set(kept), wall)

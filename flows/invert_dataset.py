@@ -43,8 +43,9 @@ def invert_dataset(
     Args:
         input_uri: folder or ``s3://bucket/prefix`` holding the images (jpg/jpeg, png, webp, bmp, tif/tiff, gif;
             searched recursively, sorted by path).
-        output_uri: folder or ``s3://bucket/prefix`` for metrics.parquet, deltas/, previews/, rows/, summary.json
-            and preview_grid.png. Results already there for the same image, checkpoint and configuration are kept.
+        output_uri: folder or ``s3://bucket/prefix`` for metrics.parquet, deltas/, previews/, rows/, configs/,
+            summary.json and preview_grid.png. Results already there for the same image, checkpoint and
+            configuration are kept; the tables also hold the folder's other results (other methods, earlier runs).
         checkpoint: generator: ``builtin`` (trained, 64 px) / ``builtin-random:RES`` (seeded, untrained), a local
             path or an ``s3://`` URI of an NVIDIA .pkl, a rosinality .pt or a gani .safetensors.
         method: ``gani``, or a baseline: ``pti``, ``wplus``, ``w``.

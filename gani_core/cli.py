@@ -130,11 +130,14 @@ def _cmd_invert(args: argparse.Namespace) -> int:
     for bar in bars:
         bar.close()
     _print_rows(run.rows)
-    s = run.summary
+    ok = sum(r["status"] == "ok" for r in run.rows)
+    failed = len(run.rows) - ok
     kept = f", {len(run.kept)} kept from an earlier run" if run.kept else ""
-    print(f"wrote {folder.metrics_uri}, deltas/, previews/, summary.json ({s['ok']} ok, {s['failed']} failed{kept})",
+    others = run.summary["rows"] - len(run.rows)
+    others = f"; the tables also hold {others} result(s) of earlier runs (gani show)" if others else ""
+    print(f"wrote {folder.metrics_uri}, deltas/, previews/, summary.json ({ok} ok, {failed} failed{kept}){others}",
           file=sys.stderr)
-    return 1 if s["failed"] and s["failed"] == s["rows"] else 0
+    return 1 if failed and failed == len(run.rows) else 0
 
 
 def _input_images(args: list[str]) -> list[ImageSource]:
@@ -145,6 +148,7 @@ def _input_images(args: list[str]) -> list[ImageSource]:
     from gani_core.dataset import image_sources, list_images
 
     sources: list[str] = []
+    paths: list[str] = []       # each image's `source` in the rows: a file as given, a folder's images under it
     for arg in args:
         # storage.exists asks the storage now and raises when it cannot be reached (s3fs's own answers False).
         if not storage.exists(arg):
@@ -152,22 +156,32 @@ def _input_images(args: list[str]) -> list[ImageSource]:
         fs, path = storage.resolve(arg)
         if fs.isfile(path):
             sources.append(arg)
+            paths.append(arg)
         else:
-            sources += [image.source for image in list_images(arg)]
-    return image_sources(sources)
+            found = list_images(arg)
+            sources += [image.source for image in found]
+            paths += [f"{arg.rstrip('/')}/{image.input_path}" for image in found]
+    return image_sources(sources, paths)
 
 
-def _print_rows(rows: list[dict]) -> None:
+def _print_rows(rows: list[dict], with_config: bool = False) -> None:
     from gani_core.run_folder import DISPLAY_COLUMNS
 
     columns = [c for c in DISPLAY_COLUMNS if c != "error"]      # failures are listed under the table
+    if with_config:
+        columns.insert(columns.index("status") + 1, "config")
 
     def fmt(column: str, v: object) -> str:
         if column in METRICS:
             return _metric_cell(column, v)
         return "-" if v is None else str(v)
 
-    table = [[fmt(c, r.get(c)) for c in columns] for r in rows]
+    def cell(row: dict, column: str) -> str:
+        if column == "config":
+            return (row.get("config_hash") or "-")[:CONFIG_HASH_SHOWN]
+        return fmt(column, row.get(column))
+
+    table = [[cell(r, c) for c in columns] for r in rows]
     widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for t in table:
@@ -177,21 +191,45 @@ def _print_rows(rows: list[dict]) -> None:
             print(f"failed: {r['image_id']} [{r['method']}]: {r.get('error')}")
 
 
+CONFIG_HASH_SHOWN = 8       # characters of a config hash `gani show` prints
+
+
+def _describe_config(config: dict | None) -> str:
+    """A stored configuration (configs/HASH.json, summary.json) in a few words: its step budgets."""
+    if not config:
+        return "configuration not stored (written before configs/ existed)"
+    tune = config.get("tune")
+    steps = f"pivot {config['pivot']['steps']} steps, " + (f"tune {tune['steps']} steps" if tune else "no tuning")
+    return f"{steps}, seed {config.get('seed')}"
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
+    from gani_core.metric_registry import summarise
     from gani_core.run_folder import RunFolder
 
     folder = RunFolder(args.run)
-    rows = folder.read_rows()
-    summary = folder.read_summary()
+    run = folder.read_run()
+    summary = run.summary
     print(f"run {folder.uri}: {summary['generator_label']} ({summary['checkpoint']}), {summary['images']} image(s), "
           f"{summary['failed']} failed row(s)")
-    _print_rows(rows)
+    if run.incomplete_note:
+        print(run.incomplete_note)
+    _print_rows(run.rows, with_config=True)
+    print()
+    print("configurations (the config column):")
+    for method, info in summary["methods"].items():
+        for config_hash, config in (info.get("configs") or {info.get("config_hash"): info.get("config")}).items():
+            print(f"  {(config_hash or '-')[:CONFIG_HASH_SHOWN]}  {method:<8}  {_describe_config(config)}")
     print()
     print("means over ok images:")
-    print("  ".join(["method".ljust(8), *(n.rjust(16) for n in names("run"))]))
-    for method, info in summary["methods"].items():
-        cells = [_metric_cell(n, info["mean"].get(n)).rjust(16) for n in names("run")]
-        print("  ".join([method.ljust(8), *cells]))
+    print("  ".join(["method".ljust(8), "config".ljust(CONFIG_HASH_SHOWN), *(n.rjust(16) for n in names("run"))]))
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in run.rows:
+        groups.setdefault((r["method"], (r.get("config_hash") or "-")[:CONFIG_HASH_SHOWN]), []).append(r)
+    for (method, config_hash), rows in groups.items():
+        means = {m: s["mean"] for m, s in summarise(rows, names("run")).items()}
+        cells = [_metric_cell(n, means.get(n)).rjust(16) for n in names("run")]
+        print("  ".join([method.ljust(8), config_hash.ljust(CONFIG_HASH_SHOWN), *cells]))
     return 0
 
 
@@ -210,19 +248,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from gani_core.run_folder import RunFolder
 
     folder = RunFolder(args.run)
-    summary = folder.read_summary()
+    run = folder.read_run()
+    if run.incomplete_note:
+        print(run.incomplete_note, file=sys.stderr)
     # Without --method: the first tuned method of METHODS (gani, then pti) with a successful result for the image.
     methods = [m for m in METHODS if has_tuning(m)] if args.method is None else [args.method]
-    found = {r["method"]: r for r in folder.read_rows()
+    found = {r["method"]: r for r in run.rows
              if r["image_id"] == args.image_id and r["method"] in methods and r["status"] == "ok"}
     if not found:
         raise GaniError(f"{args.run}: no successful tuned result for image {args.image_id!r} "
                         f"(methods {methods}); see `gani show {args.run}`")
     row = next(found[m] for m in methods if m in found)
-    ckpt = resolve_checkpoint(summary["checkpoint"])
-    if ckpt.sha256 != summary["checkpoint_sha256"]:
-        raise GaniError(f"{summary['checkpoint']} is not the checkpoint this run tuned (sha256 {ckpt.sha256[:12]}, "
-                        f"the run's {summary['checkpoint_sha256'][:12]}); its deltas would not apply")
+    ckpt = resolve_checkpoint(row["checkpoint"])        # the row's: results of other runs may be in the folder
+    if ckpt.sha256 != row["checkpoint_sha256"]:
+        raise GaniError(f"{row['checkpoint']} is not the checkpoint this run tuned (sha256 {ckpt.sha256[:12]}, "
+                        f"the run's {row['checkpoint_sha256'][:12]}); its deltas would not apply")
     G = ckpt.load()
     tuned = apply_deltas(G, folder.read_deltas(row["image_id"], row["method"]))
     tuned.cfg.label = f"{G.label} tuned to {args.image_id} by {row['method']}"
@@ -314,7 +354,7 @@ def _write_legacy_shapes(args: argparse.Namespace) -> int:
         storage.write_bytes(storage.join(args.out, name), grid_png((images[i : i + 1] + 1) / 2))
         factors[name] = {"normalised": dict(zip(FACTOR_NAMES, t[i].tolist(), strict=True)),
                          "physical": dict(zip(FACTOR_NAMES, to_physical(t[i : i + 1])[0].tolist(), strict=True))}
-    storage.write_bytes(storage.join(args.out, "factors.json"), json.dumps(factors, indent=2).encode())
+    _merge_factors(args.out, factors)
     print(f"wrote {args.count} images of the shapes domain ({args.resolution} px) and factors.json to {args.out}")
     return 0
 
@@ -334,10 +374,22 @@ def _write_kind(args: argparse.Namespace) -> int:
         name = f"{args.kind}-{split}-{i:03d}.png"
         storage.write_bytes(storage.join(args.out, name), grid_png((images[i : i + 1] + 1) / 2))
         factors[name] = f
-    storage.write_bytes(storage.join(args.out, "factors.json"), json.dumps(factors, indent=2).encode())
+    _merge_factors(args.out, factors)
     print(f"wrote {args.count} {args.kind} images ({split} split, {args.resolution} px) and factors.json to "
           f"{args.out}")
     return 0
+
+
+def _merge_factors(out: str, factors: dict[str, dict]) -> None:
+    """``factors`` into OUT/factors.json: merged with the entries already there (keyed by file name; an image
+    written again replaces its entry), so that kinds written one after the other into one folder keep their ground
+    truth."""
+    from gani_core import storage
+
+    uri = storage.join(out, "factors.json")
+    merged = json.loads(storage.read_bytes(uri)) if storage.exists(uri) else {}
+    merged.update(factors)
+    storage.write_bytes(uri, json.dumps(dict(sorted(merged.items())), indent=2).encode())
 
 
 # `gani shapes`'s two seeds: of the plain in-domain images (examples/shapes/ holds seed 2026's), and of a kind's

@@ -1,7 +1,8 @@
 """The input of a run: the images under a URI (a local folder, a file, or ``s3://bucket/prefix``), with their ids.
 
 An image's id is its file stem, made safe for paths and unique within the run (``astronaut``, ``astronaut-1``);
-it names the image's results in the run folder (gani_core.run_folder).
+it names the image's results in the run folder (gani_core.run_folder). Its ``input_path``, the file's path relative
+to the input root (``a/img.jpg``, ``b/img.jpg`` for the ids ``img`` and ``img-1``), is kept in its rows (``source``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ MAX_ID_LENGTH = 120
 class ImageSource:
     source: str         # a local path or an fsspec URI
     image_id: str       # the file stem, unique within the run
+    input_path: str | None = None   # the path relative to the input root (rows' `source`); None: ``source``
+
+    @property
+    def source_path(self) -> str:
+        """What a row's ``source`` says: ``input_path``, else ``source``."""
+        return self.input_path if self.input_path is not None else self.source
 
 
 def image_ids(sources: list[str]) -> list[str]:
@@ -49,9 +56,11 @@ def image_ids(sources: list[str]) -> list[str]:
     return ids
 
 
-def image_sources(sources: list[str]) -> list[ImageSource]:
-    """``sources`` (paths or URIs, in the order given) with their ids."""
-    return [ImageSource(s, i) for s, i in zip(sources, image_ids(sources), strict=True)]
+def image_sources(sources: list[str], input_paths: list[str] | None = None) -> list[ImageSource]:
+    """``sources`` (paths or URIs, in the order given) with their ids, and their paths relative to the input root
+    (default: each source as given)."""
+    paths = input_paths if input_paths is not None else sources
+    return [ImageSource(s, i, p) for s, i, p in zip(sources, image_ids(sources), paths, strict=True)]
 
 
 def list_images(input_uri: str, limit: int | None = None) -> list[ImageSource]:
@@ -80,7 +89,8 @@ def list_images(input_uri: str, limit: int | None = None) -> list[ImageSource]:
         raise FileNotFoundError(
             f"input_uri {input_uri}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under it{seen}"
         )
-    return image_sources([p if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(p) for p in images])
+    return image_sources([p if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(p) for p in images],
+                         ["/".join(_below(p, root)) for p in images])
 
 
 def _files(fs: fsspec.AbstractFileSystem, root: str) -> list[str] | None:

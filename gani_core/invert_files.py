@@ -6,7 +6,8 @@
   optimisation diverges fails with its reason; the rest of its batch goes on. A batch that runs out of device
   memory is split in two and retried, losing nothing already finished. The Dask task calls it.
 - :func:`run_in_process`: a whole run in this process (what ``gani invert`` does): keep the results the folder
-  already holds for the same image, checkpoint and configuration, compute the rest, write the tables.
+  already holds for the same image, checkpoint and configuration, compute the rest, write the tables (which hold
+  every valid result of the folder, the earlier runs' other methods and configurations included).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from gani_core.invert import InversionResult, InvertConfig, invert_images
 from gani_core.metrics import take_over_ms_ssim_note
 from gani_core.networks import Generator
 from gani_core.pivot import Progress, find_pivots
-from gani_core.run_folder import RunFolder, complete_row, failed_row, summarise
+from gani_core.run_folder import RunFolder, complete_row, failed_row, run_tables
 from gani_core.tuning import tune_batch
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ def _batches(G: Generator, images: list[ImageSource], cfg: InvertConfig, folder:
             sha = hashlib.sha256(data).hexdigest()
             batch.append(_Decoded(image, sha, load_image(data, resolution=G.img_resolution, name=image.source)))
         except (GaniError, ValueError, OSError) as exc:
-            row = failed_row(image.image_id, cfg, ckpt, f"{type(exc).__name__}: {exc}", sha, device)
+            row = failed_row(image.image_id, cfg, ckpt, f"{type(exc).__name__}: {exc}", sha, device,
+                             image.source_path)
             folder.write_row(row)
             rows[image.image_id] = row
         if len(batch) == batch_size:
@@ -112,20 +114,21 @@ def _write_result(G: Generator, decoded: _Decoded, result: InversionResult | Inv
         if isinstance(result, InversionError):
             raise result
         folder.write_outputs(result, label)
-        row = complete_row({**result.row(), "image_sha256": decoded.sha256, "resolution": G.img_resolution}, cfg,
-                           ckpt, label, device)
+        row = complete_row({**result.row(), "source": decoded.image.source_path, "image_sha256": decoded.sha256,
+                            "resolution": G.img_resolution}, cfg, ckpt, label, device)
     except (GaniError, ValueError, OSError) as exc:
-        row = failed_row(image_id, cfg, ckpt, f"{type(exc).__name__}: {exc}", decoded.sha256, device)
+        row = failed_row(image_id, cfg, ckpt, f"{type(exc).__name__}: {exc}", decoded.sha256, device,
+                         decoded.image.source_path)
     folder.write_row(row)
     return row
 
 
 @dataclass
 class RunResult:
-    """What a run did: its rows (kept and new, image by image), its summary and the tables written."""
+    """What a run did: its rows (kept and new, image by image), the tables' summary and the tables written."""
 
     rows: list[dict]
-    summary: dict
+    summary: dict                           # of the tables: every valid result in the folder, this run's and others
     written: dict[str, str]                 # metrics.parquet, summary.json, preview_grid.png -> URI
     kept: set[tuple[str, str]]              # (image_id, method) of the results kept from an earlier run
 
@@ -141,8 +144,10 @@ def run_in_process(
     directions: torch.Tensor | None = None,
 ) -> RunResult:
     """Invert every image with every method here, ``batch_size`` at a time, resuming what ``folder`` already
-    holds; write the tables. ``on_batch(image_ids, method)`` may return a progress callback for that batch."""
+    holds; write the tables (every valid result in ``folder``: run_folder.run_tables). ``on_batch(image_ids,
+    method)`` may return a progress callback for that batch."""
     started = time.time()
+    folder.write_configs(configs.values())
     kept = folder.reusable_rows(images, {m: c.resume_hashes() for m, c in configs.items()}, ckpt.sha256)
     new: dict[tuple[str, str], dict] = {}
     for method, cfg in configs.items():
@@ -150,11 +155,11 @@ def run_in_process(
         for row in invert_sources(G, todo, cfg, folder, ckpt, batch_size, on_batch, directions):
             new[(row["image_id"], method)] = row
     rows = [kept.get((image.image_id, m)) or new[(image.image_id, m)] for image in images for m in configs]
-    summary = summarise(rows, configs, ckpt, folder.uri, started, skipped=len(kept), computed=len(new),
-                        batch_size=batch_size)
+    table, summary = run_tables(folder, rows, configs, ckpt, started, skipped=len(kept), computed=len(new),
+                                batch_size=batch_size)
     for note in summary["notes"]:       # once per run; `gani invert` prints it (logging's last-resort handler)
         log.warning("%s", note)
-    return RunResult(rows, summary, folder.write_tables(rows, summary), set(kept))
+    return RunResult(rows, summary, folder.write_tables(table, summary), set(kept))
 
 
 CPU_BATCH_SIZE = 4          # `auto` on a CPU: GANI's most images per hour in benchmarks/batching.py (README)

@@ -4,9 +4,17 @@ writing and reading them, and the resume rule.
     OUT/rows/IMAGE.METHOD.json          each result's row, written as soon as it is done (what a rerun resumes from)
     OUT/deltas/IMAGE.METHOD.parquet     the encoded weight deltas of one result (gani_core.deltas.DELTAS_SCHEMA)
     OUT/previews/IMAGE.METHOD.png       input | pivot | tuned | edit
-    OUT/metrics.parquet                 one row per image x method (METRICS_SCHEMA), in image order
-    OUT/summary.json                    the run: checkpoint, configs, counts, failures and means per method
+    OUT/configs/CONFIG_HASH.json        each configuration a run used (InvertConfig), written when the run starts
+    OUT/metrics.parquet                 one row per image x method (METRICS_SCHEMA): every valid result in the folder
+    OUT/summary.json                    the tables: checkpoint, counts, and per method its configs (hash -> config),
+                                        failures and means
     OUT/preview_grid.png                the first previews of the run, stacked
+
+The tables hold every valid result of the folder, whichever invocation made it (:meth:`RunFolder.table_rows`): the
+rows of this run, and every other ``rows/*.json`` that is ok with its deltas, or failed. A row names its
+configuration by ``config_hash``; a rerun of a method with another configuration replaces the rows of the images it
+covers (one row per image x method), and keeps the others. Until the tables are written (a run in progress or
+interrupted), :meth:`RunFolder.read_run` builds them from ``rows/`` and says so.
 
 Resume rule (:meth:`RunFolder.reusable_rows`): an image's row is kept when its ``image_sha256`` and
 ``checkpoint_sha256`` equal this run's, its ``config_hash`` is one of this run's ``InvertConfig.resume_hashes()``
@@ -24,7 +32,7 @@ import json
 import os
 import time
 from collections.abc import Collection, Iterable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 import torch
@@ -43,12 +51,14 @@ from gani_core.render import save_grid, stack_pngs
 
 # The columns shown to people (gani show, gani invert, the Prefect table artifact): a result's ``names("run")``, the
 # metrics that a run's summary, its MLflow run and the nightly comparison report per method.
-DISPLAY_COLUMNS = ("image_id", "method", "status", *names("run"), "error")
+DISPLAY_COLUMNS = ("image_id", "method", "status", *names("run"), "source", "error")
 
 
 # The metric columns come from the registry (gani_core.metric_registry); the others are a result's record.
 METRICS_SCHEMA = pa.schema([
-    ("image_id", pa.string()), ("image_sha256", pa.string()), ("method", pa.string()),
+    ("image_id", pa.string()),
+    ("source", pa.string()),        # the image's path relative to the input root (null in rows written before it)
+    ("image_sha256", pa.string()), ("method", pa.string()),
     ("status", pa.string()), ("error", pa.string()),
     *[parquet_field(m) for m in names("result")],      # edit_accuracy: null without factor directions and a probe
     parquet_field("seconds"), ("seconds_pivot", pa.float64()), ("seconds_tune", pa.float64()),
@@ -82,10 +92,10 @@ def complete_row(fields: dict, cfg: InvertConfig, ckpt: CheckpointRef, generator
 
 
 def failed_row(image_id: str, cfg: InvertConfig, ckpt: CheckpointRef, error: str, image_sha256: str | None = None,
-               device: str | None = None) -> dict:
+               device: str | None = None, source: str | None = None) -> dict:
     """The row of a result that failed, with its reason."""
-    fields = {"image_id": image_id, "image_sha256": image_sha256, "method": cfg.method, "status": "failed",
-              "error": error}
+    fields = {"image_id": image_id, "source": source, "image_sha256": image_sha256, "method": cfg.method,
+              "status": "failed", "error": error}
     return complete_row(fields, cfg, ckpt, device=device)
 
 
@@ -98,32 +108,82 @@ def rows_table(rows: Iterable[dict]) -> pa.Table:
                                 schema=METRICS_SCHEMA)
 
 
-def summarise(rows: list[dict], configs: dict[str, InvertConfig], ckpt: CheckpointRef, out: str,
-              started: float, **extra: object) -> dict:
-    """summary.json: the run's checkpoint, counts, and per method its config, failures and the means of
-    ``names("run")`` (metric_registry.summarise); ``notes``, what its numbers leave out, once for the run (MS-SSIM
-    with fewer scales at its resolution)."""
+def summarise(rows: list[dict], configs: dict[str, InvertConfig], ckpt: CheckpointRef | None, out: str,
+              started: float | None, stored_configs: dict[str, dict] | None = None, **extra: object) -> dict:
+    """summary.json: the checkpoint, counts, and per method (this run's methods first, then the others the rows
+    hold) its failures, the means of ``names("run")`` (metric_registry.summarise) and ``configs``, the configuration
+    of each config hash its rows carry (this run's ``configs``, else ``stored_configs``, from configs/; None when
+    no file holds it); ``config`` and ``config_hash``: this run's configuration of the method, or the only one its
+    rows came from. ``notes``, what its numbers leave out, once for the run (MS-SSIM with fewer scales at its
+    resolution). Without ``ckpt`` (a folder read without a run), the checkpoint is the rows'."""
+    stored_configs = stored_configs or {}
+    known = {h: asdict(cfg) for cfg in configs.values() for h in cfg.resume_hashes()}
+    order = [*configs, *sorted({r["method"] for r in rows} - set(configs))]
     methods: dict[str, dict] = {}
-    for method, cfg in configs.items():
+    for method in order:
         mine = [r for r in rows if r["method"] == method]
         ok = sum(r["status"] == "ok" for r in mine)
         means = {m: s["mean"] for m, s in summarise_metrics(mine, names("run")).items()}
+        hashes = sorted({r["config_hash"] for r in mine if r.get("config_hash")})
+        used = {h: known.get(h, stored_configs.get(h)) for h in hashes}
+        if method in configs:
+            cfg, cfg_hash = asdict(configs[method]), configs[method].config_hash()
+        else:
+            cfg_hash = hashes[0] if len(hashes) == 1 else None
+            cfg = used.get(cfg_hash) if cfg_hash else None
         methods[method] = {
             "images": len(mine), "ok": ok, "failed": len(mine) - ok, "mean": means,
-            "config": asdict(cfg), "config_hash": cfg.config_hash(),
+            "config": cfg, "config_hash": cfg_hash, "configs": used,
             "failures": {r["image_id"]: r["error"] for r in mine if r["status"] != "ok"},
         }
     labels = [r["generator_label"] for r in rows if r["status"] == "ok" and r.get("generator_label")]
     devices = sorted({r["device"] for r in rows if r.get("device")})
     notes = [n for size in sorted({r["resolution"] for r in rows if r.get("resolution")}) if (n := ms_ssim_note(size))]
+    checkpoints = sorted({r["checkpoint"] for r in rows if r.get("checkpoint")})
+    if ckpt is not None:
+        spec, sha256, label = ckpt.spec, ckpt.sha256, ckpt.label
+    else:
+        first = next((r for r in rows if r.get("checkpoint")), {})
+        spec, sha256, label = first.get("checkpoint"), first.get("checkpoint_sha256"), first.get("generator_label")
     return {
-        "gani_version": gani_core.__version__, "checkpoint": ckpt.spec, "checkpoint_sha256": ckpt.sha256,
-        "generator_label": labels[0] if labels else ckpt.label, "device": ",".join(devices) or "none",
-        "output": out, "started": started, "finished": time.time(),
+        "gani_version": gani_core.__version__, "checkpoint": spec, "checkpoint_sha256": sha256,
+        "checkpoints": checkpoints, "generator_label": labels[0] if labels else label,
+        "device": ",".join(devices) or "none", "output": out, "started": started, "finished": time.time(),
         "images": len({r["image_id"] for r in rows}), "rows": len(rows),
         "ok": sum(r["status"] == "ok" for r in rows), "failed": sum(r["status"] != "ok" for r in rows),
         "methods": methods, "notes": notes, **extra,
     }
+
+
+def run_tables(folder: RunFolder, rows: list[dict], configs: dict[str, InvertConfig], ckpt: CheckpointRef,
+               started: float, **extra: object) -> tuple[list[dict], dict]:
+    """The tables' rows (``rows``, this run's, and every other valid result in ``folder``: RunFolder.table_rows) and
+    their summary, with the configurations of the other rows read from configs/."""
+    table = folder.table_rows(rows)
+    mine = {h for cfg in configs.values() for h in cfg.resume_hashes()}
+    stored = folder.read_configs({r["config_hash"] for r in table if r.get("config_hash")} - mine)
+    return table, summarise(table, configs, ckpt, folder.uri, started, stored, **extra)
+
+
+@dataclass
+class StoredRun:
+    """A run folder as :meth:`RunFolder.read_run` finds it."""
+
+    rows: list[dict]            # every valid result, in table order
+    summary: dict               # summary.json; built from the rows when the tables are missing or lack some
+    complete: bool              # the tables were written and hold every row under rows/
+    on_disk: int                # rows under rows/ the tables did not hold (0 when complete)
+    tables: bool = True         # metrics.parquet and summary.json are there (maybe of an earlier run)
+
+    @property
+    def incomplete_note(self) -> str | None:
+        """One line saying that the tables do not hold every result yet (None when they do)."""
+        if self.complete:
+            return None
+        what = (f"the tables of an earlier run lack {self.on_disk} of them" if self.tables
+                else "tables not written yet")
+        return (f"incomplete: {len(self.rows)} result(s) on disk, {what} (interrupted or still running; rerun the "
+                "same command to finish)")
 
 
 class RunFolder:
@@ -161,6 +221,9 @@ class RunFolder:
     def preview_uri(self, image_id: str, method: str) -> str:
         return self.path("previews", f"{result_key(image_id, method)}.png")
 
+    def config_uri(self, config_hash: str) -> str:
+        return self.path("configs", f"{config_hash}.json")
+
     # ------------------------------------------------------------------------------------------------
     # Writing
 
@@ -175,6 +238,11 @@ class RunFolder:
 
     def write_row(self, row: dict) -> None:
         storage.write_bytes(self.row_uri(row["image_id"], row["method"]), json.dumps(row).encode())
+
+    def write_configs(self, configs: Iterable[InvertConfig]) -> None:
+        """configs/CONFIG_HASH.json of each configuration, once per run folder (rows name theirs by hash)."""
+        for cfg in configs:
+            storage.write_bytes(self.config_uri(cfg.config_hash()), json.dumps(asdict(cfg), indent=2).encode())
 
     def write_tables(self, rows: list[dict], summary: dict) -> dict[str, str]:
         """metrics.parquet, summary.json and preview_grid.png (when a result is ok); their URIs by name."""
@@ -219,16 +287,62 @@ class RunFolder:
                    for u, d in (storage.read_many(sources) if sources else {}).items()}
         return {key: row for key, row in rows.items() if row.get("image_sha256") == digests[source_of[key[0]]]}
 
+    def table_rows(self, known: Iterable[dict] = ()) -> list[dict]:
+        """Every valid result in the folder: the ``known`` rows (this run's, in memory) as they are, in their order,
+        then every other row under ``rows/`` that is ok with its deltas, or failed, by name. rows/ and deltas/ are
+        listed once; only the rows not known are read."""
+        rows = {(r["image_id"], r["method"]): r for r in known}
+        return [*rows.values(), *self._rows_on_disk(exclude=rows.keys())]
+
+    def _rows_on_disk(self, exclude: Collection[tuple[str, str]] = ()) -> list[dict]:
+        row_names = storage.names_under(self.path("rows"))
+        keys = sorted(n[: -len(".json")] for n in row_names if n.endswith(".json") and not n.startswith("."))
+        keys = [k for k in keys if tuple(k.rsplit(".", 1)) not in exclude]
+        if not keys:
+            return []
+        delta_names = storage.names_under(self.path("deltas"))
+        raw = storage.read_many([self.path("rows", f"{k}.json") for k in keys])
+        found = []
+        for k in keys:
+            try:
+                row = json.loads(raw[self.path("rows", f"{k}.json")] or b"null")
+            except ValueError:
+                row = None
+            if not isinstance(row, dict) or (row.get("status") == "ok" and f"{k}.parquet" not in delta_names):
+                continue
+            found.append(row)
+        return found
+
+    def read_configs(self, hashes: Collection[str]) -> dict[str, dict]:
+        """The stored configurations (configs/HASH.json) of ``hashes`` that have one; configs/ listed once."""
+        on_disk = storage.names_under(self.path("configs")) if hashes else set()
+        uris = {h: self.config_uri(h) for h in sorted(hashes) if f"{h}.json" in on_disk}
+        raw = storage.read_many(list(uris.values())) if uris else {}
+        return {h: json.loads(raw[u]) for h, u in uris.items() if raw.get(u)}
+
+    def read_run(self) -> StoredRun:
+        """The run's rows and summary: metrics.parquet and summary.json, with the rows under ``rows/`` they lack (a
+        run in progress or interrupted: ``complete`` False, and the summary built from the rows). Raises
+        FileNotFoundError when the folder holds neither tables nor rows."""
+        has_table = storage.exists(self.metrics_uri) and storage.exists(self.summary_uri)
+        table = storage.read_parquet(self.metrics_uri).to_pylist() if has_table else []
+        extra = self._rows_on_disk(exclude={(r["image_id"], r["method"]) for r in table})
+        if not table and not extra:
+            raise FileNotFoundError(f"{self.uri}: no metrics.parquet and no rows/ here; is it the output of a gani "
+                                    "run?")
+        rows = [*table, *extra]
+        if has_table and not extra:
+            return StoredRun(rows, json.loads(storage.read_bytes(self.summary_uri)), True, 0)
+        stored = self.read_configs({r["config_hash"] for r in rows if r.get("config_hash")})
+        return StoredRun(rows, summarise(rows, {}, None, self.uri, None, stored), False, len(extra), has_table)
+
     def read_rows(self) -> list[dict]:
-        """The rows of metrics.parquet (GaniError-free: a FileNotFoundError when the run has no table)."""
-        if not storage.exists(self.metrics_uri):
-            raise FileNotFoundError(f"{self.uri}: no metrics.parquet here; is it the output of a gani run?")
-        return storage.read_parquet(self.metrics_uri).to_pylist()
+        """Every valid result of the run (:meth:`read_run`)."""
+        return self.read_run().rows
 
     def read_summary(self) -> dict:
-        if not storage.exists(self.summary_uri):
-            raise FileNotFoundError(f"{self.uri}: no summary.json here; is it the output of a gani run?")
-        return json.loads(storage.read_bytes(self.summary_uri))
+        """summary.json, or the summary of the rows on disk while it is not written (:meth:`read_run`)."""
+        return self.read_run().summary
 
     def read_deltas(self, image_id: str, method: str) -> dict[str, torch.Tensor]:
         """The decoded weight deltas of one result, by layer name (apply with gani_core.deltas.apply_deltas)."""

@@ -114,7 +114,8 @@ def invert_on_worker(images: list[ImageSource], cfg: InvertConfig, ckpt: Checkpo
         try:
             G = worker_generator(ckpt, device)
         except CheckpointError as exc:
-            rows = [failed_row(image.image_id, cfg, ckpt, f"{type(exc).__name__}: {exc}", device=device)
+            rows = [failed_row(image.image_id, cfg, ckpt, f"{type(exc).__name__}: {exc}", device=device,
+                               source=image.source_path)
                     for image in images]
             for row in rows:
                 folder.write_row(row)

@@ -15,9 +15,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from gani_core import storage
+from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.dataset import ImageSource
 from gani_core.dataset import list_images as _list_images
-from gani_core.run_folder import RunFolder
+from gani_core.invert import InvertConfig
+from gani_core.run_folder import RunFolder, run_tables
 
 STORAGE_LOG_PREFIX = "storage: "    # how the retries read in a task run's log (benchmarks/soak.py counts them)
 
@@ -62,8 +64,10 @@ def reusable_rows(folder: RunFolder, images: list[ImageSource], config_hashes: d
 
 
 @task(name="write-run-tables", cache_policy=NO_CACHE)
-def write_tables(folder: RunFolder, rows: list[dict], summary: dict) -> dict[str, str]:
-    """metrics.parquet, summary.json and preview_grid.png; their URIs by name. First, the temporary files that
+def write_tables(folder: RunFolder, rows: list[dict], configs: dict[str, InvertConfig], ckpt: CheckpointRef,
+                 started: float, summary_extra: dict) -> tuple[dict, dict[str, str]]:
+    """metrics.parquet, summary.json and preview_grid.png of this run's ``rows`` and every other valid result in
+    the folder (run_folder.run_tables); the summary, and the tables' URIs by name. First, the temporary files that
     writers killed in the middle of a write left in the folder (a lost worker) are removed: once the run's tasks
     are over, the folder holds whole files only."""
     logger = get_run_logger()
@@ -72,4 +76,5 @@ def write_tables(folder: RunFolder, rows: list[dict], summary: dict) -> dict[str
         logger.warning("removed %d temporary file(s) left by interrupted writes: %s", len(removed),
                        ", ".join(removed))
     with storage_retries_logged(logger):
-        return folder.write_tables(rows, summary)
+        table, summary = run_tables(folder, rows, configs, ckpt, started, **summary_extra)
+        return summary, folder.write_tables(table, summary)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from gani_core import Generator, build_builtin, save_generator
+from gani_core.checkout import REPO
 from gani_core.images import load_image
 
 from .support.dask_cluster import local_cluster
@@ -36,7 +37,6 @@ services_environment()
 torch.set_num_threads(1)
 
 FIXTURES = Path(__file__).parent / "fixtures"
-REPO = Path(__file__).parent.parent
 EXAMPLES = REPO / "examples" / "photos"
 
 PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "retina", "camera")   # EXAMPLES/NAME.jpg

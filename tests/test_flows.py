@@ -12,6 +12,7 @@ corrupt broken.png; as if the run died there), then all three (only coffee is co
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -72,6 +73,8 @@ def test_one_row_per_image_and_the_corrupt_one_failed_with_its_reason(runs):
     rows = {r["image_id"]: r for r in table.to_pylist()}
     assert sorted(rows) == ["astronaut", "broken", "coffee"]
     assert rows["broken"]["status"] == "failed"
+    assert {i: r["source"] for i, r in rows.items()} == {   # relative to input_uri (issue 22)
+        "astronaut": "astronaut.jpg", "broken": "broken.png", "coffee": "coffee.jpg"}
     assert rows["broken"]["error"].startswith("ImageError:") and "broken.png" in rows["broken"]["error"]
     for image_id in ("astronaut", "coffee"):
         assert rows[image_id]["status"] == "ok" and rows[image_id]["error"] is None
@@ -101,6 +104,26 @@ def test_a_rerun_of_a_finished_run_computes_nothing(runs):
     assert (s["images"], s["computed"], s["skipped"], s["ok"], s["failed"]) == (3, 0, 3, 2, 1)
     before, after = runs["mtimes"]
     assert before == after and len(before) == 3 + 2 + 2     # rows (incl. the failed one), deltas, previews
+
+
+def test_a_run_with_another_method_keeps_the_earlier_method_in_the_tables(runs, cluster, small, tmp_path):
+    """pti into the folder that held gani (issue 22): metrics.parquet and summary.json hold both methods, each with
+    the configuration its rows came from (configs/, once per folder)."""
+    out = tmp_path / "out"
+    shutil.copytree(runs["out"], out)
+    s = invert_dataset(**small, input_uri=str(runs["photos"]), output_uri=str(out), method="pti", limit=1,
+                       cluster=ClusterSettings(dask_address=cluster.scheduler.address),
+                       mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    table = pq.read_table(out / "metrics.parquet").to_pylist()
+    assert sorted((r["image_id"], r["method"]) for r in table) == [
+        ("astronaut", "gani"), ("astronaut", "pti"), ("broken", "gani"), ("coffee", "gani")]
+    assert (s["computed"], s["rows"], s["ok"], s["failed"]) == (1, 4, 3, 1)
+    assert list(s["methods"]) == ["pti", "gani"] and s["methods"]["gani"]["failures"].keys() == {"broken"}
+    gani_hash = {r["config_hash"] for r in table if r["method"] == "gani"}
+    assert set(s["methods"]["gani"]["configs"]) == gani_hash
+    assert s["methods"]["gani"]["config"]["tune"]["steps"] == STEPS.tune_steps
+    assert json.loads((out / "summary.json").read_text())["methods"].keys() == {"gani", "pti"}
+    assert {p.stem for p in (out / "configs").iterdir()} == {r["config_hash"] for r in table}
 
 
 def test_mlflow_run_holds_metrics_params_and_artifacts(runs, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +157,89 @@ def test_each_run_in_one_process_states_the_ms_ssim_caveat_once(tmp_path, caplog
             assert cli_main(_three_images(tmp_path / name)) == 0
         assert [r.getMessage() for r in caplog.records if "scales" in r.getMessage()] == [ms_ssim_note(32)]
     assert not [w for w in recwarn if "scales" in str(w.message)]
+
+
+# --- issue 22: what a run folder holds across invocations ---------------------------------------------------------
+
+
+def test_a_rerun_with_other_methods_keeps_the_earlier_results_in_the_tables(tmp_path, capsys):
+    """gani + pti, then gani alone with another budget: the tables keep pti (and its configuration), gani's rows
+    are the new configuration's; show names each row's configuration; export still finds pti."""
+    out = tmp_path / "run"
+    common = [str(EXAMPLES / "astronaut.jpg"), "--checkpoint", "builtin-random:32", "--pivot-steps", "1",
+              "--out", str(out), "--quiet"]
+    assert cli_main(["invert", *common, "--method", "gani", "pti", "--tune-steps", "1"]) == 0
+    assert cli_main(["invert", *common, "--method", "gani", "--tune-steps", "2"]) == 0
+    assert "the tables also hold 1 result(s) of earlier runs" in capsys.readouterr().err
+    rows = {r["method"]: r for r in pq.read_table(out / "metrics.parquet").to_pylist()}
+    assert sorted(rows) == ["gani", "pti"] and rows["gani"]["tune_steps"] == 2 and rows["pti"]["tune_steps"] == 1
+    gani_hash, pti_hash = rows["gani"]["config_hash"], rows["pti"]["config_hash"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["rows"], summary["ok"]) == (2, 2)
+    assert summary["methods"]["gani"]["config_hash"] == gani_hash and list(summary["methods"]["gani"]["configs"]) \
+        == [gani_hash] and summary["methods"]["gani"]["config"]["tune"]["steps"] == 2
+    assert summary["methods"]["pti"]["configs"][pti_hash]["tune"]["steps"] == 1      # from configs/, once per folder
+    assert summary["methods"]["pti"]["config"] == summary["methods"]["pti"]["configs"][pti_hash]
+    stored = {p.stem: json.loads(p.read_text())["method"] for p in (out / "configs").iterdir()}
+    assert stored[gani_hash] == "gani" and stored[pti_hash] == "pti" and len(stored) == 3
+    assert cli_main(["show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "incomplete" not in shown
+    assert f"{pti_hash[:8]}  pti       pivot 1 steps, tune 1 steps" in shown
+    assert f"{gani_hash[:8]}  gani      pivot 1 steps, tune 2 steps" in shown
+    assert f"astronaut  pti     ok      {pti_hash[:8]}" in shown
+    assert cli_main(["export", str(out), "astronaut", "--method", "pti", "--out", str(tmp_path / "p.safetensors")]) == 0
+    assert load_generator(tmp_path / "p.safetensors").label.endswith("by pti")
+
+
+def test_show_and_export_read_an_interrupted_run_from_its_rows(run, tmp_path, capsys):
+    """Without metrics.parquet and summary.json (a run interrupted or still running, issue 22), show and export
+    work from rows/ and say that the run is incomplete; the same when the tables of an earlier run lack a row."""
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    (out / "metrics.parquet").unlink()
+    (out / "summary.json").unlink()
+    assert cli_main(["show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "incomplete: 6 result(s) on disk, tables not written yet (interrupted or still running" in shown
+    assert "astronaut  gani" in shown and "failed: broken [wplus]" in shown and "means over ok images" in shown
+    assert "3 image(s), 2 failed row(s)" in shown
+    assert cli_main(["export", str(out), "coffee", "--out", str(tmp_path / "c.safetensors")]) == 0
+    assert "incomplete: 6 result(s) on disk" in capsys.readouterr().err
+    assert load_generator(tmp_path / "c.safetensors").label.endswith("tuned to coffee by gani")
+
+    shutil.copy(run / "metrics.parquet", out)               # an earlier run's tables, and a row they lack
+    shutil.copy(run / "summary.json", out)
+    row = json.loads((out / "rows" / "coffee.gani.json").read_text())
+    (out / "rows" / "later.gani.json").write_text(json.dumps({**row, "image_id": "later"}))
+    shutil.copy(out / "deltas" / "coffee.gani.parquet", out / "deltas" / "later.gani.parquet")
+    assert cli_main(["show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "incomplete: 7 result(s) on disk, the tables of an earlier run lack 1 of them" in shown
+    assert "later      gani" in shown and "4 image(s)" in shown
+    (out / "deltas" / "later.gani.parquet").unlink()        # an ok row without its deltas is no result
+    assert cli_main(["show", str(out)]) == 0
+    assert "incomplete" not in capsys.readouterr().out
+
+
+def test_images_with_one_name_in_two_folders_keep_their_source(tmp_path, capsys):
+    """a/img.jpg and b/img.jpg become img and img-1; every row and table says which file each came from, a failed
+    row too (issue 22)."""
+    photos = tmp_path / "photos"
+    for sub, name in (("a", "astronaut.jpg"), ("b", "coffee.jpg")):
+        (photos / sub).mkdir(parents=True)
+        shutil.copy(EXAMPLES / name, photos / sub / "img.jpg")
+    (photos / "b" / "c").mkdir()
+    (photos / "b" / "c" / "img.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    assert cli_main(["invert", str(photos), "--checkpoint", "builtin-random:32", "--method", "w", "--pivot-steps",
+                     "1", "--out", str(out), "--quiet"]) == 0
+    expected = {"img": f"{photos}/a/img.jpg", "img-1": f"{photos}/b/c/img.png", "img-2": f"{photos}/b/img.jpg"}
+    table = pq.read_table(out / "metrics.parquet").to_pylist()
+    assert {r["image_id"]: r["source"] for r in table} == expected
+    assert {r["image_id"]: r["status"] for r in table}["img-1"] == "failed"
+    rows = {p.name: json.loads(p.read_text())["source"] for p in (out / "rows").iterdir()}
+    assert rows == {f"{image_id}.w.json": source for image_id, source in expected.items()}
+    capsys.readouterr()
+    assert cli_main(["show", str(out)]) == 0
+    assert f"{photos}/b/img.jpg" in capsys.readouterr().out

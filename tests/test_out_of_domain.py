@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from gani_core.checkout import REPO
 from gani_core.cli import main
 from gani_core.shapes.domain import FACTOR_NAMES, hsv_to_rgb, render, sample_factors, to_physical
 from gani_core.shapes.out_of_domain import (
@@ -23,7 +24,6 @@ from gani_core.shapes.out_of_domain import (
     sample_kind,
 )
 
-REPO = Path(__file__).parent.parent
 SHAPES = REPO / "examples" / "shapes"
 
 
@@ -148,6 +148,22 @@ def test_cli_writes_a_split_of_a_kind_with_its_factors(tmp_path):
     # --split defaults to test.
     assert main(["shapes", str(tmp_path / "t"), "--kind", "disc", "--count", "1"]) == 0
     assert (tmp_path / "t" / "disc-test-000.png").exists()
+
+
+def test_cli_kinds_written_into_one_folder_keep_every_ground_truth(tmp_path):
+    """star, then cross, then star again into one folder (issue 22): factors.json merges by file name; an image
+    written again replaces its entry, the others stay."""
+    assert main(["shapes", str(tmp_path), "--kind", "star", "--count", "2"]) == 0
+    first = json.loads((tmp_path / "factors.json").read_text())
+    assert main(["shapes", str(tmp_path), "--kind", "cross", "--count", "1"]) == 0
+    assert main(["shapes", str(tmp_path), "--kind", "star", "--count", "1", "--split-seed", "3"]) == 0
+    truth = json.loads((tmp_path / "factors.json").read_text())
+    assert sorted(truth) == ["cross-test-000.png", "star-test-000.png", "star-test-001.png"]
+    assert truth["cross-test-000.png"]["kind"] == "cross"
+    assert truth["star-test-001.png"] == first["star-test-001.png"]
+    assert truth["star-test-000.png"] == sample_kind("star", 1, 64, "test", seed=3)[1][0] != first["star-test-000.png"]
+    assert main(["shapes", str(tmp_path), "--count", "1"]) == 0          # the plain images merge too
+    assert len(json.loads((tmp_path / "factors.json").read_text())) == 4
 
 
 def test_cli_plain_shapes_is_unchanged(tmp_path):

@@ -14,6 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from safetensors import safe_open
 
@@ -57,6 +58,8 @@ def test_rerunning_its_command_keeps_every_result(old_run: Path, capsys: pytest.
     summary = json.loads((old_run / "summary.json").read_text())
     assert (summary["skipped"], summary["computed"], summary["ok"]) == (2, 0, 2)
     assert "reg_weight" in summary["methods"]["gani"]["config"]["tune"]     # the new summary: today's names
+    table = pq.read_table(old_run / "metrics.parquet").to_pylist()
+    assert [r["source"] for r in table] == [None, None]         # its rows have no `source` (issue 22): null
 
 
 def test_show_and_export_read_it(old_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -156,6 +156,18 @@ def test_reading_a_folder_without_a_run_names_it(tmp_path: Path) -> None:
         RunFolder(str(tmp_path)).read_rows()
 
 
+def test_list_images_keeps_each_path_relative_to_the_input_root(tmp_path: Path) -> None:
+    """a/img.jpg and b/img.jpg get the ids img and img-1, and keep where each came from (issue 22)."""
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "img.jpg").write_bytes(b"not read here")
+    found = list_images(str(tmp_path))
+    assert [(i.image_id, i.input_path, i.source_path) for i in found] == [("img", "a/img.jpg", "a/img.jpg"),
+                                                                         ("img-1", "b/img.jpg", "b/img.jpg")]
+    assert list_images(str(tmp_path / "b" / "img.jpg"))[0].input_path == "img.jpg"
+    assert image_sources(["x/cat.png"])[0].source_path == "x/cat.png"
+
+
 def test_image_ids_are_stems_made_unique_and_safe() -> None:
     ids = [s.image_id for s in image_sources(["x/cat.png", "y/cat.jpg", "z/a b#c.png", "../.png", "..x.png"])]
     assert ids == ["cat", "cat-1", "a_b_c", "png", "x"]
