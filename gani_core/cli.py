@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -540,6 +541,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # ValueError: inputs the metrics or the generator cannot take (too small, wrong shape).
         print(f"gani {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`gani info builtin | head`): nothing left to say to it, and nothing to flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -183,6 +183,7 @@ def _write_local(target: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)          # mkstemp's 0600 would make a run folder unreadable to others
         os.replace(tmp, target)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -190,6 +191,17 @@ def _write_local(target: Path, data: bytes) -> None:
             # A failed write() or fsync() says only "No space left on device": name the file that was not written.
             raise OSError(exc.errno, exc.strerror, str(target)) from exc
         raise
+
+
+def _read_umask() -> int:
+    """This process's umask, read once at import (by setting it and setting it back: no other portable way; at
+    import, before any worker thread writes a file)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def read_bytes(uri: str | Path) -> bytes:

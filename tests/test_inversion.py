@@ -39,8 +39,8 @@ from .conftest import EXAMPLES
 
 PIVOT_STEPS, TUNE_STEPS = 10, 10
 # The columns a run adds to InversionResult.row() (the image's hash, run_folder.complete_row): not the result's.
-RUN_COLUMNS = {"image_sha256", "checkpoint", "checkpoint_sha256", "generator_label", "resolution", "config_hash",
-               "seed", "device", "gani_version"}
+RUN_COLUMNS = {"image_sha256", "source", "checkpoint", "checkpoint_sha256", "generator_label", "resolution",
+               "config_hash", "seed", "device", "gani_version"}
 TIMING_COLUMNS = {"seconds", "seconds_pivot", "seconds_tune", "seconds_metrics", "seconds_per_tune_step",
                   "peak_memory_mb"}
 

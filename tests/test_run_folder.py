@@ -171,3 +171,15 @@ def test_list_images_keeps_each_path_relative_to_the_input_root(tmp_path: Path) 
 def test_image_ids_are_stems_made_unique_and_safe() -> None:
     ids = [s.image_id for s in image_sources(["x/cat.png", "y/cat.jpg", "z/a b#c.png", "../.png", "..x.png"])]
     assert ids == ["cat", "cat-1", "a_b_c", "png", "x"]
+
+
+def test_written_files_follow_the_umask_not_mkstemps_owner_only_mode(tmp_path: Path) -> None:
+    """A run folder is readable by the other users the umask allows (mkstemp alone gives 0600)."""
+    import os
+    import stat
+
+    from gani_core import storage
+
+    storage.write_bytes(tmp_path / "summary.json", b"{}")
+    mode = stat.S_IMODE(os.stat(tmp_path / "summary.json").st_mode)
+    assert mode == 0o666 & ~storage._UMASK       # 0644 under the usual umask 022

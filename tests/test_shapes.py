@@ -159,3 +159,21 @@ def test_cli_info_names_the_factor_directions(capsys):
     assert info["factor_edits"] == list(FACTOR_NAMES) and "trained on shapes" in info["label"]
     assert main(["info", "builtin-random:32"]) == 0
     assert json.loads(capsys.readouterr().out)["factor_edits"] is None
+
+
+def test_cli_output_into_a_closed_pipe_is_no_traceback() -> None:
+    """`gani info builtin | head -1`: the reader has gone when gani writes; gani exits 0, without a BrokenPipeError
+    traceback (the pipe's read end is closed before gani starts, so the write fails every time)."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-c", "import sys; from gani_core.cli import main; "
+                               "sys.exit(main(['info', 'builtin']))"], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
