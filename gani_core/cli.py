@@ -21,6 +21,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gani_core.errors import GaniError
@@ -91,6 +92,7 @@ def _cmd_invert(args: argparse.Namespace) -> int:
     from gani_core.run_folder import RunFolder
 
     images = _input_images(args.images)     # before the generator loads: a mistyped path fails at once
+    _check_output_folder(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = resolve_checkpoint(args.checkpoint)
     G = ckpt.load(device)
@@ -528,6 +530,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.set_defaults(func=_cmd_info)
     return parser
+
+
+def _check_output_folder(out: str) -> None:
+    """Refuse, before any work, an ``--out`` that a run folder cannot be made at: an existing file, or a path under
+    one (remote URIs are checked by the store when written)."""
+    if "://" in out:
+        return
+    path = Path(out).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is under {existing}, a file"
+        raise GaniError(f"--out {out} {where}: give a folder (new, or one of an earlier run to resume)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -243,3 +243,17 @@ def test_images_with_one_name_in_two_folders_keep_their_source(tmp_path, capsys)
     capsys.readouterr()
     assert cli_main(["show", str(out)]) == 0
     assert f"{photos}/b/img.jpg" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("under", ["", "sub"])
+def test_an_output_that_is_a_file_is_one_line_before_any_work(tmp_path, capsys, under):
+    """`--out` an existing file, or a path under one (issue 22): exit 2 with one line naming the option, nothing
+    loaded or written, the file untouched."""
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    out = taken / under if under else taken
+    image = str(REPO / "examples" / "shapes" / "shapes-2026-000.png")
+    assert cli_main(["invert", image, "--checkpoint", "builtin-random:32", "--method", "w", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"gani invert: error: --out {out} ") and "Traceback" not in err[0]
+    assert taken.read_text() == "mine"
