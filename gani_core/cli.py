@@ -176,7 +176,7 @@ def _print_rows(rows: list[dict], with_config: bool = False) -> None:
 
     def fmt(column: str, v: object) -> str:
         if column in METRICS:
-            return _metric_cell(column, v)
+            return METRICS[column].format(v)
         return "-" if v is None else str(v)
 
     def cell(row: dict, column: str) -> str:
@@ -231,16 +231,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         groups.setdefault((r["method"], (r.get("config_hash") or "-")[:CONFIG_HASH_SHOWN]), []).append(r)
     for (method, config_hash), rows in groups.items():
         means = {m: s["mean"] for m, s in summarise(rows, names("run")).items()}
-        cells = [_metric_cell(n, means.get(n)).rjust(16) for n in names("run")]
+        cells = [METRICS[n].format(means.get(n)).rjust(16) for n in names("run")]
         print("  ".join([method.ljust(8), config_hash.ljust(CONFIG_HASH_SHOWN), *cells]))
     return 0
-
-
-def _metric_cell(name: str, value: object) -> str:
-    """A metric as the registry formats it (a mean of an integer metric rounded to a whole number)."""
-    if METRICS[name].integer and isinstance(value, float) and math.isfinite(value):
-        value = round(value)
-    return METRICS[name].format(value)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

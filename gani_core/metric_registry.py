@@ -41,9 +41,12 @@ class MetricDef:
     curve: bool = True      # drawn against the tuning budget in the domain benchmark (else: its largest budget)
 
     def format(self, value: float | int | None) -> str:
-        """``value`` as tables show it; ``-`` for a missing one (n/a, failed, non-finite)."""
+        """``value`` as tables show it; ``-`` for a missing one (n/a, failed, non-finite). A mean of an integer
+        metric (a float) is rounded to a whole number first."""
         if value is None or value != value or value in (float("inf"), float("-inf")):
             return "-"
+        if self.integer and isinstance(value, float):
+            value = round(value)
         return f"{value:{self.fmt}}"
 
 

@@ -260,12 +260,11 @@ class RunFolder:
     # ------------------------------------------------------------------------------------------------
     # Reading
 
-    def reusable_rows(self, images: list[ImageSource], config_hashes: dict[str, str | Collection[str]],
+    def reusable_rows(self, images: list[ImageSource], config_hashes: dict[str, Collection[str]],
                       checkpoint_sha256: str) -> dict[tuple[str, str], dict]:
         """The rows under ``rows/`` that a run of ``images`` keeps (the resume rule), by (image_id, method);
         ``config_hashes`` maps each method to the config hashes its rows may carry (InvertConfig.resume_hashes:
-        today's, and the one gani wrote before issue 17), or to one hash. Only images with a row are read and
-        hashed."""
+        today's, and the one gani wrote before issue 17). Only images with a row are read and hashed."""
         row_names, delta_names = storage.names_under(self.path("rows")), storage.names_under(self.path("deltas"))
         candidates = [(ref, m) for ref in images for m in config_hashes
                       if f"{result_key(ref.image_id, m)}.json" in row_names]
@@ -276,9 +275,7 @@ class RunFolder:
         for (ref, m), data in zip(candidates, raw.values(), strict=True):
             row = json.loads(data) if data else None
             have_deltas = f"{result_key(ref.image_id, m)}.parquet" in delta_names
-            hashes = config_hashes[m]
-            if row and _reusable(row, checkpoint_sha256, {hashes} if isinstance(hashes, str) else set(hashes),
-                                 have_deltas):
+            if row and _reusable(row, checkpoint_sha256, config_hashes[m], have_deltas):
                 rows[(ref.image_id, m)] = row
         # The same name may now hold other bytes: a row counts only for the image it was computed from.
         source_of = {ref.image_id: ref.source for ref in images}
@@ -350,7 +347,7 @@ class RunFolder:
         return deltas_mod.decode_deltas(deltas_mod.rows_from_table(table, image_id=image_id))
 
 
-def _reusable(row: dict, checkpoint_sha256: str, config_hashes: set[str], have_deltas: bool) -> bool:
+def _reusable(row: dict, checkpoint_sha256: str, config_hashes: Collection[str], have_deltas: bool) -> bool:
     if row.get("checkpoint_sha256") != checkpoint_sha256 or row.get("config_hash") not in config_hashes:
         return False
     if row.get("status") == "ok":

@@ -110,7 +110,7 @@ def test_resume_keeps_ok_rows_with_deltas_for_the_same_bytes_checkpoint_and_conf
     kept_row = _ok_row(folder, a)
     _ok_row(folder, b, with_deltas=False)                       # no deltas file: computed again
     folder.write_row(failed_row(c.image_id, CFG, CKPT, "OSError: disk full"))   # not the image's fault: again
-    kept = folder.reusable_rows(images, {"gani": CFG.config_hash()}, CKPT.sha256)
+    kept = folder.reusable_rows(images, {"gani": CFG.resume_hashes()}, CKPT.sha256)
     assert kept == {("a", "gani"): kept_row}
 
 
@@ -118,22 +118,22 @@ def test_resume_keeps_a_failure_of_the_image_itself(images, tmp_path: Path) -> N
     folder = RunFolder(str(tmp_path / "out"))
     sha = hashlib.sha256(Path(images[0].source).read_bytes()).hexdigest()
     folder.write_row(failed_row("a", CFG, CKPT, "ImageError: a.png: truncated", sha))
-    assert set(folder.reusable_rows(images, {"gani": CFG.config_hash()}, CKPT.sha256)) == {("a", "gani")}
+    assert set(folder.reusable_rows(images, {"gani": CFG.resume_hashes()}, CKPT.sha256)) == {("a", "gani")}
 
 
 @pytest.mark.parametrize("change", ["bytes", "checkpoint", "config", "method"])
 def test_resume_recomputes_when_anything_in_the_key_changed(images, tmp_path: Path, change: str) -> None:
     folder = RunFolder(str(tmp_path / "out"))
     _ok_row(folder, images[0])
-    hashes, sha = {"gani": CFG.config_hash()}, CKPT.sha256
+    hashes, sha = {"gani": CFG.resume_hashes()}, CKPT.sha256
     if change == "bytes":
         Path(images[0].source).write_bytes(b"other bytes under the same name")
     elif change == "checkpoint":
         sha = resolve_checkpoint("builtin-random:64").sha256
     elif change == "config":
-        hashes = {"gani": method_config("gani", pivot_steps=3, tune_steps=2).config_hash()}
+        hashes = {"gani": method_config("gani", pivot_steps=3, tune_steps=2).resume_hashes()}
     else:
-        hashes = {"pti": method_config("pti", pivot_steps=2, tune_steps=2).config_hash()}
+        hashes = {"pti": method_config("pti", pivot_steps=2, tune_steps=2).resume_hashes()}
     assert folder.reusable_rows(images, hashes, sha) == {}
 
 
@@ -183,3 +183,12 @@ def test_written_files_follow_the_umask_not_mkstemps_owner_only_mode(tmp_path: P
     storage.write_bytes(tmp_path / "summary.json", b"{}")
     mode = stat.S_IMODE(os.stat(tmp_path / "summary.json").st_mode)
     assert mode == 0o666 & ~storage._UMASK       # 0644 under the usual umask 022
+
+
+def test_the_registry_formats_a_mean_of_an_integer_metric_as_a_whole_number() -> None:
+    """delta_bytes is an integer column; its mean over images (a float) is shown rounded, wherever it is shown."""
+    from gani_core.metric_registry import METRICS
+
+    assert METRICS["delta_bytes"].format(479626.7) == "479,627"
+    assert METRICS["delta_bytes"].format(426166) == "426,166"
+    assert METRICS["lpips"].format(float("nan")) == METRICS["delta_bytes"].format(None) == "-"
