@@ -3,6 +3,10 @@
 Every parameter becomes an option (``--input-uri``); a parameter that is a settings model (flows/parameters.py)
 contributes one option per field (``--pivot-steps``, ``--dask-address``). Defaults and help come from the
 signature, the models and the flow's docstring, so nothing here restates them.
+
+:func:`flow_main` is a flow's whole shell: bad input is one line and exit status 2 before anything starts, a run
+whose results all or partly failed exits 1, Ctrl-C one line and 130; never a traceback of ours (Prefect logs the
+traceback of an error it did not expect in the run's log).
 """
 
 from __future__ import annotations
@@ -20,7 +24,16 @@ from prefect import Flow
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gani_core import storage
-from tasks.mlflow_view import runs_url
+from gani_core.errors import GaniError
+
+# What a flow refuses before it starts, each in one line: gani's own errors (a checkpoint that is not one,
+# credentials the store refuses), a missing input, an output that is a file, a store that cannot be reached, a
+# value out of range.
+BAD_INPUT: tuple[type[Exception], ...] = (GaniError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                                          ConnectionError, ValueError)
+EXIT_STATUS = ("exit status: 0 every result ok; 1 some or all results failed (the tables say which; a rerun of the "
+               "same command keeps the ok ones and computes the rest); 2 bad input, in one line, before anything "
+               "starts; 130 interrupted (Ctrl-C)")
 
 
 def _option(name: str) -> str:
@@ -58,18 +71,29 @@ def _docstring_args(fn: Callable) -> dict[str, str]:
     return found
 
 
-def flow_parser(flow: Flow) -> tuple[argparse.ArgumentParser, dict[str, type[BaseModel]]]:
+def prog(flow: Flow) -> str:
+    """``python -m flows.NAME``: how the shell of ``flow`` is started (its module's name, not ``__main__``)."""
+    module = flow.fn.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else module
+    return f"python -m {module}"
+
+
+def _description(fn: Callable, names: typing.Collection[str]) -> str:
+    """The docstring's first paragraph as the shell reads it: ``a_parameter`` becomes ``--a-parameter``."""
+    text = " ".join((fn.__doc__ or "").split("\n\n")[0].split())
+    return re.sub(r"``([^`]+)``", lambda m: _option(m[1]) if m[1] in names else m[1], text)
+
+
+def flow_parser(flow: Flow, epilog: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, type[BaseModel]]]:
     """The parser of ``flow``'s parameters, and the settings models among them by parameter name."""
     fn = flow.fn
     hints = typing.get_type_hints(fn)
     signature = inspect.signature(fn)
     docs = _docstring_args(fn)
-    module = fn.__module__
-    if module == "__main__":        # python -m flows.NAME: the module's own name, not __main__
-        spec = getattr(sys.modules["__main__"], "__spec__", None)
-        module = spec.name if spec is not None else module
-    parser = argparse.ArgumentParser(prog=f"python -m {module}",
-                                     description=(fn.__doc__ or "").split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog(flow), description=_description(fn, signature.parameters),
+                                     epilog=epilog)
     models: dict[str, type[BaseModel]] = {}
     for name, param in signature.parameters.items():
         annotation = hints.get(name, str)
@@ -84,9 +108,9 @@ def flow_parser(flow: Flow) -> tuple[argparse.ArgumentParser, dict[str, type[Bas
     return parser, models
 
 
-def parse_flow_args(flow: Flow, argv: list[str] | None = None) -> dict[str, Any]:
+def parse_flow_args(flow: Flow, argv: list[str] | None = None, epilog: str | None = None) -> dict[str, Any]:
     """The keyword arguments of ``flow`` from the command line ``argv``."""
-    parser, models = flow_parser(flow)
+    parser, models = flow_parser(flow, epilog)
     values = vars(parser.parse_args(argv))
     try:    # the flow's own validation, here, so that a bad option is one line before anything starts
         kwargs = {name: model(**{f: values.pop(f) for f in model.model_fields}) for name, model in models.items()}
@@ -105,6 +129,48 @@ def parse_flow_args(flow: Flow, argv: list[str] | None = None) -> dict[str, Any]
 def run_flow_from_shell(flow: Flow, argv: list[str] | None = None) -> dict:
     """Run ``flow`` with the options of ``argv``; print its counts, where its tables are and how to see them."""
     summary = flow(**parse_flow_args(flow, argv))
+    print_summary(flow, summary)
+    return summary
+
+
+def flow_main(flow: Flow, argv: list[str] | None = None, check: Callable[..., object] | None = None) -> int:
+    """Run ``flow`` with the options of ``argv`` and say how it went; the exit status (:data:`EXIT_STATUS`).
+
+    ``check(**kwargs)`` refuses bad input before Prefect starts (raising one of :data:`BAD_INPUT`). The flow's
+    final state decides the rest: its summary printed (:func:`print_summary`) when it has one, then 1 when some
+    results failed (``run_failed`` in the summary) or all did (flows.reports.EveryResultFailedError).
+    """
+    kwargs = parse_flow_args(flow, argv, EXIT_STATUS)
+    # After --help: flows.reports imports the run folder's code.
+    from flows.reports import EveryResultFailedError
+
+    try:
+        if check is not None:
+            check(**kwargs)
+        result = flow(**kwargs, return_state=True).result(raise_on_failure=False)
+    except KeyboardInterrupt:
+        kept = f"what was written under {kwargs['output_uri']} is kept; " if kwargs.get("output_uri") else ""
+        print(f"interrupted: {kept}rerun the same command to continue", file=sys.stderr)
+        return 130
+    except BAD_INPUT as exc:
+        print(f"{prog(flow)}: error: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(result, EveryResultFailedError):
+        print_summary(flow, result.summary)
+        print(f"{prog(flow)}: {result}", file=sys.stderr)
+        return 1
+    if isinstance(result, BaseException):       # met during the run: the run's log has its traceback
+        print(f"{prog(flow)}: error: {type(result).__name__}: {' '.join(str(result).split())}", file=sys.stderr)
+        return 1
+    print_summary(flow, result)
+    return 1 if result.get("run_failed", result.get("failed")) else 0
+
+
+def print_summary(flow: Flow, summary: dict) -> None:
+    """A flow run's counts, where its tables are and how to see them."""
+    # Here, not at the top: MLflow's import takes seconds, which --help need not wait for.
+    from tasks.mlflow_view import runs_url
+
     images = "images" in summary    # a run folder of inverted images (the domain benchmark: rows of a report)
     counts = ("images", "ok", "failed", "skipped", "computed") if images else ("rows", "failed", "ok")
     print(json.dumps({k: summary[k] for k in counts if k in summary}))
@@ -115,5 +181,7 @@ def run_flow_from_shell(flow: Flow, argv: list[str] | None = None) -> dict:
     print(f"MLflow run {summary['mlflow_run_id']}: open the UI with .venv/bin/mlflow ui --backend-store-uri "
           f"{summary['mlflow_tracking_uri']} --host 127.0.0.1 --port 5000 --workers 1")
     # MLflow 3 opens experiments in its GenAI view unless asked for the runs table (its "Model training" view).
-    print(f"then the runs of {flow.name}: {runs_url(summary['mlflow_experiment_id'])}")
-    return summary
+    views = summary.get("mlflow_views") or {"runs": None}
+    for what, view in views.items():    # the domain benchmark: every run, and this run's children by method
+        url = runs_url(summary["mlflow_experiment_id"], **({"view": view} if view else {}))
+        print(f"then the {what} of {flow.name}: {url}" if view else f"then the runs of {flow.name}: {url}")

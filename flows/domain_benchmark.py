@@ -3,7 +3,10 @@
 One ``evaluate-set`` task per (set, seed) of the suite (gani_core/evaluation/suites.py) on the flow's Dask
 cluster; the report (gani_core/evaluation/report.py: tables, goals, curves) goes to ``OUTPUT/DATE/SUITE-SPLIT/``;
 MLflow gets a parent run ``domain-SUITE-SPLIT-DATE`` in the experiment ``domain-benchmark`` with the goals as
-metrics and the report as artifacts, and a child run per method and set whose charts draw the curves.
+metrics, the headline comparison pooled out of the domain as tags its row in the runs table shows (gani over pti
+and pti-reg per goal, with the interval: report.headline), and the report as artifacts, and a child run per
+method and set whose charts draw the curves; the saved view ``gani-latest`` shows this run alone, one row per
+method (tasks/evaluation.save_latest_view).
 A rerun on the same date keeps the (set, seed) pairs already computed. The nightly deployment runs it
 (``nightly-benchmark``'s ``suite``); ``python -m flows.domain_benchmark --suite smoke`` runs it once.
 """
@@ -27,7 +30,8 @@ from gani_core.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from gani_core.evaluation.report import write_report
 from gani_core.evaluation.suites import SUITES, Suite, get_suite
 from tasks import evaluation, mlflow_runs
-from tasks.evaluation import evaluate_set_on_worker, log_child_runs
+from tasks.evaluation import evaluate_set_on_worker, log_child_runs, log_headline, save_latest_view
+from tasks.mlflow_view import RUNS_VIEW
 
 SuiteName = Literal[tuple(SUITES)]  # type: ignore[valid-type]
 
@@ -101,6 +105,9 @@ def domain_benchmark(
         written, goals = report.written, report.goals
         children = log_child_runs(mlflow.uri, mlflow.experiment_id, mlflow.run_id, report.summary, spec.budgets[-1],
                                   mlflow.tags)
+        headline = log_headline(mlflow.uri, mlflow.run_id, goals)
+        latest = save_latest_view(mlflow.uri, mlflow.experiment_id, "domain-benchmark",
+                                  mlflow.tags["prefect_flow_run_id"], f"domain-{suite}-{split}-{day}", spec.methods)
         failed = sum(r["status"] != "ok" for r in rows)
         metrics = {"rows": len(rows), "failed": failed,
                    **{_metric_name(g["goal"], g["set"]): g["value"] for g in goals}}
@@ -114,9 +121,10 @@ def domain_benchmark(
     met = sum(g["met"] for g in goals)
     get_run_logger().info("domain-benchmark %s (%s): %d rows, %d failed; goals met %d of %d; report at %s", suite,
                           split, len(rows), failed, met, len(goals), written["report.md"])
-    return {"rows": len(rows), "failed": failed, "goals": goals, "written": written, "output": out,
-            "mlflow_run_id": mlflow.run_id, "mlflow_child_run_ids": children, "mlflow_tracking_uri": mlflow.uri,
-            "mlflow_experiment_id": mlflow.experiment_id, "ok": failed == 0}
+    return {"rows": len(rows), "failed": failed, "goals": goals, "headline": headline, "written": written,
+            "output": out, "mlflow_run_id": mlflow.run_id, "mlflow_child_run_ids": children,
+            "mlflow_tracking_uri": mlflow.uri, "mlflow_experiment_id": mlflow.experiment_id,
+            "mlflow_views": {"all runs": RUNS_VIEW, "this run by method": latest}, "ok": failed == 0}
 
 
 def _metric_name(goal: str, set_name: str) -> str:

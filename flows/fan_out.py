@@ -119,5 +119,5 @@ def invert_dataset_on_dask(input_uri: str, images: list[ImageSource], folder: Ru
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
         failures = "; ".join(f"{r['image_id']} [{r['method']}]: {r['error']}" for r in failed)
-        logger.warning("partial success: %d of %d result(s) failed: %s", len(failed), len(rows), failures)
+        logger.warning("%d of %d result(s) failed: %s", len(failed), len(rows), failures)
     return DatasetRun(rows, summary, written, set(kept), wall)

@@ -2,10 +2,14 @@
 
     invert_dataset(input_uri="s3://photos/in", output_uri="s3://photos/runs/r1", checkpoint="s3://models/ffhq.pkl")
 
-Steps: resolve the checkpoint once (gani_core.checkpoints.ref); list the images, keep the results already under
-``output_uri`` for the same image, checkpoint and configuration and invert the rest on Dask, ``batch_size`` images
-per task (flows/fan_out.py); log the MLflow run (tasks/mlflow_runs.py); attach a table and a summary to the flow
-run as Prefect artifacts. ``python -m flows.invert_dataset --help`` runs it from a shell (flows/cli.py).
+Steps: refuse bad input in one line before anything starts (:func:`check_inputs`); resolve the checkpoint once
+(gani_core.checkpoints.ref); list the images, keep the results already under ``output_uri`` for the same image,
+checkpoint and configuration and invert the rest on Dask, ``batch_size`` images per task (flows/fan_out.py); log
+the MLflow run (tasks/mlflow_runs.py); attach a table and a summary to the flow run as Prefect artifacts. Its final
+state: Completed, with a message when some results failed; Failed when all did (flows.reports.final_state).
+``python -m flows.invert_dataset --help`` runs it from a shell (flows/cli.py).
+
+The Dask fan-out, MLflow and the run folder are imported when the flow runs: ``--help`` need not wait for them.
 """
 
 from __future__ import annotations
@@ -14,17 +18,14 @@ import datetime as dt
 from pathlib import PurePosixPath
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed, State
 
-from flows.cli import run_flow_from_shell
-from flows.fan_out import invert_dataset_on_dask
+from flows.cli import BAD_INPUT, flow_main
 from flows.parameters import ClusterSettings, ImageLimit, InversionSettings
-from flows.reports import mlflow_run_link, rows_artifact, summary_artifact
+from gani_core import storage
 from gani_core.checkout import LOCAL_OUT, SHAPES_EXAMPLES
-from gani_core.checkpoints.ref import resolve_checkpoint
-from gani_core.invert import Method
-from gani_core.run_folder import RunFolder
-from tasks import mlflow_runs
-from tasks.storage import list_images
+from gani_core.checkpoints.ref import CheckpointRef, check_format, resolve_checkpoint
+from gani_core.defaults import Method
 
 
 @flow(name="invert-dataset")
@@ -37,8 +38,9 @@ def invert_dataset(
     cluster: ClusterSettings = ClusterSettings(),  # noqa: B008
     mlflow_tracking_uri: str | None = None,
     limit: ImageLimit | None = None,
-) -> dict:
-    """Invert every image under ``input_uri`` into the generator ``checkpoint``, a batch of images per Dask task.
+) -> dict | State:
+    """Invert every image under ``input_uri`` into the generator ``checkpoint`` on Dask, a batch of images per task;
+    keep the results ``output_uri`` already holds, write the run's tables there and log an MLflow run.
 
     Args:
         input_uri: folder or ``s3://bucket/prefix`` holding the images (jpg/jpeg, png, webp, bmp, tif/tiff, gif;
@@ -58,11 +60,24 @@ def invert_dataset(
 
     Returns:
         The run's summary (as in summary.json): counts ``images``, ``ok``, ``failed``, ``skipped``, ``computed``,
-        means per method, the MLflow run id and tracking URI, the URIs written.
+        means per method, the MLflow run id and tracking URI, the URIs written, and ``run_failed``: how many of
+        this run's results failed. Some failed: the flow run is Completed, its message ``N of M result(s)
+        failed``. All failed: it is Failed, and its result raises flows.reports.EveryResultFailedError (its
+        ``summary`` is this). Bad input (check_inputs): Failed before anything starts, its result raising the
+        one-line error (CheckpointError, StorageAccessError, ConnectionError, FileNotFoundError, ...).
     """
-    configs = inversion.configs([method])
-    ckpt = resolve_checkpoint(checkpoint)
-    images = list_images(input_uri, limit)      # a bad input fails here, before the MLflow run starts
+    from flows.fan_out import invert_dataset_on_dask
+    from flows.reports import final_state, mlflow_run_link, rows_artifact, summary_artifact
+    from gani_core.run_folder import RunFolder
+    from tasks import mlflow_runs
+    from tasks.storage import list_images
+
+    try:        # returned, not raised: one line in the log (a raise logs its traceback), no MLflow run, no cluster
+        configs = inversion.configs([method])
+        ckpt = check_inputs(input_uri, output_uri, checkpoint)
+    except BAD_INPUT as exc:
+        return Failed(message=f"{type(exc).__name__}: {exc}", data=exc)
+    images = list_images(input_uri, limit)      # no image file there: fails here, before the MLflow run starts
     folder = RunFolder(output_uri)
     # Named for what it is (gani-shapes-2026-12-02), so that runs tell themselves apart in MLflow's table.
     day = dt.datetime.now(dt.UTC).date().isoformat()
@@ -87,14 +102,38 @@ def invert_dataset(
         "invert-dataset summary")
     get_run_logger().info("wrote %s: %d ok, %d failed, %d kept from earlier runs; MLflow run %s (%s)",
                           folder.metrics_uri, s["ok"], s["failed"], s["skipped"], mlflow.run_id, mlflow.uri)
-    return {**s, "written": run.written}
+    run_failed = sum(r["status"] != "ok" for r in run.rows)
+    return final_state(run.rows, {**s, "written": run.written, "run_failed": run_failed})
+
+
+def check_inputs(input_uri: str, output_uri: str, checkpoint: str) -> CheckpointRef:
+    """The checkpoint, resolved, once what the flow cannot run on is refused, each in one line: an ``output_uri``
+    that is a file or under one, an ``input_uri`` that is not there, a checkpoint missing or not a checkpoint
+    (check_format); on S3, a store that cannot be reached (ConnectionError, after gani_core.storage's retries) or
+    that has no credentials or refuses them (StorageAccessError). Cheapest first: a checkpoint URI is downloaded."""
+    storage.check_folder(output_uri, "output_uri")
+    storage.must_exist(input_uri, "input_uri")
+    ckpt = resolve_checkpoint(checkpoint)
+    check_format(ckpt)
+    return ckpt
+
+
+def _check_shell(input_uri: str, output_uri: str, checkpoint: str, method: Method, inversion: InversionSettings,
+                 limit: int | None = None, **_: object) -> None:
+    """The shell's checks, before Prefect starts: the flow's (check_inputs), and the listing of the input (an
+    empty folder), which the flow does in its list-images task."""
+    from gani_core.dataset import list_images
+
+    inversion.configs([method])
+    check_inputs(input_uri, output_uri, checkpoint)
+    list_images(input_uri, limit)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m flows.invert_dataset``: the flow on the embedded defaults (a temporary Prefect API, a
-    LocalCluster, local folders, a sqlite MLflow store); says where everything went."""
-    summary = run_flow_from_shell(invert_dataset, argv)
-    return 0 if summary["ok"] else 1
+    LocalCluster, local folders, a sqlite MLflow store); says where everything went. Exit status:
+    flows.cli.EXIT_STATUS."""
+    return flow_main(invert_dataset, argv, check=_check_shell)
 
 
 if __name__ == "__main__":

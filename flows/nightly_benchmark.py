@@ -25,10 +25,15 @@ from gani_core.checkpoints.ref import resolve_checkpoint
 from gani_core.invert import Method
 from gani_core.run_folder import RunFolder
 from tasks import mlflow_runs
+from tasks.mlflow_view import view_columns
 from tasks.storage import list_images
 
 BENCHMARK_METHODS: list[Method] = ["gani", "pti", "wplus"]
 COUNTS = ("images", "ok", "failed")
+# The experiment's saved runs-table view: the parent's GANI/PTI ratios of the headline means first (its own row
+# shows the comparison, ``gani_pti_lpips_mean``: GANI's mean lpips over PTI's), then each child's method and means.
+RUNS_VIEW_COLUMNS = view_columns(metrics=[f"gani_pti_{n}_mean" for n in mlflow_runs.HEADLINE_METRICS])
+RUNS_VIEW_COLUMNS += mlflow_runs.RUNS_VIEW_COLUMNS
 
 
 def comparison_table(per_method: dict[str, dict[str, float]]) -> pa.Table:
@@ -103,7 +108,7 @@ def nightly_benchmark(
     folder = RunFolder(storage.join(output_uri.rstrip("/"), day))
     with mlflow_runs.tracked_run("nightly-benchmark", f"nightly-{day}", mlflow_tracking_uri=mlflow_tracking_uri,
                                  data_folder=output_uri, output_uri=folder.uri,
-                                 tags={"date": day, "dataset_uri": input_uri}) as mlflow:
+                                 tags={"date": day, "dataset_uri": input_uri}, columns=RUNS_VIEW_COLUMNS) as mlflow:
         uri, parent = mlflow.uri, mlflow.run_id
         run = invert_dataset_on_dask(input_uri, images, folder, ckpt, configs, inversion, cluster,
                                      mlflow_run_id=parent, mlflow_tracking_uri=uri, date=day,

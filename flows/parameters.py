@@ -2,20 +2,22 @@
 
 Pydantic models, so that Prefect shows each as a form in its UI and takes them whole or in part from
 ``prefect deployment run --param inversion='{"pivot_steps": 200}'`` or ``--params``. Every default is read from
-gani_core's configs (gani_core.pivot.PivotConfig, gani_core.tuning.TuneConfig, gani_core.invert), never restated.
+gani_core.defaults (which gani_core.pivot.PivotConfig, gani_core.tuning.TuneConfig and gani_core.invert read
+too), never restated; the precision's is the first of PRECISIONS, fp32 (tests/test_flow_errors.py pins it to
+PivotConfig's). Torch-free apart from gani_core's package import: a flow's ``--help`` does not wait for LPIPS.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gani_core.invert import METHODS, InvertConfig, has_tuning, method_config
-from gani_core.invert_files import CPU_BATCH_SIZE
-from gani_core.pivot import PivotConfig
+from gani_core.defaults import CPU_BATCH_SIZE, METHODS, PIVOT_STEPS, PRECISIONS, TUNE_STEPS
 from gani_core.precision import Precision
-from gani_core.tuning import TuneConfig
+
+if TYPE_CHECKING:
+    from gani_core.invert import InvertConfig
 
 AUTO_TASK_IMAGES = 64      # images per task with batch_size "auto" (the worker picks its batch size within them)
 
@@ -29,13 +31,13 @@ class InversionSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    pivot_steps: int = Field(PivotConfig.steps, ge=0, description="steps of the pivot inversion (as PTI)")
+    pivot_steps: int = Field(PIVOT_STEPS, ge=0, description="steps of the pivot inversion (as PTI)")
     tune_steps: int | None = Field(
-        None, ge=0, description=f"steps of the generator tuning of gani and pti (none: {TuneConfig.steps}); "
+        None, ge=1, description=f"steps of the generator tuning of gani and pti (none: {TUNE_STEPS}); "
                                 "w and wplus have no tuning stage")
     seed: int = Field(0, description="seed of the pivot noise, the tuning and its regulariser's latents, the "
                                    "locality latents and edit directions")
-    precision: Precision = Field(PivotConfig.precision, description="bf16: mixed precision (autocast), for GPUs")
+    precision: Precision = Field(PRECISIONS[0], description="bf16: mixed precision (autocast), for GPUs")
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         1, description="images per task, inverted together (one forward and backward for all per step); auto: "
                        f"as many as a GPU worker's free memory holds, {CPU_BATCH_SIZE} on a CPU. Results do not "
@@ -47,6 +49,8 @@ class InversionSettings(BaseModel):
 
     def configs(self, methods: list[str]) -> dict[str, InvertConfig]:
         """Each method's configuration; ``tune_steps`` applies to the methods that tune (an error if none does)."""
+        from gani_core.invert import has_tuning, method_config
+
         unknown = [m for m in methods if m not in METHODS]
         if unknown or not methods:
             raise ValueError(f"unknown method(s) {unknown or methods}; expected some of {', '.join(METHODS)}")

@@ -90,14 +90,23 @@ def load_directions(path: str | Path, w_dim: int, num_ws: int) -> torch.Tensor:
     """
     path = Path(path)
     expected = f"expected [{w_dim}], [K, {w_dim}] or [K, {num_ws}, {w_dim}]"
+    wanted = f"a NumPy array saved with numpy.save, shape [K, {w_dim}] or [K, {num_ws}, {w_dim}] (w_dim {w_dim})"
     if not path.is_file():
-        raise DirectionsError(f"directions file not found: {path}")
+        raise DirectionsError(f"directions file not found: {path}" if not path.exists()
+                              else f"{path} is not a file; the directions are {wanted}")
+    with path.open("rb") as f:
+        head = f.read(6)
+    # numpy would read anything else as a pickle, and say only that allow_pickle is off: name what is expected.
+    if head != b"\x93NUMPY" and not head.startswith(b"PK"):
+        what = "an empty file" if not head else f"it starts with {head!r}"
+        raise DirectionsError(f"{path}: not a .npy file ({what}); the directions are {wanted}")
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        # numpy raises ValueError for object arrays and for anything that is not .npy/.npz (both would
-        # need unpickling), OSError/EOFError for truncated headers.
-        raise DirectionsError(f"{path}: not a plain .npy array of directions ({exc})") from exc
+        # numpy raises ValueError for object arrays (they would need unpickling), OSError/EOFError for
+        # truncated headers.
+        why = "it holds Python objects (a pickled array), never loaded" if "allow_pickle" in str(exc) else exc
+        raise DirectionsError(f"{path}: not a plain .npy array of directions ({why}); they are {wanted}") from exc
     if isinstance(loaded, np.lib.npyio.NpzFile):
         names = list(loaded.files)
         loaded.close()

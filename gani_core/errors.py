@@ -23,3 +23,8 @@ class LpipsWeightsError(GaniError):
 
 class InversionError(GaniError):
     """An image's optimisation diverged (a non-finite loss or pivot); the other images of its batch go on."""
+
+
+class StorageAccessError(GaniError):
+    """The storage refused who we are: no credentials, unknown or expired ones, or no permission. Permanent, so
+    never retried (gani_core.storage): the message says what to set."""

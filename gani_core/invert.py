@@ -14,32 +14,30 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import resource
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
-from typing import Literal, get_args
 
 import torch
 
 from gani_core import deltas as deltas_mod
+from gani_core.defaults import GANI_REG_WEIGHT, METHODS, PRECISIONS, PTI_REG_WEIGHT, Method  # torch-free, for help
 from gani_core.editing import default_edit_strength, random_directions
 from gani_core.errors import InversionError
-from gani_core.measure import measure_images
+from gani_core.measure import measure_images, preview_edit_label
 from gani_core.metric_registry import check_names, names
 from gani_core.networks import Generator
 from gani_core.pivot import PivotConfig, Progress, find_pivots
 from gani_core.precision import Precision
 from gani_core.tuning import TuneConfig, TuneResult, tune_batch
 
-Method = Literal["gani", "pti", "wplus", "w"]     # the one list of methods; METHODS is the same, as a tuple
-METHODS: tuple[str, ...] = get_args(Method)
-
 # GANI's default (docs/method.md, measured on the trained built-in generator): the parameter-conditioned
 # low-rank GMM with a light regulariser; rank 32 since the out-of-domain ablations of issue 11 (rank 8 before): at
 # equal steps about half PTI's lpips out of the domain, a quarter of its locality.
-GANI_TUNE = TuneConfig(form="param-lowrank", lr=3e-3, rank=32, reg_weight=0.1)
+GANI_TUNE = TuneConfig(form="param-lowrank", lr=3e-3, rank=32, reg_weight=GANI_REG_WEIGHT)
 # PTI as in its public code: Adam on all synthesis weights, lr 3e-4, 350 steps, no regulariser by default.
-PTI_TUNE = TuneConfig(form="full", lr=3e-4, layers="all", reg_weight=0.0)
+PTI_TUNE = TuneConfig(form="full", lr=3e-4, layers="all", reg_weight=PTI_REG_WEIGHT)
 
 
 @dataclass(frozen=True)
@@ -171,14 +169,18 @@ def method_config(
 ) -> InvertConfig:
     """The default configuration of a method, with the step budgets and tuning options overridden.
 
-    ``precision="bf16"`` runs both stages' renders and losses under bf16 autocast (for GPUs). For a method
-    without a tuning stage (``has_tuning`` false), ``tune_steps`` and tuning options raise ValueError
-    rather than being ignored.
+    ``precision="bf16"`` runs both stages' renders and losses under bf16 autocast (for GPUs). Raises ValueError,
+    before anything runs, for: an unknown method or precision; ``pivot_steps`` that is not a whole number of at
+    least 0; ``tune_steps`` under 1 (0 steps leave the generator as it was: the method's pivot alone, which ``w``
+    computes and names as such); a tuning option TuneConfig does not have; ``reg_weight`` negative or not finite;
+    ``lr`` not positive and finite; and, for a method without a tuning stage (``has_tuning`` false), any tuning
+    option given, rather than ignoring it.
     """
     tune_cfg = _TUNING[method] if has_tuning(method) else None     # has_tuning refuses unknown methods
     if tune_cfg is None and (tune_steps is not None or tune_overrides):
         given = sorted([*(["tune_steps"] if tune_steps is not None else []), *tune_overrides])
         raise ValueError(f"method {method!r} has no tuning stage; options {given} do not apply")
+    _check_options(method, pivot_steps, tune_steps, precision, tune_overrides)
     pivot = PivotConfig(space="wplus" if method == "wplus" else "w", precision=precision)
     if pivot_steps is not None:
         pivot = replace(pivot, steps=pivot_steps)
@@ -187,6 +189,32 @@ def method_config(
         if tune_steps is not None:
             tune_cfg = replace(tune_cfg, steps=tune_steps)
     return InvertConfig(method=method, pivot=pivot, tune=tune_cfg, seed=seed)
+
+
+def _check_options(method: str, pivot_steps: int | None, tune_steps: int | None, precision: str,
+                   tune_overrides: dict[str, float | int | str]) -> None:
+    """:func:`method_config`'s checks of the values it is given (ValueError naming the option)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if pivot_steps is not None and (not _whole(pivot_steps) or pivot_steps < 0):
+        raise ValueError(f"pivot_steps must be a whole number of at least 0, got {pivot_steps!r}")
+    if tune_steps is not None and (not _whole(tune_steps) or tune_steps < 1):
+        raise ValueError(f"tune_steps must be a whole number of at least 1, got {tune_steps!r}: {method} with 0 "
+                         "tuning steps is its pivot alone; method 'w' (or 'wplus') computes a pivot without tuning")
+    unknown = sorted(set(tune_overrides) - {f.name for f in fields(TuneConfig)})
+    if unknown:
+        raise ValueError(f"unknown tuning option(s) {unknown}; TuneConfig has {[f.name for f in fields(TuneConfig)]}")
+    reg_weight = tune_overrides.get("reg_weight")
+    if reg_weight is not None and not (isinstance(reg_weight, int | float) and math.isfinite(reg_weight)
+                                       and reg_weight >= 0):
+        raise ValueError(f"reg_weight must be a finite number of at least 0 (0: no regulariser), got {reg_weight!r}")
+    lr = tune_overrides.get("lr")
+    if lr is not None and not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number above 0, got {lr!r}")
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -204,6 +232,7 @@ class InversionResult:
     previews: torch.Tensor                      # [4, 3, R, R] in [0, 1]: input, pivot, tuned, edit
     losses: list[float] = field(default_factory=list)
     edit_ratios: dict[str, float] = field(default_factory=dict)  # per factor: tuned / original edit response
+    edit_label: str = "edit"                    # which edit previews[3] shows (measure.preview_edit_label)
 
     def row(self) -> dict:
         """The metrics.parquet row of this result (without the run-level columns): its ``names("result")`` metrics
@@ -363,6 +392,7 @@ def _measure(G: Generator, images: torch.Tensor, image_ids: list[str], cfg: Inve
     encoded = [deltas_mod.encode_deltas(d, encoding=cfg.delta_encoding, max_rel_error=cfg.delta_max_rel_error)
                for d in deltas]
     stored = [{n: d.to(device) for n, d in deltas_mod.decode_deltas(e).items()} for e in encoded]
+    directions_given = directions is not None
     if directions is None and G.factor_edits is not None:   # directions with ground truth (the built-in G)
         directions = G.factor_edits.directions
     elif directions is None:
@@ -372,11 +402,12 @@ def _measure(G: Generator, images: torch.Tensor, image_ids: list[str], cfg: Inve
     measured = measure_images(G, images, w_pivots, deltas, stored, directions=directions, strength=strength,
                               preview_offset=preview_edit(G, directions[0], strength),
                               locality_count=cfg.locality_count, seed=cfg.seed)
+    edit_label = preview_edit_label(G, strength, directions_given, cfg.seed)
     seconds = {**shared, "metrics": (time.perf_counter() - t_start) / len(tuned)}
     peak = _peak_memory_mb(device)
     return [InversionResult(
         image_id=image_id, method=cfg.method, w_pivot=w.cpu(), encoded=e, metrics=m.metrics,
         seconds={**seconds, "total": sum(seconds.values())}, steps=steps, peak_memory_mb=peak,
         delta_bytes=deltas_mod.delta_bytes(e), delta_lpips_change=m.delta_lpips_change, previews=m.previews,
-        losses=t.losses if t is not None else [], edit_ratios=m.edit_ratios)
+        losses=t.losses if t is not None else [], edit_ratios=m.edit_ratios, edit_label=edit_label)
         for image_id, w, e, m, t in zip(image_ids, w_pivots, encoded, measured, tuned, strict=True)]

@@ -7,19 +7,23 @@
   memory is split in two and retried, losing nothing already finished. The Dask task calls it.
 - :func:`run_in_process`: a whole run in this process (what ``gani invert`` does): keep the results the folder
   already holds for the same image, checkpoint and configuration, compute the rest, write the tables (which hold
-  every valid result of the folder, the earlier runs' other methods and configurations included).
+  every valid result of the folder, the earlier runs' other methods and configurations included). It counts the
+  results of another configuration of the same image and method that it replaces (``RunResult.replaced``).
+- :func:`results_on_disk`: how many of a run's results the folder holds now (what an interrupted run kept).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from gani_core import defaults, storage
 from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.dataset import ImageSource
 from gani_core.errors import GaniError, InversionError
@@ -28,7 +32,7 @@ from gani_core.invert import InversionResult, InvertConfig, invert_images
 from gani_core.metrics import take_over_ms_ssim_note
 from gani_core.networks import Generator
 from gani_core.pivot import Progress, find_pivots
-from gani_core.run_folder import RunFolder, complete_row, failed_row, run_tables
+from gani_core.run_folder import RunFolder, complete_row, failed_row, result_key, run_tables
 from gani_core.tuning import tune_batch
 
 log = logging.getLogger(__name__)
@@ -131,6 +135,7 @@ class RunResult:
     summary: dict                           # of the tables: every valid result in the folder, this run's and others
     written: dict[str, str]                 # metrics.parquet, summary.json, preview_grid.png -> URI
     kept: set[tuple[str, str]]              # (image_id, method) of the results kept from an earlier run
+    replaced: dict[str, int] = field(default_factory=dict)  # per method: results of another configuration replaced
 
 
 def run_in_process(
@@ -149,6 +154,7 @@ def run_in_process(
     started = time.time()
     folder.write_configs(configs.values())
     kept = folder.reusable_rows(images, {m: c.resume_hashes() for m, c in configs.items()}, ckpt.sha256)
+    replaced = _other_configurations(folder, images, configs, kept)
     new: dict[tuple[str, str], dict] = {}
     for method, cfg in configs.items():
         todo = [image for image in images if (image.image_id, method) not in kept]
@@ -159,19 +165,59 @@ def run_in_process(
                                 batch_size=batch_size)
     for note in summary["notes"]:       # once per run; `gani invert` prints it (logging's last-resort handler)
         log.warning("%s", note)
-    return RunResult(rows, summary, folder.write_tables(table, summary), set(kept))
+    return RunResult(rows, summary, folder.write_tables(table, summary), set(kept), replaced)
 
 
-CPU_BATCH_SIZE = 4          # `auto` on a CPU: GANI's most images per hour in benchmarks/batching.py (README)
+def _stored_rows(folder: RunFolder, images: list[ImageSource], methods: list[str],
+                 skip: Collection[tuple[str, str]] = ()) -> dict[tuple[str, str], dict]:
+    """The rows under rows/ of ``images`` x ``methods`` (but ``skip``), by (image_id, method); rows/ listed once."""
+    on_disk = storage.names_under(folder.path("rows"))
+    keys = [(image.image_id, m) for image in images for m in methods
+            if (image.image_id, m) not in skip and f"{result_key(image.image_id, m)}.json" in on_disk]
+    if not keys:
+        return {}
+    raw = storage.read_many([folder.row_uri(*key) for key in keys])
+    rows = {}
+    for key in keys:
+        try:
+            row = json.loads(raw.get(folder.row_uri(*key)) or b"null")
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows[key] = row
+    return rows
+
+
+def _other_configurations(folder: RunFolder, images: list[ImageSource], configs: dict[str, InvertConfig],
+                          kept: Collection[tuple[str, str]]) -> dict[str, int]:
+    """Per method, how many rows this run will overwrite that another configuration of it made (an earlier
+    ``--tune-steps``, say): one row per image x method, so a person should hear that those results go."""
+    stored = _stored_rows(folder, images, list(configs), skip=kept)
+    counts: dict[str, int] = {}
+    for (_, method), row in stored.items():
+        if row.get("config_hash") not in configs[method].resume_hashes():
+            counts[method] = counts.get(method, 0) + 1
+    return counts
+
+
+def results_on_disk(folder: RunFolder, images: list[ImageSource], configs: dict[str, InvertConfig]) -> int:
+    """How many results of ``images`` x ``configs`` the folder holds now, made with these configurations (what a
+    run interrupted half way keeps, and a rerun of the same command resumes from)."""
+    stored = _stored_rows(folder, images, list(configs))
+    return sum(row.get("config_hash") in configs[method].resume_hashes() for (_, method), row in stored.items())
+
+
+CPU_BATCH_SIZE = defaults.CPU_BATCH_SIZE    # here for the callers that import it from this module
 MAX_BATCH_SIZE = 512
 
 
 def auto_batch_size(G: Generator, cfg: InvertConfig, memory_fraction: float = 0.8) -> int:
-    """The batch size ``auto`` means: CPU_BATCH_SIZE on a CPU; on a GPU, as many images as ``memory_fraction`` of
-    the free device memory holds, from the peak memory of one tuning step measured at 1 and at 2 images."""
+    """The batch size ``auto`` means: defaults.CPU_BATCH_SIZE on a CPU; on a GPU, as many images as
+    ``memory_fraction`` of the free device memory holds, from the peak memory of one tuning step measured at 1 and
+    at 2 images."""
     device = G.mapping.w_avg.device
     if device.type != "cuda":
-        return CPU_BATCH_SIZE
+        return defaults.CPU_BATCH_SIZE
     tune_cfg = replace(cfg.tune, steps=1) if cfg.tune is not None else None
     peaks = []
     for k in (1, 2):

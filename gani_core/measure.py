@@ -221,5 +221,21 @@ def _edit_accuracy(G: Generator, original: torch.Tensor, tuned: torch.Tensor
     return [accuracy_of_changes(b, a, edits.names) for b, a in zip(before, after, strict=True)]
 
 
+# A preview's cells, left to right (``Measured.previews``); run_folder labels the last one with preview_edit_label.
+PREVIEW_CELLS = ("input", "pivot", "tuned", "edit")
+
+
+def preview_edit_label(G: Generator, strength: float, directions_given: bool, seed: int) -> str:
+    """The label of a preview's edit cell: which edit invert.preview_edit chose, as it chose it. Where G carries
+    factor edit directions, ``edit: NAME +2 steps`` (the factor most linear in W, whatever directions were given);
+    else ``edit: direction 0 xS`` (the first of the given directions) or ``edit: random direction 0 (seed N) xS``
+    (editing.random_directions), S the strength in W units."""
+    edits = G.factor_edits
+    if edits is not None:
+        return f"edit: {edits.names[int(edits.linear_r2.argmax())]} +2 steps"
+    which = "direction 0" if directions_given else f"random direction 0 (seed {seed})"
+    return f"edit: {which} x{strength:.3g}"
+
+
 def _previews(image: torch.Tensor, pivot: torch.Tensor, tuned: torch.Tensor, edit: torch.Tensor) -> torch.Tensor:
     return torch.cat([image[None], to_unit(torch.stack([pivot, tuned, edit]))]).cpu()

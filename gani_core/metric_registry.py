@@ -57,9 +57,10 @@ _DEFS = (
               headline=True),
     MetricDef("ms_ssim", "multi-scale SSIM (fewer scales below 161 px); 1 = identical", "higher", "image",
               curve=False),
-    MetricDef("lpips", "LPIPS (AlexNet) between the input and the tuned render; 0 = identical", "lower", "image",
-              headline=True),
-    MetricDef("lpips_vgg", "LPIPS (VGG16) between the input and the tuned render", "lower", "image"),
+    MetricDef("lpips", "LPIPS (AlexNet) between the input and the tuned render; 0 = identical; under 64 px it "
+              "barely sees pixel noise (compare at one size only)", "lower", "image", headline=True),
+    MetricDef("lpips_vgg", "LPIPS (VGG16) between the input and the tuned render; its scale depends on the image "
+              "size (compare at one size only)", "lower", "image"),
     MetricDef("locality", "LPIPS between tuned and original renders of latents away from the image; 0 = untouched",
               "lower", "tuning", headline=True),
     MetricDef("edit_consistency", "LPIPS gap between tuned and original opened by editing the pivot", "lower",

@@ -72,6 +72,30 @@ def ms_ssim_note(size: int) -> str | None:
             f"comparable with ms_ssim at {size} px, not with 5-scale MS-SSIM")
 
 
+# LPIPS below this size says little: AlexNet's first layer strides 4 with an 11 px kernel, so a 32 px image is
+# 7 x 7 after it and 1 x 1 by conv3-5; pixel noise barely reaches the features. Measured with gani_core.shapes
+# images and Gaussian pixel noise of sigma 0.03 (psnr 30 dB), mean of 16 (docs/method.md, "Metrics"): lpips 0.027
+# at 32 px, 0.15 at 64 px, 0.49 at 256 px; lpips_vgg 0.32, 0.42, 0.56.
+LPIPS_RESOLVES_FROM = 64
+
+
+def lpips_note(size: int) -> str | None:
+    """The caveat of LPIPS on images whose smaller side is `size` px, one line; None from `LPIPS_RESOLVES_FROM`
+    (64 px) up."""
+    if size >= LPIPS_RESOLVES_FROM:
+        return None
+    return (f"lpips at {size} px: AlexNet's features barely resolve an image under {LPIPS_RESOLVES_FROM} px: the "
+            "same pixel noise (sigma 0.03, psnr 30 dB) scored lpips 0.027 at 32 px, 0.15 at 64 px and 0.49 at 256 px "
+            "(lpips_vgg 0.32, 0.42, 0.56), so a visibly noisy render can score 0.02; compare lpips only between runs "
+            "at the same size, and read it with mse/psnr")
+
+
+def metric_notes(size: int) -> list[str]:
+    """What the image metrics of `size` px images leave out, one line each (`ms_ssim_note`, `lpips_note`): a run's
+    summary states them once (run_folder.summarise, ``notes``)."""
+    return [n for n in (ms_ssim_note(size), lpips_note(size)) if n is not None]
+
+
 def take_over_ms_ssim_note(size: int) -> str | None:
     """`ms_ssim_note(size)`, for a caller that states it once for a whole run (gani_core.invert_files, the flows'
     summary): `ms_ssim` no longer warns about `size` px in this process, so that a run does not say it once per image

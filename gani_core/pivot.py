@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from gani_core.defaults import PIVOT_STEPS
 from gani_core.losses import reconstruction_loss
 from gani_core.networks import Generator
 from gani_core.precision import Precision, autocast
@@ -26,7 +27,7 @@ Progress = Callable[[int, int, float], None]  # (step, total, loss)
 @dataclass(frozen=True)
 class PivotConfig:
     space: Literal["w", "wplus"] = "w"  # one w for all layers (PTI), or one per layer (W+)
-    steps: int = 450                    # PTI's first-inversion steps
+    steps: int = PIVOT_STEPS            # PTI's first-inversion steps
     lr: float = 0.05                    # peak learning rate of the ramp
     lr_rampup: float = 0.05             # fraction of steps warming up
     lr_rampdown: float = 0.25           # fraction of steps cooling down (cosine)

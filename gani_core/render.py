@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +31,16 @@ def render_samples(
     return to_unit(G.synthesis(ws, noise_mode=noise_mode)).cpu()
 
 
-def grid_png(images: torch.Tensor, caption: str = "", columns: int | None = None) -> bytes:
-    """Tile images [N, 3, H, W] in [0, 1] into PNG bytes, with ``caption`` drawn under them and stored as text."""
+def grid_png(images: torch.Tensor, caption: str = "", columns: int | None = None,
+             labels: Sequence[str] = ()) -> bytes:
+    """Tile images [N, 3, H, W] in [0, 1] into PNG bytes. ``labels``, one per column, are drawn in a row under the
+    tiles (the tiles stay at the top left, square cells side by side) and stored as text ("Columns", joined by
+    " | "); ``caption`` is drawn under them and stored as text ("Description")."""
     n, _, h, w = images.shape
     cols = columns or n
     rows = -(-n // cols)
+    if len(labels) > cols:
+        raise ValueError(f"{len(labels)} labels for {cols} columns")
     grid = np.full((rows * h, cols * w, 3), 255, dtype=np.uint8)
     pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     for i in range(n):
@@ -43,19 +48,41 @@ def grid_png(images: torch.Tensor, caption: str = "", columns: int | None = None
         grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = pixels[i]
     img = Image.fromarray(grid)
     info = PngInfo()
-    if caption:
+    if labels:
         font = ImageFont.load_default()
-        lines = _wrap(caption, font, img.width - 4)
-        bar = Image.new("RGB", (img.width, 12 * len(lines) + 2), "white")
-        ImageDraw.Draw(bar).multiline_text((2, 1), "\n".join(lines), fill="black", font=font, spacing=1)
-        canvas = Image.new("RGB", (img.width, img.height + bar.height), "white")
-        canvas.paste(img, (0, 0))
-        canvas.paste(bar, (0, img.height))
-        img = canvas
+        cells = [_wrap(label, font, w - 4) for label in labels]
+        bar = Image.new("RGB", (img.width, _LINE * max(len(c) for c in cells) + 2), "white")
+        draw = ImageDraw.Draw(bar)
+        for c, lines in enumerate(cells):
+            draw.multiline_text((c * w + 2, 1), "\n".join(lines), fill="black", font=font, spacing=1)
+        img = _below(img, bar)
+        info.add_text("Columns", " | ".join(labels))
+    if caption:
+        img = _below(img, _text_bar(caption, img.width))
         info.add_text("Description", caption)
     buf = io.BytesIO()
     img.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
+
+
+_LINE = 12      # pixels per line of the default font, spacing included
+
+
+def _text_bar(text: str, width: int) -> Image.Image:
+    """``text`` wrapped to ``width`` pixels, black on a white bar as wide."""
+    font = ImageFont.load_default()
+    lines = _wrap(text, font, width - 4)
+    bar = Image.new("RGB", (width, _LINE * len(lines) + 2), "white")
+    ImageDraw.Draw(bar).multiline_text((2, 1), "\n".join(lines), fill="black", font=font, spacing=1)
+    return bar
+
+
+def _below(top: Image.Image, bottom: Image.Image) -> Image.Image:
+    """``top`` with ``bottom`` under it, left-aligned, on white."""
+    canvas = Image.new("RGB", (max(top.width, bottom.width), top.height + bottom.height), "white")
+    canvas.paste(top, (0, 0))
+    canvas.paste(bottom, (0, top.height))
+    return canvas
 
 
 def _wrap(text: str, font: ImageFont.ImageFont, width: int) -> list[str]:
@@ -69,14 +96,16 @@ def _wrap(text: str, font: ImageFont.ImageFont, width: int) -> list[str]:
     return lines
 
 
-def save_grid(images: torch.Tensor, uri: str | Path, caption: str = "", columns: int | None = None) -> str:
+def save_grid(images: torch.Tensor, uri: str | Path, caption: str = "", columns: int | None = None,
+              labels: Sequence[str] = ()) -> str:
     """Write :func:`grid_png` atomically to ``uri`` (a path or an fsspec URI); returns the URI."""
-    storage.write_bytes(uri, grid_png(images, caption, columns))
+    storage.write_bytes(uri, grid_png(images, caption, columns, labels))
     return str(uri)
 
 
-def stack_pngs(pngs: Iterable[bytes]) -> bytes | None:
-    """Stack PNG images top to bottom on white into one PNG (None when there are none)."""
+def stack_pngs(pngs: Iterable[bytes], caption: str = "") -> bytes | None:
+    """Stack PNG images top to bottom on white into one PNG (None when there are none), with ``caption`` drawn
+    under them and stored as text ("Description")."""
     tiles = [Image.open(io.BytesIO(data)).convert("RGB") for data in pngs]
     if not tiles:
         return None
@@ -85,6 +114,10 @@ def stack_pngs(pngs: Iterable[bytes]) -> bytes | None:
     for tile in tiles:
         grid.paste(tile, (0, y))
         y += tile.height
+    info = PngInfo()
+    if caption:
+        grid = _below(grid, _text_bar(caption, grid.width))
+        info.add_text("Description", caption)
     buf = io.BytesIO()
-    grid.save(buf, format="PNG")
+    grid.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()

@@ -3,12 +3,13 @@ writing and reading them, and the resume rule.
 
     OUT/rows/IMAGE.METHOD.json          each result's row, written as soon as it is done (what a rerun resumes from)
     OUT/deltas/IMAGE.METHOD.parquet     the encoded weight deltas of one result (gani_core.deltas.DELTAS_SCHEMA)
-    OUT/previews/IMAGE.METHOD.png       input | pivot | tuned | edit
+    OUT/previews/IMAGE.METHOD.png       input | pivot | tuned | edit, each column labelled (the edit: which)
     OUT/configs/CONFIG_HASH.json        each configuration a run used (InvertConfig), written when the run starts
     OUT/metrics.parquet                 one row per image x method (METRICS_SCHEMA): every valid result in the folder
     OUT/summary.json                    the tables: checkpoint, counts, and per method its configs (hash -> config),
                                         failures and means
-    OUT/preview_grid.png                the first previews of the run, stacked
+    OUT/preview_grid.png                the first PREVIEW_GRID_MAX previews of the run, stacked (a caption says
+                                        so when there are more)
 
 The tables hold every valid result of the folder, whichever invocation made it (:meth:`RunFolder.table_rows`): the
 rows of this run, and every other ``rows/*.json`` that is ok with its deltas, or failed. A row names its
@@ -44,9 +45,10 @@ from gani_core import storage
 from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.dataset import ImageSource
 from gani_core.invert import InversionResult, InvertConfig
+from gani_core.measure import PREVIEW_CELLS
 from gani_core.metric_registry import check_names, names, parquet_field
 from gani_core.metric_registry import summarise as summarise_metrics
-from gani_core.metrics import finite_or_none, ms_ssim_note
+from gani_core.metrics import finite_or_none, metric_notes
 from gani_core.render import save_grid, stack_pngs
 
 # The columns shown to people (gani show, gani invert, the Prefect table artifact): a result's ``names("run")``, the
@@ -72,6 +74,31 @@ METRICS_SCHEMA = pa.schema([
 
 PREVIEW_GRID_MAX = 16       # previews in preview_grid.png (all of them are under previews/)
 PREVIEW_CELL_MIN = 192      # preview cells are upscaled (nearest, by a whole factor) to at least this many pixels
+
+
+def preview_labels(edit_label: str | None = None) -> tuple[str, ...]:
+    """The column labels of a preview: input, pivot, tuned, and the edit (measure.preview_edit_label, which says
+    which edit; "edit" where the result does not say)."""
+    return (*PREVIEW_CELLS[:-1], edit_label or PREVIEW_CELLS[-1])
+
+
+def save_preview(result: InversionResult, generator_label: str, uri: str) -> str:
+    """previews/IMAGE.METHOD.png: the result's input, pivot, tuned and edit cells side by side (upscaled by a whole
+    factor to at least PREVIEW_CELL_MIN px), each column labelled (:func:`preview_labels`), then the caption."""
+    caption = f"{result.image_id} | {result.method} | {generator_label}"
+    scale = -(-PREVIEW_CELL_MIN // result.previews.shape[-1])      # small generators' cells are hard to see
+    previews = F.interpolate(result.previews, scale_factor=scale, mode="nearest") if scale > 1 else result.previews
+    # InversionResult.edit_label: set in invert._measure where the edit is chosen (measure.preview_edit_label).
+    labels = preview_labels(result.edit_label)
+    return save_grid(previews, uri, caption=caption, labels=labels)
+
+
+def preview_grid_caption(shown: int, total: int) -> str:
+    """The caption of preview_grid.png, which stacks the previews of the first PREVIEW_GRID_MAX ok results (one
+    per image x method): empty when it shows all ``total`` of them, else how many of how many it shows."""
+    if shown >= total:
+        return ""
+    return f"the first {shown} of {total} previews (all of them are in previews/)"
 
 
 def result_key(image_id: str, method: str) -> str:
@@ -114,8 +141,9 @@ def summarise(rows: list[dict], configs: dict[str, InvertConfig], ckpt: Checkpoi
     hold) its failures, the means of ``names("run")`` (metric_registry.summarise) and ``configs``, the configuration
     of each config hash its rows carry (this run's ``configs``, else ``stored_configs``, from configs/; None when
     no file holds it); ``config`` and ``config_hash``: this run's configuration of the method, or the only one its
-    rows came from. ``notes``, what its numbers leave out, once for the run (MS-SSIM with fewer scales at its
-    resolution). Without ``ckpt`` (a folder read without a run), the checkpoint is the rows'."""
+    rows came from. ``notes``, what its numbers leave out, once for the run (metrics.metric_notes of each
+    resolution its rows have: MS-SSIM with fewer scales, LPIPS under 64 px). Without ``ckpt`` (a folder read
+    without a run), the checkpoint is the rows'."""
     stored_configs = stored_configs or {}
     known = {h: asdict(cfg) for cfg in configs.values() for h in cfg.resume_hashes()}
     order = [*configs, *sorted({r["method"] for r in rows} - set(configs))]
@@ -138,7 +166,7 @@ def summarise(rows: list[dict], configs: dict[str, InvertConfig], ckpt: Checkpoi
         }
     labels = [r["generator_label"] for r in rows if r["status"] == "ok" and r.get("generator_label")]
     devices = sorted({r["device"] for r in rows if r.get("device")})
-    notes = [n for size in sorted({r["resolution"] for r in rows if r.get("resolution")}) if (n := ms_ssim_note(size))]
+    notes = [n for size in sorted({r["resolution"] for r in rows if r.get("resolution")}) for n in metric_notes(size)]
     checkpoints = sorted({r["checkpoint"] for r in rows if r.get("checkpoint")})
     if ckpt is not None:
         spec, sha256, label = ckpt.spec, ckpt.sha256, ckpt.label
@@ -231,10 +259,7 @@ class RunFolder:
         """One result's deltas and preview (its row goes last, with :meth:`write_row`: a row means done)."""
         table = deltas_mod.deltas_table(result.image_id, result.encoded)
         deltas_mod.write_deltas_parquet(table, self.deltas_uri(result.image_id, result.method))
-        caption = f"{result.image_id} | {result.method} | input, pivot, tuned, edit | {generator_label}"
-        scale = -(-PREVIEW_CELL_MIN // result.previews.shape[-1])      # small generators' cells are hard to see
-        previews = F.interpolate(result.previews, scale_factor=scale, mode="nearest") if scale > 1 else result.previews
-        save_grid(previews, self.preview_uri(result.image_id, result.method), caption=caption)
+        save_preview(result, generator_label, self.preview_uri(result.image_id, result.method))
 
     def write_row(self, row: dict) -> None:
         storage.write_bytes(self.row_uri(row["image_id"], row["method"]), json.dumps(row).encode())
@@ -249,9 +274,11 @@ class RunFolder:
         storage.write_parquet(self.metrics_uri, rows_table(rows))
         storage.write_bytes(self.summary_uri, json.dumps(summary, indent=2).encode())
         written = {"metrics.parquet": self.metrics_uri, "summary.json": self.summary_uri}
-        ok = [r for r in rows if r["status"] == "ok"][:PREVIEW_GRID_MAX]
-        previews = storage.read_many([self.preview_uri(r["image_id"], r["method"]) for r in ok]) if ok else {}
-        grid = stack_pngs(d for d in previews.values() if d)
+        ok = [r for r in rows if r["status"] == "ok"]
+        shown = ok[:PREVIEW_GRID_MAX]
+        previews = storage.read_many([self.preview_uri(r["image_id"], r["method"]) for r in shown]) if shown else {}
+        pngs = [d for d in previews.values() if d]
+        grid = stack_pngs(pngs, caption=preview_grid_caption(len(pngs), len(ok)))
         if grid is not None:
             storage.write_bytes(self.grid_uri, grid)
             written["preview_grid.png"] = self.grid_uri

@@ -9,7 +9,10 @@ A call that cannot reach the storage (connection refused or reset, a timeout: an
 again, with exponential backoff, a bounded number of times (:func:`retry_policy`); every retry is logged on this
 module's logger. When the attempts run out it raises :class:`ConnectionError` (an ``OSError``) saying what, where
 and how often it tried. Nothing else is retried: a missing object (``FileNotFoundError``), a refused permission or a
-full disk fails at once.
+full disk fails at once. Credentials the store refuses, or none at all (botocore's ``NoCredentialsError``; an
+``InvalidAccessKeyId``, ``SignatureDoesNotMatch``, ``ExpiredToken`` or ``AccessDenied`` answer) are permanent too:
+they raise :class:`~gani_core.errors.StorageAccessError` at once, one line naming the URI and what to set
+(:func:`access_error`).
 
     GANI_STORAGE_RETRIES    retries after the first attempt (default 4; 0: no retry)
     GANI_STORAGE_BACKOFF    seconds before the first retry, doubled for each next one up to 30 s (default 1)
@@ -20,6 +23,7 @@ over about 10 s unless ``AWS_MAX_ATTEMPTS`` says otherwise).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
@@ -29,7 +33,7 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
@@ -38,6 +42,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
+
+from gani_core.errors import GaniError, StorageAccessError
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +107,65 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, transient_errors()) and not isinstance(exc, FileNotFoundError)
 
 
+# What to set when the store does not accept who we are (or we are nobody): botocore's chain of credentials.
+CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and AWS_ENDPOINT_URL for an "
+                    "S3-compatible store")
+# The S3 error codes that are about the credentials, not the storage: retrying cannot help.
+_REFUSED = {
+    "InvalidAccessKeyId": "the store does not know the AWS access key id",
+    "SignatureDoesNotMatch": "the AWS secret access key does not match the access key id",
+    "ExpiredToken": "the AWS session token has expired",
+    "ExpiredTokenException": "the AWS session token has expired",
+    "InvalidToken": "the AWS session token is not valid",
+    "AccessDenied": "access denied to these AWS credentials",
+    "403": "the store refused access (HTTP 403 Forbidden)",       # a HEAD request's answer carries no code
+}
+
+
+@functools.cache
+def _credential_errors() -> tuple[tuple[type[BaseException], ...], type[BaseException] | None]:
+    """botocore's "no usable credentials" exceptions, and its ClientError (whose code says more); none without
+    botocore."""
+    try:
+        from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
+    except ImportError:
+        return (), None
+    return (NoCredentialsError, PartialCredentialsError), ClientError
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what caused it: s3fs wraps botocore's ClientError in a PermissionError (``__cause__``)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def access_error(exc: BaseException, uri: str | Path) -> StorageAccessError | None:
+    """The one-line :class:`StorageAccessError` for ``uri`` when ``exc`` says that the store has no credentials
+    or refuses them, else None. Never the secret: only the error's code is quoted, not the request."""
+    missing, client_error = _credential_errors()
+    for cause in _chain(exc):
+        if missing and isinstance(cause, missing):
+            what = "no AWS credentials found" if type(cause).__name__ == "NoCredentialsError" else \
+                f"incomplete AWS credentials ({cause})"
+            return StorageAccessError(f"{uri}: {what}: {CREDENTIALS_HINT}")
+        if client_error is not None and isinstance(cause, client_error):
+            code = str(getattr(cause, "response", {}).get("Error", {}).get("Code", ""))
+            if code in _REFUSED:
+                hint = "check that the credentials in use may read and write it" if code == "AccessDenied" else \
+                    f"{CREDENTIALS_HINT.replace('set ', 'check ', 1)}, and that they may read and write it" \
+                    if code == "403" else "renew it (AWS_SESSION_TOKEN, or aws sso login)" if "Token" in code else \
+                    CREDENTIALS_HINT.replace("set ", "check ", 1)
+                said = _REFUSED[code] + ("" if code == "403" else f" ({code})")
+                return StorageAccessError(f"{uri}: {said}: {hint}")
+    return None
+
+
 def with_retries(what: str, uri: str | Path, call: Callable[[], T]) -> T:
     """``call()``, tried again after a transient error (see the module docstring); ``what`` and ``uri`` name it in
-    the log and in the final error."""
+    the log and in the final error. Refused or missing credentials raise StorageAccessError at once."""
     policy = retry_policy()
     started = time.monotonic()
     attempt = 1
@@ -111,6 +173,8 @@ def with_retries(what: str, uri: str | Path, call: Callable[[], T]) -> T:
         try:
             return call()
         except Exception as exc:
+            if (refused := access_error(exc, uri)) is not None:
+                raise refused from exc
             if not _is_transient(exc):
                 raise
             if attempt > policy.retries:
@@ -261,6 +325,8 @@ def _cat(fs: fsspec.AbstractFileSystem, pending: dict[str, str], found: dict[str
     unreachable = None
     for uri, path in list(pending.items()):
         value = got.get(path)
+        if isinstance(value, BaseException) and (refused := access_error(value, uri)) is not None:
+            raise refused from value        # not "missing": no object is readable without credentials
         if isinstance(value, BaseException) and _is_transient(value):
             unreachable = value
             continue
@@ -268,6 +334,45 @@ def _cat(fs: fsspec.AbstractFileSystem, pending: dict[str, str], found: dict[str
         del pending[uri]
     if unreachable is not None:
         raise unreachable
+
+
+def check_folder(uri: str | Path, name: str = "output_uri") -> None:
+    """Refuse, before any work, a folder that a run cannot be written into, in one line: on a local disk an
+    existing file or a path under one (:class:`GaniError`); on a store, one it cannot reach (ConnectionError after
+    the retries) or whose credentials it refuses (StorageAccessError). ``name`` is what the user called it."""
+    fs, path = resolve(uri)
+    if isinstance(fs, LocalFileSystem):
+        target = Path(path).absolute()
+        existing = next(p for p in (target, *target.parents) if p.exists())
+        if not existing.is_dir():
+            where = "is a file" if existing == target else f"is under {existing}, a file"
+            raise GaniError(f"{name} {uri} {where}: give a folder (new, or one of an earlier run to resume)")
+        return
+
+    def ask() -> None:
+        fs.invalidate_cache(path)
+        with contextlib.suppress(FileNotFoundError):
+            fs.info(path)
+
+    with_retries("check", f"{name} {uri}", ask)
+
+
+def must_exist(uri: str | Path, name: str = "input_uri") -> None:
+    """Raise FileNotFoundError (``<name> <uri>: no such folder or object``) unless ``uri`` names something now;
+    like every call here, an unreachable store raises ConnectionError and refused credentials StorageAccessError,
+    both naming ``<name> <uri>``."""
+    fs, path = resolve(uri)
+
+    def found() -> bool:
+        fs.invalidate_cache(path)
+        try:
+            fs.info(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    if not with_retries("check", f"{name} {uri}", found):
+        raise FileNotFoundError(f"{name} {uri}: no such folder or object")
 
 
 def names_under(uri: str) -> set[str]:

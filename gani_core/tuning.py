@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
+from gani_core.defaults import TUNE_STEPS
 from gani_core.editing import sample_regulariser_latents
 from gani_core.gmm import GMMForm, GMMSet
 from gani_core.losses import reconstruction_loss, reconstruction_losses, regulariser_losses
@@ -24,7 +25,7 @@ from gani_core.precision import Precision, autocast
 @dataclass(frozen=True)
 class TuneConfig:
     form: GMMForm = "param-lowrank"     # the GMM form (gmm.py); "full" is PTI
-    steps: int = 350                    # PTI's tuning steps
+    steps: int = TUNE_STEPS             # PTI's tuning steps
     lr: float = 3e-3                    # Adam learning rate of the GMM parameters
     rank: int = 32                      # rank of low-rank GMM forms (8 until issue 11's ablations)
     hidden: int = 32                    # hidden width of the "param" form

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -18,20 +19,29 @@ from prefect.cache_policies import NO_CACHE
 from gani_core import storage
 from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.evaluation.evaluate import evaluate_set
+from gani_core.evaluation.report import HEADLINE, headline
+from gani_core.evaluation.stats import POOLED
 from gani_core.evaluation.suites import Suite, set_images
 from gani_core.metric_registry import METRICS, names
 from tasks import mlflow_runs
 from tasks.inversion import prepare_worker_process, worker_device, worker_generator
-from tasks.mlflow_view import view_columns
+from tasks.mlflow_view import group_by_tag, runs_view, view_columns
 from tasks.storage import storage_retries_logged
 
 # What a child run logs: each curve metric at every budget (``curve_lpips``, the budget as its step), and at the
 # final budget the curve metrics and those only the benchmark computes (drift), with their interval bounds.
 CURVE_METRICS = names("curve")
 FINAL_METRICS = (*CURVE_METRICS, *(n for n in names("benchmark") if METRICS[n].computed == "benchmark"))
-# The experiment's saved runs-table view: the headline metrics among those.
-RUNS_VIEW_COLUMNS = view_columns(tags=("method", "set"),
-                                 metrics=(*(n for n in names("headline") if n in FINAL_METRICS), "images", "failed"))
+# The experiment's saved runs-table view: first the parent run's headline comparisons (gani over pti and pti-reg
+# on every goal, pooled out of the domain, with intervals: report.headline, logged as tags by log_headline), then
+# the child runs' method, set and the headline metrics among FINAL_METRICS.
+VIEW_METRICS = (*(n for n in names("headline") if n in FINAL_METRICS), "images", "failed")
+RUNS_VIEW_COLUMNS = view_columns(tags=(*HEADLINE, "method", "set"), metrics=VIEW_METRICS)
+# The view of the latest flow run alone (the flow writes it after each run, tasks.mlflow_view.runs_url(ID,
+# view=LATEST_VIEW)): its runs pooled out of the domain, grouped by method, one row per method with its means,
+# then the parent's row with the headline comparisons.
+LATEST_VIEW = "gani-latest"
+LATEST_VIEW_COLUMNS = (*view_columns(metrics=VIEW_METRICS), *view_columns(tags=HEADLINE))
 
 
 @task(name="evaluate-set", task_run_name="evaluate-{set_name}-seed{seed}", retries=1, cache_policy=NO_CACHE)
@@ -82,6 +92,32 @@ def log_child_runs(uri: str, experiment_id: str, parent: str, summary: list[dict
         client.set_terminated(run_id, "FINISHED")
         children[f"{method}/{set_name}"] = run_id
     return children
+
+
+def log_headline(uri: str, run_id: str, goals: list[dict]) -> dict[str, str]:
+    """Tag the parent run ``run_id`` with the goals pooled out of the domain, one tag each (report.headline: the
+    value, its interval, the target and whether it is met, under a short name such as ``lpips gani/pti equal
+    time``), so that the runs table shows the comparison on the parent's own row, and with ``set``
+    ``all-out-of-domain`` (the set those are on: the latest view filters on it). Returns the tags."""
+    tags = headline(goals)
+    if tags:
+        tags["set"] = POOLED
+        MlflowClient(tracking_uri=uri).log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    return tags
+
+
+def save_latest_view(uri: str, experiment_id: str, experiment: str, flow_run_id: str, run_name: str,
+                     methods: Iterable[str]) -> str:
+    """Save (over the last one) the view :data:`LATEST_VIEW` of the runs of the Prefect flow run ``flow_run_id``
+    pooled out of the domain: grouped by method, one collapsed row per method of ``methods`` (the means of its
+    child run), the parent run below them ("Additional runs", expanded). Returns the view's key."""
+    state = {"searchFilter": f"tags.prefect_flow_run_id = '{flow_run_id}' and tags.set = '{POOLED}'",
+             "orderByKey": "attributes.start_time", "orderByAsc": True,
+             **group_by_tag("method", {**{m: False for m in methods}, None: True})}
+    key, value = runs_view(experiment, LATEST_VIEW_COLUMNS, key=LATEST_VIEW, name=f"gani: {run_name} by method",
+                           **state)
+    MlflowClient(tracking_uri=uri).set_experiment_tag(experiment_id, key, value)
+    return LATEST_VIEW
 
 
 def _finite(value: object) -> bool:

@@ -13,9 +13,10 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.cli import run_flow_from_shell
 from flows.domain_benchmark import domain_benchmark
 from flows.parameters import ClusterSettings
+from gani_core.evaluation.report import HEADLINE
 from gani_core.evaluation.suites import SUITES
 from gani_core.metric_registry import names
-from tasks.evaluation import CURVE_METRICS, FINAL_METRICS
+from tasks.evaluation import CURVE_METRICS, FINAL_METRICS, LATEST_VIEW
 from tasks.mlflow_view import RUNS_VIEW, runs_url
 
 pytestmark = pytest.mark.services
@@ -57,10 +58,38 @@ def test_the_smoke_suite_reports_to_mlflow_and_a_rerun_keeps_its_parts(tmp_path:
     assert set(children) == {f"{m}/{s}" for m in suite.methods for s in (*suite.sets, "all-out-of-domain")}
     gani_disc = client.get_run(children["gani/disc"])
     assert gani_disc.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    view = json.loads(client.get_experiment(parent.info.experiment_id).tags[f"mlflow.sharedViewState.{RUNS_VIEW}"])
-    columns = json.loads(view["state"])["selectedColumns"]
+    # the parent's own row holds the headline comparison, pooled out of the domain (issue 22): gani over pti per
+    # goal with its interval, target and verdict (no pti-reg in the smoke suite), as goals.json has it
+    pooled = {g["name"]: g for g in first["goals"] if g["set"] == "all-out-of-domain"}
+    assert "lpips gani/pti equal time" in pooled and first["headline"]["goals met"].endswith(f"of {len(pooled)}")
+    lpips_time = pooled["lpips gani/pti equal time"]
+    assert parent.data.tags["lpips gani/pti equal time"] == first["headline"]["lpips gani/pti equal time"]
+    assert parent.data.tags["lpips gani/pti equal time"].startswith(f"{lpips_time['value']:.2f}")
+    assert f"[{lpips_time['lo']:.2f}, {lpips_time['hi']:.2f}] ≤0.7 " in parent.data.tags["lpips gani/pti equal time"]
+    assert {*pooled, "goals met"} <= parent.data.tags.keys() and parent.data.tags["set"] == "all-out-of-domain"
+    # the printed link's view shows those first (the goals met, then each goal), then the children's columns
+    tags = client.get_experiment(parent.info.experiment_id).tags
+    view = json.loads(tags[f"mlflow.sharedViewState.{RUNS_VIEW}"])
+    state = json.loads(view["state"])
+    columns = state["selectedColumns"]
+    assert columns[:len(HEADLINE)] == [f"tags.`{n}`" for n in HEADLINE] and HEADLINE[0] == "goals met"
+    assert state["columnWidths"]["tags.`lpips gani/pti equal time`"] > 150       # the header and value fit
     assert [c for c in columns if c.startswith("metrics.")][:2] == ["metrics.`psnr`", "metrics.`lpips`"]
-    columns = set(columns) - {"metrics.`edit_accuracy`"}   # no factors here
+    # and the view of the latest run alone (the rerun's): its runs pooled out of the domain, one row per method,
+    # then its parent
+    latest = json.loads(json.loads(tags[f"mlflow.sharedViewState.{LATEST_VIEW}"])["state"])
+    assert latest["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "method"}]
+    assert latest["groupsExpanded"] == {**{f"tag.method.{m}": False for m in suite.methods}, "tag.method": True}
+    rerun = client.get_run(second["mlflow_run_id"])
+    assert latest["searchFilter"] == (f"tags.prefect_flow_run_id = '{rerun.data.tags['prefect_flow_run_id']}' "
+                                      "and tags.set = 'all-out-of-domain'")
+    shown = client.search_runs([parent.info.experiment_id], latest["searchFilter"])
+    pooled_children = {second["mlflow_child_run_ids"][f"{m}/all-out-of-domain"] for m in suite.methods}
+    assert {r.info.run_id for r in shown} == {rerun.info.run_id, *pooled_children}
+    assert second["mlflow_views"]["this run by method"] == LATEST_VIEW
+    assert runs_url("7", view=LATEST_VIEW).endswith("/#/experiments/7/runs?workflowType=machine_learning"
+                                                    f"&viewStateShareKey={LATEST_VIEW}")
+    columns = set(columns) - {"metrics.`edit_accuracy`"} - {f"tags.`{n}`" for n in HEADLINE}  # no factors here
     assert columns <= {f"tags.`{k}`" for k in gani_disc.data.tags} | {f"metrics.`{k}`" for k in gani_disc.data.metrics}
     # the metric names of a child run: the registry's curve metrics, and drift, as they were before the registry
     assert set(CURVE_METRICS) == {"seconds", "lpips", "lpips_vgg", "psnr", "locality", "edit_consistency",

@@ -16,7 +16,7 @@ import torch
 from gani_core.checkpoints.ref import resolve_checkpoint
 from gani_core.evaluation import stats
 from gani_core.evaluation.evaluate import benchmark_config, evaluate_set
-from gani_core.evaluation.report import ROWS_SCHEMA, rows_table, write_report
+from gani_core.evaluation.report import HEADLINE, ROWS_SCHEMA, headline, rows_table, write_report
 from gani_core.evaluation.suites import SUITES, Suite, get_suite, set_images
 from gani_core.invert import invert_images
 from gani_core.metric_registry import METRICS, names
@@ -107,6 +107,30 @@ def test_goals_are_reported_per_set_and_pooled() -> None:
     ablation = [g for g in stats.goals(rows, budget=5, a="gani[rank=32]") if g["goal"] == lpips_goal[0]["goal"]]
     assert all(g["method"] == "gani[rank=32]" and g["value"] == pytest.approx(2.0) and not g["met"]
                for g in ablation) and len(ablation) == 3
+
+
+def test_the_headline_is_the_pooled_goals_in_a_few_words_each_under_short_names() -> None:
+    rows = []
+    for s in ("disc", "bg-noise"):
+        for i in range(3):
+            for budget, t in ((5, 1.0), (10, 2.0), (20, 4.0)):
+                rows.append(_row(s, i, "pti", budget, t, 0.4 / t, 0.2))
+                rows.append(_row(s, i, "pti-reg", budget, 2 * t, 0.4 / t, 0.1))
+            rows.append(_row(s, i, "gani", 5, 2.0, 0.1 + 0.01 * i, 0.05))
+    goals = stats.goals(rows, budget=5)
+    pooled = {g["name"]: g for g in goals if g["set"] == "all-out-of-domain"}
+    # gani over pti and over pti-reg, named as the runs table's columns read
+    assert {"lpips gani/pti equal time", "locality gani/pti equal time", "locality gani/pti-reg equal lpips",
+            "lpips gani/pti worst budget"} <= pooled.keys() <= set(HEADLINE)
+    cells = headline(goals)
+    assert set(cells) == {*pooled, "goals met"}
+    g = pooled["lpips gani/pti equal time"]
+    assert cells["lpips gani/pti equal time"] == (f"{g['value']:.2f} [{g['lo']:.2f}, {g['hi']:.2f}] ≤0.7 "
+                                                  f"{'yes' if g['sure'] else 'yes (point)' if g['met'] else 'no'}")
+    reg = pooled["locality gani/pti-reg equal lpips"]
+    assert cells["locality gani/pti-reg equal lpips"].startswith(f"{reg['value']:.2f}{'*' * reg['extrapolated']} [")
+    assert cells["goals met"] == f"{sum(g['met'] for g in pooled.values())} of {len(pooled)}"
+    assert headline([]) == {}
 
 
 def test_suites_are_valid_and_unknown_names_are_refused() -> None:

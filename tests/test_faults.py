@@ -42,12 +42,13 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from flows.fan_out import invert_dataset_on_dask
 from flows.invert_dataset import invert_dataset
 from flows.parameters import ClusterSettings, InversionSettings
+from flows.reports import EveryResultFailedError
 from gani_core import CheckpointError, storage
 from gani_core.checkpoints.ref import resolve_checkpoint
 from gani_core.dataset import list_images
 from gani_core.images import read_image_bytes
 from gani_core.invert import method_config
-from gani_core.metrics import ms_ssim_note
+from gani_core.metrics import metric_notes, ms_ssim_note
 from gani_core.run_folder import RunFolder
 from tasks.inversion import warm_worker
 
@@ -342,7 +343,8 @@ def test_the_flow_process_killed_mid_run_is_resumed_with_only_the_missing_images
     said = [m for m in logs if killed.info.run_id in m]
     assert len(said) == 1 and "marked KILLED" in said[0] and f"flow run {killed_flow_run} marked Crashed" in said[0]
     # The caveat of MS-SSIM at 32 px, once for the run (the workers leave it to the flow).
-    assert [m for m in logs if "scales" in m] == [ms_ssim_note(32)] == summary["notes"]
+    assert [m for m in logs if "scales" in m] == [ms_ssim_note(32)]
+    assert summary["notes"] == metric_notes(32)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -548,7 +550,16 @@ def test_a_checkpoint_the_workers_cannot_read_fails_each_image_with_the_reason(k
         path.write_bytes(pickle.dumps(_RunsCode(f"touch {marker}"), protocol=2))
         reason = r"UnsafeCheckpointError: refused an unsafe checkpoint.*system.*"
     folder = RunFolder(str(tmp_path / "out"))
-    summary = run_flow(str(shapes), folder.uri, dask, mlflow_dir, checkpoint=str(path), limit=2).result()
+    state = run_flow(str(shapes), folder.uri, dask, mlflow_dir, checkpoint=str(path), limit=2)
+    assert state.is_failed()
+    if kind == "corrupt":           # its header says how long it is: refused up front (check_format), issue 22
+        with pytest.raises(CheckpointError, match=rf"^{reason.removeprefix('CheckpointError: ')}$"):
+            state.result()
+        assert not (tmp_path / "out").exists()
+        return
+    with pytest.raises(EveryResultFailedError, match=r"^every image failed \(2 of 2\)") as every:
+        state.result()              # every image failed: the flow run is Failed, after its tables (issue 22)
+    summary = every.value.summary
     assert (summary["images"], summary["ok"], summary["failed"]) == (2, 0, 2)
     rows = metrics_rows(folder)
     assert sorted(rows) == image_ids(2)

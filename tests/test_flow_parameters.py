@@ -12,11 +12,12 @@ from flows.domain_benchmark import domain_benchmark
 from flows.invert_dataset import invert_dataset
 from flows.nightly_benchmark import nightly_benchmark
 from flows.parameters import ClusterSettings, InversionSettings
-from gani_core import build_builtin, invert_files
+from gani_core import build_builtin, defaults
 from gani_core.cli import main as cli_main
+from gani_core.defaults import CPU_BATCH_SIZE
 from gani_core.evaluation.suites import SUITES
 from gani_core.invert import method_config
-from gani_core.invert_files import CPU_BATCH_SIZE, auto_batch_size
+from gani_core.invert_files import auto_batch_size
 
 
 def test_defaults_are_the_library_configs() -> None:
@@ -89,7 +90,7 @@ def test_batch_size_is_a_count_or_auto_from_the_shell() -> None:
 def test_help_texts_state_the_auto_batch_size_the_code_uses_on_a_cpu(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """`gani invert --help`, the flows' parameter description (Prefect's form) and their shell help say what
-    ``auto`` means on a CPU: invert_files.CPU_BATCH_SIZE, which auto_batch_size returns there."""
+    ``auto`` means on a CPU: defaults.CPU_BATCH_SIZE, which auto_batch_size returns there."""
     stated = f"{CPU_BATCH_SIZE} on a CPU"
     assert auto_batch_size(build_builtin(16), method_config("gani")) == CPU_BATCH_SIZE
     described = invert_dataset.parameters.model_dump()["definitions"]["InversionSettings"]["properties"]
@@ -98,7 +99,7 @@ def test_help_texts_state_the_auto_batch_size_the_code_uses_on_a_cpu(
         with pytest.raises(SystemExit):
             show_help()
         assert stated in " ".join(capsys.readouterr().out.split())
-    monkeypatch.setattr(invert_files, "CPU_BATCH_SIZE", CPU_BATCH_SIZE + 3)      # the CLI reads it, not a copy
+    monkeypatch.setattr(defaults, "CPU_BATCH_SIZE", CPU_BATCH_SIZE + 3)      # the CLI reads it, not a copy
     with pytest.raises(SystemExit):
         cli_main(["invert", "--help"])
     assert f"{CPU_BATCH_SIZE + 3} on a CPU" in " ".join(capsys.readouterr().out.split())

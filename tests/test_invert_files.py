@@ -18,7 +18,7 @@ from safetensors import safe_open
 from gani_core import load_generator
 from gani_core.cli import main as cli_main
 from gani_core.images import load_image
-from gani_core.metrics import ms_ssim_note, mse
+from gani_core.metrics import metric_notes, ms_ssim_note, mse
 from gani_core.run_folder import METRICS_SCHEMA
 
 from .conftest import EXAMPLES, PHOTO_NAMES, REPO
@@ -33,7 +33,7 @@ def _argv(images: Path, out: Path) -> list[str]:
 def run(photos_with_broken: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One small run: two photos and a corrupt file, gani and wplus, on the 32 px built-in generator."""
     out = tmp_path_factory.mktemp("run") / "out"
-    assert cli_main(_argv(photos_with_broken, out)) == 0
+    assert cli_main(_argv(photos_with_broken, out)) == 1     # the corrupt file's rows failed, the others are ok
     return out
 
 
@@ -115,14 +115,14 @@ def test_a_rerun_resumes_computing_only_what_is_missing(run, photos_with_broken,
     argv = _argv(photos_with_broken, run)
     files = sorted(p for sub in ("rows", "deltas", "previews") for p in (run / sub).iterdir())
     before = {p: p.stat().st_mtime_ns for p in files}
-    assert cli_main(argv) == 0
+    assert cli_main(argv) == 1                          # the kept failure of the corrupt image still counts
     assert {p: p.stat().st_mtime_ns for p in files} == before
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["skipped"], summary["computed"]) == (6, 0)
     assert "6 kept from an earlier run" in capsys.readouterr().err
 
     (run / "rows" / "coffee.wplus.json").unlink()
-    assert cli_main(argv) == 0
+    assert cli_main(argv) == 1
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["skipped"], summary["computed"]) == (5, 1)
     assert (run / "rows" / "coffee.wplus.json").is_file()
@@ -145,7 +145,7 @@ def test_gani_invert_prints_the_ms_ssim_caveat_once(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [line for line in (done.stdout + done.stderr).splitlines() if "scales" in line] == [ms_ssim_note(32)]
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["notes"] == [ms_ssim_note(32)]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["notes"] == metric_notes(32)
 
 
 def test_each_run_in_one_process_states_the_ms_ssim_caveat_once(tmp_path, caplog, recwarn):
@@ -233,7 +233,7 @@ def test_images_with_one_name_in_two_folders_keep_their_source(tmp_path, capsys)
     (photos / "b" / "c" / "img.png").write_bytes(b"not an image")
     out = tmp_path / "out"
     assert cli_main(["invert", str(photos), "--checkpoint", "builtin-random:32", "--method", "w", "--pivot-steps",
-                     "1", "--out", str(out), "--quiet"]) == 0
+                     "1", "--out", str(out), "--quiet"]) == 1     # img.png is not an image: its row failed
     expected = {"img": f"{photos}/a/img.jpg", "img-1": f"{photos}/b/c/img.png", "img-2": f"{photos}/b/img.jpg"}
     table = pq.read_table(out / "metrics.parquet").to_pylist()
     assert {r["image_id"]: r["source"] for r in table} == expected

@@ -126,6 +126,29 @@ def test_lpips_metrics_take_unit_range_images(example_photos: torch.Tensor) -> N
     assert torch.allclose(metrics.lpips(a, b), lpips_distance(a * 2 - 1, b * 2 - 1, "alex"))
 
 
+def test_lpips_note_only_under_64_px_and_beside_the_ms_ssim_note() -> None:
+    note = metrics.lpips_note(32)
+    assert note.startswith("lpips at 32 px: ") and "0.027 at 32 px" in note and "mse/psnr" in note
+    assert "scales" not in note and "\n" not in note     # one line; the ms_ssim-note filters stay one line
+    assert metrics.lpips_note(63) is not None and metrics.lpips_note(64) is None and metrics.lpips_note(256) is None
+    assert metrics.metric_notes(32) == [metrics.ms_ssim_note(32), note]
+    assert metrics.metric_notes(64) == [metrics.ms_ssim_note(64)] and metrics.metric_notes(256) == []
+
+
+def test_lpips_barely_sees_pixel_noise_at_32_px() -> None:
+    """The figures of `lpips_note` (4 of its 16 images): the same Gaussian pixel noise (sigma 0.03, psnr 30 dB) on
+    shapes images scores about 0.03 at 32 px and about 0.5 at 256 px, where psnr is the same."""
+    from gani_core.shapes.domain import sample_images
+
+    scores, psnrs = {}, {}
+    for size in (32, 256):
+        images = (sample_images(4, size, torch.Generator().manual_seed(0))[0] + 1) / 2
+        noisy = (images + 0.03 * torch.randn(images.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+        scores[size], psnrs[size] = metrics.lpips(images, noisy).mean(), metrics.psnr(images, noisy).mean()
+    assert abs(psnrs[32] - psnrs[256]) < 0.5
+    assert scores[32] < 0.05 and scores[256] > 0.3 and scores[256] > 8 * scores[32]
+
+
 def test_to_unit_clamps_renders_then_maps_to_unit_range() -> None:
     render = torch.tensor([-7.0, -1.0, 0.0, 0.5, 1.0, 3.0])
     assert metrics.to_unit(render).tolist() == [0.0, 0.0, 0.5, 0.75, 1.0, 1.0]

@@ -14,6 +14,7 @@ from gani_core.checkpoints.ref import resolve_checkpoint
 from gani_core.dataset import image_sources, list_images
 from gani_core.invert import method_config
 from gani_core.metric_registry import METRICS, names
+from gani_core.metrics import lpips_note, ms_ssim_note
 from gani_core.run_folder import (
     DISPLAY_COLUMNS,
     METRICS_SCHEMA,
@@ -102,6 +103,18 @@ def test_summary_means_are_over_ok_rows_with_a_value() -> None:
     assert tuple(means) == names("run")
     assert means["lpips"] == pytest.approx(0.25) and means["delta_bytes"] == pytest.approx(300.0)
     assert means["edit_accuracy"] is None and means["mse"] is None
+
+
+@pytest.mark.parametrize(("sizes", "notes"), [
+    ((32,), [ms_ssim_note(32), lpips_note(32)]),
+    ((256,), []),
+    ((64,), [ms_ssim_note(64)]),
+    ((32, 32, 256, 64), [ms_ssim_note(32), lpips_note(32), ms_ssim_note(64)]),      # one note per size, once
+])
+def test_summary_notes_say_once_per_size_what_its_metrics_leave_out(sizes: tuple[int, ...], notes: list) -> None:
+    rows = [complete_row({"image_id": f"i{n}", "method": "gani", "status": "ok", "error": None, "resolution": size},
+                         CFG, CKPT) for n, size in enumerate(sizes)]
+    assert summarise(rows, {"gani": CFG}, CKPT, "out", started=0.0)["notes"] == notes
 
 
 def test_resume_keeps_ok_rows_with_deltas_for_the_same_bytes_checkpoint_and_config(images, tmp_path: Path) -> None:

@@ -9,7 +9,9 @@ A spec is what users type after ``--checkpoint``:
 
 :func:`resolve_checkpoint` parses the spec and hashes what it names, without loading a generator: the flow
 resolves once and hands the small, picklable reference to its tasks; each worker then loads it
-(:meth:`CheckpointRef.load`). The sha256 is the checkpoint part of every result's key (the resume rule):
+(:meth:`CheckpointRef.load`). :func:`check_format` refuses, from a few bytes and without loading weights, a file
+that is no checkpoint at all (a text file named ``g.pkl``) or one cut short: said once, up front, rather than by
+every worker for every image. The sha256 is the checkpoint part of every result's key (the resume rule):
 
 - a file or URI: the sha256 of its bytes (a URI's download is checked against it on every machine);
 - ``builtin``: of the shipped weights file's and its factor probe's hashes (the probe measures edit_accuracy);
@@ -134,6 +136,62 @@ def resolve_checkpoint(spec: str | Path) -> CheckpointRef:
         raise CheckpointError(f"{spec}: the checkpoint file is empty")
     path = path.resolve()
     return CheckpointRef(spec, origin, str(path), None, _file_sha256(path), _native_label(path) or path.name)
+
+
+FORMATS = "an NVIDIA network pickle (.pkl), a rosinality .pt or a gani .safetensors"
+_ZIP_MAGIC = b"PK\x03\x04"                # torch.save's zip format
+_ZIP_END = b"PK\x05\x06"                  # a zip's end of central directory, in its last 64 KiB + 22 bytes
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."   # torch.save's legacy (non-zip) format
+_MAX_HEADER = 100 << 20                    # a safetensors JSON header larger than this is not one
+
+
+def check_format(ref: CheckpointRef) -> None:
+    """Refuse, in one line, a checkpoint file that is not one of the formats :func:`load_generator` reads, or one
+    visibly cut short: the magic bytes of each format, a safetensors header against the file's size, a zip's end
+    record, a pickle's final STOP opcode. Reads a few bytes (a safetensors header); never loads weights, so a file
+    that passes may still fail to load (a hostile pickle is refused by the loader). Built-ins pass.
+
+    Raises :class:`CheckpointError`. The flow calls it after :func:`resolve_checkpoint`, before anything starts.
+    """
+    if ref.origin in ("builtin", "builtin-random"):
+        return
+    problem = format_problem(ref.local_path())
+    if problem:
+        raise CheckpointError(f"{ref.spec}: {problem}")
+
+
+def format_problem(path: Path) -> str | None:
+    """What is wrong with the checkpoint file ``path`` as far as its first and last bytes tell, else None."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(32)
+        if head.startswith(_ZIP_MAGIC):
+            f.seek(max(0, size - (1 << 16) - 22))
+            return None if _ZIP_END in f.read() else \
+                f"a torch zip file without its end record: truncated ({size} bytes)"
+        if head.startswith(_LEGACY_TORCH_MAGIC):
+            return None
+        if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:       # a pickle (protocol 2 to 5)
+            f.seek(size - 1)
+            return None if f.read(1) == b"." else f"a pickle cut short (no STOP opcode at its end, {size} bytes)"
+        n = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
+        if head[8:9] == b"{" and 2 <= n <= min(size - 8, _MAX_HEADER):
+            f.seek(8)
+            return _safetensors_problem(f.read(n), size)
+    return f"not a checkpoint this tool reads (it starts with {head[:16]!r}; expected {FORMATS})"
+
+
+def _safetensors_problem(header: bytes, size: int) -> str | None:
+    """A safetensors file's problem from its JSON header: unreadable, or describing more bytes than there are."""
+    try:
+        entries = json.loads(header)
+        end = max((int(v["data_offsets"][1]) for k, v in entries.items() if k != "__metadata__"), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        return f"corrupt safetensors file (unreadable header: {type(exc).__name__}: {exc})"
+    expected = 8 + len(header) + end
+    if size < expected:
+        return f"corrupt safetensors file (truncated: its header describes {expected} bytes, the file has {size})"
+    return None
 
 
 def _resolve_uri(uri: str) -> CheckpointRef:

@@ -98,6 +98,34 @@ def write_report(rows: list[dict], out: str, suite: Suite, split: str, header: s
     return Report(written, summary, goals)
 
 
+# The short names of :func:`headline`, in the order MLflow's runs table shows them (tasks/evaluation.py): how many
+# goals are met, gani against pti and against pti-reg in the first two goals, then the others.
+_FIRST = ("lpips gani/pti equal time", "locality gani/pti-reg equal lpips")
+HEADLINE: tuple[str, ...] = ("goals met", *_FIRST, *(g.name for g in stats.GOALS if g.name not in _FIRST))
+
+
+def headline(goals: list[dict], set_name: str = stats.POOLED) -> dict[str, str]:
+    """The goals of ``set_name`` (pooled out of the domain) in a few words each, by short name, for a table cell:
+    ``{"lpips gani/pti equal time": "0.98 [0.76, 1.24] ≤0.7 no", ..., "goals met": "2 of 6"}``. ``*`` after
+    the value: extrapolated (the baseline's curve did not reach as far; the ratio flatters gani); ``yes (point)``:
+    the point estimate meets the target, the interval does not wholly."""
+    mine = [g for g in goals if g["set"] == set_name]
+    out = {}
+    for g in mine:
+        sign = "≤" if g["below"] else "≥"
+        met = ("yes" if g["sure"] else "yes (point)") if g["met"] else "no"
+        star = "*" if g["extrapolated"] else ""
+        out[g["name"]] = (f"{_fmt2(g['value'])}{star} [{_fmt2(g['lo'])}, {_fmt2(g['hi'])}] "
+                          f"{sign}{g['target']:g} {met}")
+    if mine:
+        out["goals met"] = f"{sum(g['met'] for g in mine)} of {len(mine)}"
+    return out
+
+
+def _fmt2(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.2f}"
+
+
 def _fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
 

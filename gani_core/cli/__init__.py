@@ -1,0 +1,67 @@
+"""The ``gani`` command line: invert images into a generator without an orchestrator, and the tools around it.
+
+    gani invert IMAGES... --out RUN     invert images with gani and the baselines into a run folder (resumes)
+    gani show RUN                       a run's table and per-method means
+    gani export RUN IMAGE_ID --out F    one image's tuned generator as a gani .safetensors checkpoint
+    gani metrics A B                    mse, psnr, ms_ssim, lpips, lpips_vgg of two images
+    gani info CHECKPOINT                what a checkpoint holds, as JSON
+    gani render CHECKPOINT --out F      a grid of seeded samples
+    gani shapes OUT                     images of the built-in generator's domain (or, --kind, out of it) with
+                                        their true factors
+    gani train-builtin                  train the built-in generator (docs/builtin.md)
+
+Every command ends with one of the exit codes of :data:`EXIT_CODES`, and every failure is one line on stderr, never
+a traceback. The parser (gani_core.cli.parser) imports no torch: help and argument errors answer at once; each
+command's module (gani_core.cli.NAME) imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from gani_core.cli.common import EXIT_CODES, Interrupted
+from gani_core.cli.parser import build_parser
+from gani_core.errors import GaniError
+
+__all__ = ["EXIT_CODES", "build_parser", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``gani`` command; its exit code (argparse's own errors exit 2 through SystemExit)."""
+    command = "gani"
+    try:
+        args = build_parser().parse_args(argv)
+        command = f"gani {args.command}"
+        check = getattr(args, "check", None)
+        if check is not None:
+            check(args)         # torch-free checks across options, before the command's imports
+        return importlib.import_module(f"gani_core.cli.{args.module}").run(args)
+    except Interrupted as exc:
+        return _say(f"{command}: interrupted: {exc}", 130)
+    except KeyboardInterrupt:
+        return _say(f"{command}: interrupted", 130)
+    except BrokenPipeError:
+        # The reader went away (`gani info builtin | head`): nothing left to say to it, and nothing to flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (GaniError, ValueError, OSError) as exc:
+        # Bad usage or input: a missing file, an image or checkpoint that cannot be read, a value out of range, an
+        # output that cannot be written (FileNotFoundError and the other OSErrors say which path).
+        return _say(f"{command}: error: {exc}", 2)
+    except Exception as exc:
+        if os.environ.get("GANI_DEBUG"):
+            raise
+        return _say(f"{command}: failed: {type(exc).__name__}: {_one_line(exc)} (GANI_DEBUG=1 shows where)", 3)
+
+
+def _say(line: str, code: int) -> int:
+    print(_one_line(line), file=sys.stderr)
+    return code
+
+
+def _one_line(text: object) -> str:
+    """``text`` on one line: a message with line breaks (a library's) joined, its spaces otherwise kept."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip()) or "(no message)"
