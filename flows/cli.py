@@ -175,7 +175,7 @@ def print_summary(flow: Flow, summary: dict) -> None:
     counts = ("images", "ok", "failed", "skipped", "computed") if images else ("rows", "failed", "ok")
     print(json.dumps({k: summary[k] for k in counts if k in summary}))
     print("written: " + ", ".join(summary.get("written", {}).values()))
-    if images:
+    if images and summary.get("ok"):
         print(f"previews under {storage.join(summary['output'], 'previews')}; see them with: "
               f".venv/bin/gani show {summary['output']}")
     print(f"MLflow run {summary['mlflow_run_id']}: open the UI with .venv/bin/mlflow ui --backend-store-uri "

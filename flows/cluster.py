@@ -4,6 +4,7 @@ for the run and sized to the machine."""
 from __future__ import annotations
 
 import os
+import time
 from contextlib import AbstractContextManager, nullcontext
 
 import distributed
@@ -92,3 +93,41 @@ def release_future(future: PrefectFuture) -> None:
     wrapped = getattr(future, "wrapped_future", None)
     if isinstance(wrapped, distributed.Future):
         wrapped.release()
+
+
+WINDOW_PER_THREAD = 2       # tasks submitted and not yet read, per worker thread: one running, one queued behind it
+WINDOW_MIN = 4
+WINDOW_WITHOUT_DASK = 16    # a task runner whose workers cannot be asked (not Dask)
+WINDOW_RECHECK_S = 10.0     # how often the workers are counted again (an adaptive cluster grows with its queue)
+
+
+def worker_threads(runner: object) -> int | None:
+    """The task threads of the Dask workers behind ``runner`` now (a started DaskTaskRunner: its client asks the
+    scheduler), or None when ``runner`` is not Dask's or the scheduler does not answer."""
+    if not isinstance(runner, DaskTaskRunner):
+        return None
+    try:
+        return sum(runner.client.nthreads().values())
+    except Exception:       # a scheduler gone: the submissions will say so
+        return None
+
+
+class SubmissionWindow:
+    """How many tasks a fan-out keeps submitted and not yet read: ``fixed`` when given, else
+    WINDOW_PER_THREAD x the workers' threads (at least WINDOW_MIN; WINDOW_WITHOUT_DASK when they cannot be
+    counted), counted again every WINDOW_RECHECK_S seconds, so that workers that join (an adaptive cluster, a
+    worker restarted after a kill) get work."""
+
+    def __init__(self, runner: object, fixed: int | None = None, clock=time.monotonic) -> None:
+        self.runner, self.fixed, self.clock = runner, fixed, clock
+        self._size, self._checked = 0, float("-inf")
+
+    def size(self) -> int:
+        if self.fixed:
+            return max(1, self.fixed)
+        now = self.clock()
+        if now - self._checked >= WINDOW_RECHECK_S:
+            threads = worker_threads(self.runner)
+            self._size = WINDOW_WITHOUT_DASK if threads is None else max(WINDOW_MIN, WINDOW_PER_THREAD * threads)
+            self._checked = now
+        return self._size

@@ -4,16 +4,19 @@ images each), write the tables (every valid result of the folder, the earlier ru
 
 from __future__ import annotations
 
+import queue
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import dask
 from prefect import flow, get_run_logger
-from prefect.futures import as_completed
+from prefect.context import FlowRunContext
+from prefect.futures import PrefectFuture
 
-from flows.cluster import api_url_for_workers, dask_task_runner, release_future
+from flows.cluster import SubmissionWindow, api_url_for_workers, dask_task_runner, release_future
 from flows.parameters import ClusterSettings, InversionSettings
+from flows.progress import FinishedImagesLog, ProgressArtifact
 from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.dataset import ImageSource
 from gani_core.invert import InvertConfig
@@ -22,54 +25,85 @@ from tasks.inversion import invert_on_worker
 from tasks.storage import reusable_rows, storage_retries_logged, write_tables
 
 
+class Batches:
+    """The (images, configuration) batches of a run: the fan-out's parameter. Prefect stores every flow parameter
+    in its database as JSON; a list of them would be 1.1 MB for 10,000 images at 64 per task (5.3 MB at 1 per task,
+    3.7 s to encode) and hundreds of MB for a million. This has no JSON form, so Prefect stores ``<Batches>`` in its
+    place (Flow.serialize_parameters' fallback for what fastapi's jsonable_encoder cannot encode: no fields, not
+    iterable); its ``repr`` says how many."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[tuple[list[ImageSource], InvertConfig]]) -> None:
+        self._items = items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Batches({len(self._items)} task(s), {self.images()} image(s))"
+
+    def images(self) -> int:
+        return sum(len(images) for images, _ in self._items)
+
+    def items(self) -> list[tuple[list[ImageSource], InvertConfig]]:
+        return list(self._items)
+
+
 @flow(name="invert-images-on-dask", validate_parameters=False)
-def invert_images_on_dask(work: list[tuple[list[ImageSource], InvertConfig]], ckpt: CheckpointRef,
-                          folder: RunFolder, batch_size: int | str = 1, gpu: bool = False) -> list[dict]:
+def invert_images_on_dask(work: Batches | list[tuple[list[ImageSource], InvertConfig]], ckpt: CheckpointRef,
+                          folder: RunFolder, batch_size: int | str = 1, gpu: bool = False,
+                          window: int | None = None) -> list[dict]:
     """One ``invert-images`` task per (batch of images, configuration) on this subflow's Dask task runner (built
-    by the caller at call time); the rows. A task that raised (after its retry) gives failed rows here, not
-    written to ``rows/``, so that a rerun tries those images again.
+    by the caller at call time); the rows, in no particular order. A task that raised (after its retry), or that
+    Dask gave up on (``KilledWorker``), gives failed rows here, not written to ``rows/``, so that a rerun tries
+    those images again.
+
+    Tasks are submitted as workers free up: at most ``window`` of them submitted and not yet read (default:
+    flows.cluster.SubmissionWindow, 2 per worker thread), so that the flow holds a window of futures, not one per
+    task, and the scheduler a window of tasks. Progress goes to the log and one progress artifact at a cadence
+    (flows.progress), not a line per image.
 
     A worker lost in the middle of a task (killed, out of memory) is Dask's to handle: the scheduler runs the task
     again on another worker. Each task's result is released as soon as it is read, so that a worker lost later
     does not make Dask compute finished tasks again (their files written a second time, maybe after the tables)."""
-    # With gpu, every task asks the scheduler for one unit of the workers' `GPU` resource.
-    with dask.annotate(resources={"GPU": 1}) if gpu else nullcontext():
-        futures = [invert_on_worker.submit(images, cfg, ckpt, folder, batch_size) for images, cfg in work]
-    batch_of = {future: batch for future, batch in zip(futures, work, strict=True)}
-    progress = FinishedImagesLog(total=sum(len(images) for images, _ in work))
+    logger = get_run_logger()
+    work = work.items() if isinstance(work, Batches) else work
+    size = SubmissionWindow(FlowRunContext.get().task_runner, window)
+    total = sum(len(images) for images, _ in work)
+    logger.info("%s image(s) in %s task(s), at most %d submitted at a time", f"{total:,}", f"{len(work):,}",
+                size.size())
+    progress = FinishedImagesLog(total, logger, report=ProgressArtifact(logger))
+    finished: queue.SimpleQueue[PrefectFuture] = queue.SimpleQueue()   # filled by Dask's callback thread
+    unread: dict[PrefectFuture, tuple[list[ImageSource], InvertConfig]] = {}
+    todo = iter(work)
+
+    def submit_more() -> None:
+        # With gpu, every task asks the scheduler for one unit of the workers' `GPU` resource.
+        with dask.annotate(resources={"GPU": 1}) if gpu else nullcontext():
+            while len(unread) < size.size() and (batch := next(todo, None)) is not None:
+                future = invert_on_worker.submit(*batch, ckpt, folder, batch_size)
+                unread[future] = batch
+                future.add_done_callback(finished.put)
+
+    submit_more()
     rows = []
-    for future in as_completed(futures):
-        images, cfg = batch_of[future]
-        result = future.result(raise_on_failure=False)
+    while unread:
+        future = finished.get()         # blocks until a task ends: no polling
+        images, cfg = unread.pop(future)
+        try:
+            result = future.result(raise_on_failure=False)
+        except Exception as exc:        # the Dask future itself failed (KilledWorker: its workers died 3 times)
+            result = exc
         release_future(future)
+        submit_more()
         if not isinstance(result, list):
             result = [failed_row(image.image_id, cfg, ckpt, f"{type(result).__name__}: {result}",
                                  source=image.source_path) for image in images]
         progress.done(result)
         rows.extend(result)
+    progress.finish()
     return rows
-
-
-class FinishedImagesLog:
-    """One log line per finished image: done / total, its lpips (or why it failed), and the time left."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.count, self.started = total, 0, time.perf_counter()
-        self.logger = get_run_logger()
-
-    def done(self, rows: list[dict]) -> None:
-        for row in rows:
-            self.count += 1
-            elapsed = time.perf_counter() - self.started
-            left = elapsed / self.count * (self.total - self.count)
-            what = f"lpips {row['lpips']:.4f}" if row["status"] == "ok" else f"failed: {row['error']}"
-            self.logger.info("%d/%d %s [%s]: %s; about %s left", self.count, self.total, row["image_id"],
-                             row["method"], what, _duration(left))
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else \
-        f"{seconds / 3600:.1f} h"
 
 
 @dataclass
@@ -106,8 +140,8 @@ def invert_dataset_on_dask(input_uri: str, images: list[ImageSource], folder: Ru
     if work:
         with api_url_for_workers():
             runner = dask_task_runner(cluster, len(work))
-            new_rows = invert_images_on_dask.with_options(task_runner=runner)(work, ckpt, folder, settings.batch_size,
-                                                                              cluster.gpu)
+            new_rows = invert_images_on_dask.with_options(task_runner=runner)(Batches(work), ckpt, folder,
+                                                                              settings.batch_size, cluster.gpu)
         new = {(r["image_id"], r["method"]): r for r in new_rows}
     wall = time.perf_counter() - t0
     rows = [kept.get((image.image_id, m)) or new[(image.image_id, m)] for image in images for m in configs]

@@ -91,7 +91,7 @@ def invert_dataset(
                   **mlflow_runs.run_params(ckpt, input_uri, folder, limit), "batch_size": inversion.batch_size}
         metrics = mlflow_runs.aggregate(run.rows, len(run.kept), run.wall_seconds, run.summary["computed"])
         mlflow_runs.log_results(mlflow.uri, mlflow.run_id, params, metrics, artifacts=run.written.values())
-        mlflow_runs.log_image_table(mlflow.uri, mlflow.run_id, run.rows, folder)
+        mlflow_runs.log_image_table(mlflow.uri, mlflow.run_id, run.rows, folder, computed=run.summary["computed"])
     s = run.summary
     rows_artifact(run.rows, "invert-dataset-metrics", f"{method} on {input_uri}: one row per image")
     summary_artifact("invert-dataset-summary", f"invert-dataset: {method}", {

@@ -29,6 +29,7 @@ class ImageSource:
     source: str         # a local path or an fsspec URI
     image_id: str       # the file stem, unique within the run
     input_path: str | None = None   # the path relative to the input root (rows' `source`); None: ``source``
+    stat: str | None = None         # storage.fingerprint from the listing (rows' `source_stat`); None: not listed
 
     @property
     def source_path(self) -> str:
@@ -56,11 +57,13 @@ def image_ids(sources: list[str]) -> list[str]:
     return ids
 
 
-def image_sources(sources: list[str], input_paths: list[str] | None = None) -> list[ImageSource]:
-    """``sources`` (paths or URIs, in the order given) with their ids, and their paths relative to the input root
-    (default: each source as given)."""
+def image_sources(sources: list[str], input_paths: list[str] | None = None,
+                  stats: list[str | None] | None = None) -> list[ImageSource]:
+    """``sources`` (paths or URIs, in the order given) with their ids, their paths relative to the input root
+    (default: each source as given) and their listings' fingerprints (default: none)."""
     paths = input_paths if input_paths is not None else sources
-    return [ImageSource(s, i, p) for s, i, p in zip(sources, image_ids(sources), paths, strict=True)]
+    stats = stats if stats is not None else [None] * len(sources)
+    return [ImageSource(s, i, p, f) for s, i, p, f in zip(sources, image_ids(sources), paths, stats, strict=True)]
 
 
 def list_images(input_uri: str, limit: int | None = None) -> list[ImageSource]:
@@ -77,10 +80,10 @@ def list_images(input_uri: str, limit: int | None = None) -> list[ImageSource]:
     fs, root = storage.resolve(input_uri)
     # Retried while the storage cannot be reached, which then raises ConnectionError naming input_uri: s3fs's own
     # exists() and isfile() answer False instead (for a bucket's root), and the input would look missing.
-    paths = storage.with_retries("list", f"input_uri {input_uri}", functools.partial(_files, fs, root))
-    if paths is None:
+    found = storage.with_retries("list", f"input_uri {input_uri}", functools.partial(_files, fs, root))
+    if found is None:
         raise FileNotFoundError(f"input_uri {input_uri}: no such folder or object")
-    visible = [p for p in paths if not any(part.startswith(".") and part not in (".", "..")
+    visible = [p for p in found if not any(part.startswith(".") and part not in (".", "..")
                                            for part in _below(p, root))]
     images = sorted(p for p in visible if PurePosixPath(p).suffix.lower() in IMAGE_EXTENSIONS)[:limit]
     if not images:
@@ -90,18 +93,20 @@ def list_images(input_uri: str, limit: int | None = None) -> list[ImageSource]:
             f"input_uri {input_uri}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under it{seen}"
         )
     return image_sources([p if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(p) for p in images],
-                         ["/".join(_below(p, root)) for p in images])
+                         ["/".join(_below(p, root)) for p in images],
+                         [storage.fingerprint(found[p]) for p in images])
 
 
-def _files(fs: fsspec.AbstractFileSystem, root: str) -> list[str] | None:
-    """Every file under the folder ``root``, or ``[root]`` when it is a file; None when it does not exist. Asked of
-    the storage now (not a cached listing), so that an unreachable storage raises."""
+def _files(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict] | None:
+    """Every file under the folder ``root`` (or ``root`` when it is a file) with what the listing says of it (size,
+    modification time or ETag); None when it does not exist. Asked of the storage now (not a cached listing), so that
+    an unreachable storage raises."""
     fs.invalidate_cache(root)
     try:
-        kind = fs.info(root)["type"]
+        info = fs.info(root)
     except FileNotFoundError:
         return None
-    return [root] if kind == "file" else fs.find(root)
+    return {root: info} if info["type"] == "file" else fs.find(root, detail=True)
 
 
 def _below(path: str, root: str) -> tuple[str, ...]:

@@ -236,7 +236,8 @@ class InversionResult:
 
     def row(self) -> dict:
         """The metrics.parquet row of this result (without the run-level columns): its ``names("result")`` metrics
-        (metric_registry; an unknown key raises KeyError) and what it cost."""
+        (metric_registry; an unknown key raises KeyError) and what it cost. The pivot is not in it: it is binary, in
+        the deltas file (RunFolder.write_outputs)."""
         check_names(self.metrics, names("result"), f"{self.image_id}.{self.method}: metrics")
         tune_steps = self.steps.get("tune", 0)
         return {
@@ -248,7 +249,6 @@ class InversionResult:
             "seconds_per_tune_step": self.seconds["tune"] / tune_steps if tune_steps else None,
             "delta_bytes": self.delta_bytes, "delta_lpips_change": self.delta_lpips_change,
             "peak_memory_mb": self.peak_memory_mb,
-            "w_pivot": self.w_pivot.flatten().tolist(),
         }
 
 

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from gani_core import defaults, storage
+from gani_core import defaults
 from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.dataset import ImageSource
 from gani_core.errors import GaniError, InversionError
@@ -32,7 +31,7 @@ from gani_core.invert import InversionResult, InvertConfig, invert_images
 from gani_core.metrics import take_over_ms_ssim_note
 from gani_core.networks import Generator
 from gani_core.pivot import Progress, find_pivots
-from gani_core.run_folder import RunFolder, complete_row, failed_row, result_key, run_tables
+from gani_core.run_folder import RunFolder, complete_row, failed_row, run_tables
 from gani_core.tuning import tune_batch
 
 log = logging.getLogger(__name__)
@@ -65,15 +64,20 @@ def invert_sources(
     take_over_ms_ssim_note(G.img_resolution)       # the run's summary states it once (``notes``), not each batch
     device = str(G.mapping.w_avg.device)
     rows: dict[str, dict] = {}
-    for batch in _batches(G, images, cfg, folder, ckpt, batch_size, rows, device):
-        for row in _invert_batch(G, batch, cfg, folder, ckpt, on_batch, directions, device):
-            rows[row["image_id"]] = row
+    unread: list[dict] = []     # failed rows of images that could not be read, written with the next batch's part
+    for batch in _batches(G, images, cfg, ckpt, batch_size, unread, device):
+        done = [*unread, *_invert_batch(G, batch, cfg, folder, ckpt, on_batch, directions, device)]
+        folder.write_part(done)     # last: a row in a part means its result's files are whole
+        rows.update((row["image_id"], row) for row in done)
+        unread.clear()
+    folder.write_part(unread)
+    rows.update((row["image_id"], row) for row in unread)
     return [rows[image.image_id] for image in images]
 
 
-def _batches(G: Generator, images: list[ImageSource], cfg: InvertConfig, folder: RunFolder, ckpt: CheckpointRef,
-             batch_size: int, rows: dict[str, dict], device: str) -> Iterator[list[_Decoded]]:
-    """Decoded images, ``batch_size`` at a time; an image that cannot be read gets its failed row here."""
+def _batches(G: Generator, images: list[ImageSource], cfg: InvertConfig, ckpt: CheckpointRef, batch_size: int,
+             unread: list[dict], device: str) -> Iterator[list[_Decoded]]:
+    """Decoded images, ``batch_size`` at a time; an image that cannot be read gets its failed row in ``unread``."""
     batch: list[_Decoded] = []
     for image in images:
         sha = None
@@ -82,10 +86,8 @@ def _batches(G: Generator, images: list[ImageSource], cfg: InvertConfig, folder:
             sha = hashlib.sha256(data).hexdigest()
             batch.append(_Decoded(image, sha, load_image(data, resolution=G.img_resolution, name=image.source)))
         except (GaniError, ValueError, OSError) as exc:
-            row = failed_row(image.image_id, cfg, ckpt, f"{type(exc).__name__}: {exc}", sha, device,
-                             image.source_path)
-            folder.write_row(row)
-            rows[image.image_id] = row
+            unread.append(failed_row(image.image_id, cfg, ckpt, f"{type(exc).__name__}: {exc}", sha, device,
+                                     image.source_path, image.stat))
         if len(batch) == batch_size:
             yield batch
             batch = []
@@ -118,12 +120,12 @@ def _write_result(G: Generator, decoded: _Decoded, result: InversionResult | Inv
         if isinstance(result, InversionError):
             raise result
         folder.write_outputs(result, label)
-        row = complete_row({**result.row(), "source": decoded.image.source_path, "image_sha256": decoded.sha256,
+        row = complete_row({**result.row(), "source": decoded.image.source_path,
+                            "source_stat": decoded.image.stat, "image_sha256": decoded.sha256,
                             "resolution": G.img_resolution}, cfg, ckpt, label, device)
     except (GaniError, ValueError, OSError) as exc:
         row = failed_row(image_id, cfg, ckpt, f"{type(exc).__name__}: {exc}", decoded.sha256, device,
-                         decoded.image.source_path)
-    folder.write_row(row)
+                         decoded.image.source_path, decoded.image.stat)
     return row
 
 
@@ -168,43 +170,25 @@ def run_in_process(
     return RunResult(rows, summary, folder.write_tables(table, summary), set(kept), replaced)
 
 
-def _stored_rows(folder: RunFolder, images: list[ImageSource], methods: list[str],
-                 skip: Collection[tuple[str, str]] = ()) -> dict[tuple[str, str], dict]:
-    """The rows under rows/ of ``images`` x ``methods`` (but ``skip``), by (image_id, method); rows/ listed once."""
-    on_disk = storage.names_under(folder.path("rows"))
-    keys = [(image.image_id, m) for image in images for m in methods
-            if (image.image_id, m) not in skip and f"{result_key(image.image_id, m)}.json" in on_disk]
-    if not keys:
-        return {}
-    raw = storage.read_many([folder.row_uri(*key) for key in keys])
-    rows = {}
-    for key in keys:
-        try:
-            row = json.loads(raw.get(folder.row_uri(*key)) or b"null")
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows[key] = row
-    return rows
-
-
 def _other_configurations(folder: RunFolder, images: list[ImageSource], configs: dict[str, InvertConfig],
                           kept: Collection[tuple[str, str]]) -> dict[str, int]:
     """Per method, how many rows this run will overwrite that another configuration of it made (an earlier
     ``--tune-steps``, say): one row per image x method, so a person should hear that those results go."""
-    stored = _stored_rows(folder, images, list(configs), skip=kept)
+    stored = folder.stored_rows()
     counts: dict[str, int] = {}
-    for (_, method), row in stored.items():
-        if row.get("config_hash") not in configs[method].resume_hashes():
-            counts[method] = counts.get(method, 0) + 1
+    for key in ((image.image_id, m) for image in images for m in configs):
+        row = stored.get(key)
+        if key not in kept and row is not None and row.get("config_hash") not in configs[key[1]].resume_hashes():
+            counts[key[1]] = counts.get(key[1], 0) + 1
     return counts
 
 
 def results_on_disk(folder: RunFolder, images: list[ImageSource], configs: dict[str, InvertConfig]) -> int:
     """How many results of ``images`` x ``configs`` the folder holds now, made with these configurations (what a
     run interrupted half way keeps, and a rerun of the same command resumes from)."""
-    stored = _stored_rows(folder, images, list(configs))
-    return sum(row.get("config_hash") in configs[method].resume_hashes() for (_, method), row in stored.items())
+    stored = folder.stored_rows()
+    return sum((row := stored.get((image.image_id, m))) is not None and row.get("config_hash") in cfg.resume_hashes()
+               for image in images for m, cfg in configs.items())
 
 
 CPU_BATCH_SIZE = defaults.CPU_BATCH_SIZE    # here for the callers that import it from this module

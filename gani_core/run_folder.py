@@ -1,8 +1,11 @@
 """A run's folder (a local path or ``s3://bucket/prefix``): every path in it, the one schema of its result rows,
 writing and reading them, and the resume rule.
 
-    OUT/rows/IMAGE.METHOD.json          each result's row, written as soon as it is done (what a rerun resumes from)
-    OUT/deltas/IMAGE.METHOD.parquet     the encoded weight deltas of one result (gani_core.deltas.DELTAS_SCHEMA)
+    OUT/rows/part-METHOD-KEY.parquet    the rows of one batch of results, written as soon as the batch is done (what
+                                        a rerun resumes from; rows/IMAGE.METHOD.json: one row, as gani wrote them
+                                        before issue 18, still read)
+    OUT/deltas/IMAGE.METHOD.parquet     the encoded weight deltas of one result (gani_core.deltas.DELTAS_SCHEMA),
+                                        and its pivot latent in the file's metadata (``w_pivot``)
     OUT/previews/IMAGE.METHOD.png       input | pivot | tuned | edit, each column labelled (the edit: which)
     OUT/configs/CONFIG_HASH.json        each configuration a run used (InvertConfig), written when the run starts
     OUT/metrics.parquet                 one row per image x method (METRICS_SCHEMA): every valid result in the folder
@@ -11,17 +14,23 @@ writing and reading them, and the resume rule.
     OUT/preview_grid.png                the first PREVIEW_GRID_MAX previews of the run, stacked (a caption says
                                         so when there are more)
 
-The tables hold every valid result of the folder, whichever invocation made it (:meth:`RunFolder.table_rows`): the
-rows of this run, and every other ``rows/*.json`` that is ok with its deltas, or failed. A row names its
-configuration by ``config_hash``; a rerun of a method with another configuration replaces the rows of the images it
-covers (one row per image x method), and keeps the others. Until the tables are written (a run in progress or
-interrupted), :meth:`RunFolder.read_run` builds them from ``rows/`` and says so.
+The folder's rows (:meth:`RunFolder.stored_rows`) are the last tables (``metrics.parquet``) and what was written
+under ``rows/`` since (a part whose time is not before the table's), the newest row per image x method winning (its
+``finished`` time): a resume reads one table and a few parts, not a file per image. The tables hold every valid
+result of the folder, whichever invocation made it (:meth:`RunFolder.table_rows`): the rows of this run, and every
+other stored row (a row of gani before issue 18 only when ok with its deltas, or failed; a part is written after its
+results' files). A row names its configuration by ``config_hash``; a rerun of a method with another configuration
+replaces the rows of the images it covers (one row per image x method), and keeps the others. Until the tables are
+written (a run in progress or interrupted), :meth:`RunFolder.read_run` builds them from ``rows/`` and says so.
 
-Resume rule (:meth:`RunFolder.reusable_rows`): an image's row is kept when its ``image_sha256`` and
-``checkpoint_sha256`` equal this run's, its ``config_hash`` is one of this run's ``InvertConfig.resume_hashes()``
-(today's, or the one gani wrote before issue 17's renames), and it is either ``ok`` (with its deltas file present)
-or failed because the image itself is unreadable (``ImageError``: the same bytes fail the same way). Other
-failures (a storage hiccup, a lost worker, an unreadable checkpoint) are computed again.
+Resume rule (:meth:`RunFolder.reusable_rows`): an image's row is kept when its image is the one it was computed
+from, its ``checkpoint_sha256`` equals this run's, its ``config_hash`` is one of this run's
+``InvertConfig.resume_hashes()`` (today's, or the one gani wrote before issue 17's renames), and it is either ``ok``
+or failed because the image itself is unreadable (``ImageError``: the same bytes fail the same way). Other failures
+(a storage hiccup, a lost worker, an unreadable checkpoint) are computed again. The image is the same when the
+listing's fingerprint of the file (size and ETag or modification time: ``source_stat``) equals the row's, without
+reading it; otherwise (a row without one, a file touched or copied) when the file's bytes hash to the row's
+``image_sha256``.
 
 Every file is written atomically (gani_core.storage): a reader or a crash never sees half of one.
 """
@@ -36,6 +45,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
@@ -60,17 +70,23 @@ DISPLAY_COLUMNS = ("image_id", "method", "status", *names("run"), "source", "err
 METRICS_SCHEMA = pa.schema([
     ("image_id", pa.string()),
     ("source", pa.string()),        # the image's path relative to the input root (null in rows written before it)
+    ("source_stat", pa.string()),   # the listing's fingerprint of the file (storage.fingerprint; null: unknown)
     ("image_sha256", pa.string()), ("method", pa.string()),
     ("status", pa.string()), ("error", pa.string()),
     *[parquet_field(m) for m in names("result")],      # edit_accuracy: null without factor directions and a probe
     parquet_field("seconds"), ("seconds_pivot", pa.float64()), ("seconds_tune", pa.float64()),
     ("seconds_metrics", pa.float64()), ("pivot_steps", pa.int64()), ("tune_steps", pa.int64()),
     ("seconds_per_tune_step", pa.float64()), parquet_field("delta_bytes"), ("delta_lpips_change", pa.float64()),
-    ("peak_memory_mb", pa.float64()), ("w_pivot", pa.list_(pa.float32())),
+    ("peak_memory_mb", pa.float64()),
     ("checkpoint", pa.string()), ("checkpoint_sha256", pa.string()), ("generator_label", pa.string()),
     ("resolution", pa.int64()),     # px of the generator's images, at which the metrics were computed (ok rows)
     ("config_hash", pa.string()), ("seed", pa.int64()), ("device", pa.string()), ("gani_version", pa.string()),
+    ("finished", pa.float64()),     # when the row was made (seconds since the epoch): the newest row of a result wins
 ])
+
+# A part written this long before the table it is compared with still counts as written after it (clock skew between
+# the writers of a shared folder; reading a part twice is harmless: the newest row wins).
+_CLOCK_MARGIN = 5.0
 
 PREVIEW_GRID_MAX = 16       # previews in preview_grid.png (all of them are under previews/)
 PREVIEW_CELL_MIN = 192      # preview cells are upscaled (nearest, by a whole factor) to at least this many pixels
@@ -113,16 +129,16 @@ def complete_row(fields: dict, cfg: InvertConfig, ckpt: CheckpointRef, generator
     row = {
         **fields, "checkpoint": ckpt.spec, "checkpoint_sha256": ckpt.sha256,
         "generator_label": generator_label or ckpt.label, "config_hash": cfg.config_hash(), "seed": cfg.seed,
-        "device": device, "gani_version": gani_core.__version__,
+        "device": device, "gani_version": gani_core.__version__, "finished": time.time(),
     }
     return {k: finite_or_none(v) for k, v in row.items()}
 
 
 def failed_row(image_id: str, cfg: InvertConfig, ckpt: CheckpointRef, error: str, image_sha256: str | None = None,
-               device: str | None = None, source: str | None = None) -> dict:
+               device: str | None = None, source: str | None = None, source_stat: str | None = None) -> dict:
     """The row of a result that failed, with its reason."""
-    fields = {"image_id": image_id, "source": source, "image_sha256": image_sha256, "method": cfg.method,
-              "status": "failed", "error": error}
+    fields = {"image_id": image_id, "source": source, "source_stat": source_stat, "image_sha256": image_sha256,
+              "method": cfg.method, "status": "failed", "error": error}
     return complete_row(fields, cfg, ckpt, device=device)
 
 
@@ -133,6 +149,18 @@ def rows_table(rows: Iterable[dict]) -> pa.Table:
     check_names({key for r in rows for key in r}, METRICS_SCHEMA.names, "metrics.parquet")
     return pa.Table.from_pydict({name: [r.get(name) for r in rows] for name in METRICS_SCHEMA.names},
                                 schema=METRICS_SCHEMA)
+
+
+def _as_row(stored: dict) -> dict:
+    """A row read from a file of any gani version, with today's columns (null where it has none)."""
+    return {name: stored.get(name) for name in METRICS_SCHEMA.names}
+
+
+def _part_key(rows: list[dict]) -> str:
+    """The name of a batch's part: its method, and a digest of its results and configuration, so that the same batch
+    computed again (a task Dask ran again, a rerun of what failed) replaces its part instead of adding one."""
+    keys = sorted(f"{result_key(r['image_id'], r['method'])}@{r.get('config_hash')}" for r in rows)
+    return f"{rows[0]['method']}-{hashlib.sha256(chr(10).join(keys).encode()).hexdigest()[:20]}"
 
 
 def summarise(rows: list[dict], configs: dict[str, InvertConfig], ckpt: CheckpointRef | None, out: str,
@@ -256,13 +284,20 @@ class RunFolder:
     # Writing
 
     def write_outputs(self, result: InversionResult, generator_label: str) -> None:
-        """One result's deltas and preview (its row goes last, with :meth:`write_row`: a row means done)."""
+        """One result's deltas (with its pivot) and preview (its row goes last, in its batch's part:
+        :meth:`write_part`; a row means done)."""
         table = deltas_mod.deltas_table(result.image_id, result.encoded)
-        deltas_mod.write_deltas_parquet(table, self.deltas_uri(result.image_id, result.method))
+        deltas_mod.write_deltas_parquet(table, self.deltas_uri(result.image_id, result.method), result.w_pivot)
         save_preview(result, generator_label, self.preview_uri(result.image_id, result.method))
 
-    def write_row(self, row: dict) -> None:
-        storage.write_bytes(self.row_uri(row["image_id"], row["method"]), json.dumps(row).encode())
+    def write_part(self, rows: list[dict]) -> str | None:
+        """The rows of one batch as rows/part-METHOD-KEY.parquet, written after their results' files; its URI (None
+        for no rows)."""
+        if not rows:
+            return None
+        uri = self.path("rows", f"part-{_part_key(rows)}.parquet")
+        storage.write_parquet(uri, rows_table(rows))
+        return uri
 
     def write_configs(self, configs: Iterable[InvertConfig]) -> None:
         """configs/CONFIG_HASH.json of each configuration, once per run folder (rows name theirs by hash)."""
@@ -287,55 +322,96 @@ class RunFolder:
     # ------------------------------------------------------------------------------------------------
     # Reading
 
+    def stored_rows(self) -> dict[tuple[str, str], dict]:
+        """Every row stored in the folder, newest per (image_id, method) (the module docstring): the table's rows in
+        its order, then the others by name."""
+        return self._stored().rows
+
+    def _stored(self) -> _Stored:
+        root = storage.modified_under(self.uri)
+        table_time = root.get("metrics.parquet") if "summary.json" in root else None
+        entries = storage.modified_under(self.path("rows"))
+
+        def since(name: str) -> bool:
+            return table_time is None or entries[name] >= table_time - _CLOCK_MARGIN
+
+        parts = sorted(n for n in entries if n.startswith("part-") and n.endswith(".parquet") and since(n))
+        legacy = sorted(n for n in entries if n.endswith(".json") and not n.startswith(".") and since(n))
+        rows: dict[tuple[str, str], dict] = {}
+        if table_time is not None:
+            for row in storage.read_parquet(self.metrics_uri).to_pylist():
+                rows[(row["image_id"], row["method"])] = _as_row(row)
+        in_table = dict(rows)
+        newer = [*self._legacy_rows(legacy), *self._part_rows(parts)]
+        for row in sorted(newer, key=lambda r: r.get("finished") or 0.0):   # the newest row of a result wins
+            rows[(row["image_id"], row["method"])] = row
+        # Parts written shortly before the table are in it already: only rows it lacks, or holds otherwise, are later.
+        later = sum(in_table.get(key) != row for key, row in rows.items())
+        ordered = dict(sorted(rows.items())) if table_time is None else rows
+        return _Stored(ordered, table_time is not None, later)
+
+    def _part_rows(self, names: list[str]) -> list[dict]:
+        """The rows of the parts ``names`` under rows/ (one that cannot be parsed is skipped: it was never whole)."""
+        found = []
+        raw = storage.read_many([self.path("rows", n) for n in names]) if names else {}
+        for data in raw.values():
+            try:
+                found += [_as_row(r) for r in pq.read_table(pa.BufferReader(data)).to_pylist()] if data else []
+            except (pa.ArrowInvalid, OSError):
+                continue
+        return found
+
+    def _legacy_rows(self, names: list[str]) -> list[dict]:
+        """The rows of gani before issue 18 (rows/IMAGE.METHOD.json) ``names``: those ok with their deltas file, or
+        failed (an ok row without deltas was cut short). They come before any part (no ``finished``)."""
+        if not names:
+            return []
+        delta_names = storage.names_under(self.path("deltas"))
+        raw = storage.read_many([self.path("rows", n) for n in names])
+        found = []
+        for name, data in zip(names, raw.values(), strict=True):
+            try:
+                row = json.loads(data or b"null")
+            except ValueError:
+                continue
+            if not isinstance(row, dict) or (row.get("status") == "ok" and
+                                             f"{name[: -len('.json')]}.parquet" not in delta_names):
+                continue
+            found.append(_as_row(row))
+        return found
+
     def reusable_rows(self, images: list[ImageSource], config_hashes: dict[str, Collection[str]],
                       checkpoint_sha256: str) -> dict[tuple[str, str], dict]:
-        """The rows under ``rows/`` that a run of ``images`` keeps (the resume rule), by (image_id, method);
+        """The stored rows that a run of ``images`` keeps (the resume rule), by (image_id, method);
         ``config_hashes`` maps each method to the config hashes its rows may carry (InvertConfig.resume_hashes:
-        today's, and the one gani wrote before issue 17). Only images with a row are read and hashed."""
-        row_names, delta_names = storage.names_under(self.path("rows")), storage.names_under(self.path("deltas"))
-        candidates = [(ref, m) for ref in images for m in config_hashes
-                      if f"{result_key(ref.image_id, m)}.json" in row_names]
-        if not candidates:
-            return {}
-        raw = storage.read_many([self.row_uri(ref.image_id, m) for ref, m in candidates])
-        rows: dict[tuple[str, str], dict] = {}
-        for (ref, m), data in zip(candidates, raw.values(), strict=True):
-            row = json.loads(data) if data else None
-            have_deltas = f"{result_key(ref.image_id, m)}.parquet" in delta_names
-            if row and _reusable(row, checkpoint_sha256, config_hashes[m], have_deltas):
-                rows[(ref.image_id, m)] = row
-        # The same name may now hold other bytes: a row counts only for the image it was computed from.
-        source_of = {ref.image_id: ref.source for ref in images}
-        sources = sorted({source_of[image_id] for image_id, _ in rows})
+        today's, and the one gani wrote before issue 17). An image is read and hashed only when its listing's
+        fingerprint is not the one its row recorded."""
+        stored = self.stored_rows()
+        rows = {(ref.image_id, m): row for ref in images for m in config_hashes
+                if (row := stored.get((ref.image_id, m))) is not None
+                and _reusable(row, checkpoint_sha256, config_hashes[m])}
+        by_id = {ref.image_id: ref for ref in images}
+
+        def listed_unchanged(image_id: str, row: dict) -> bool:
+            return by_id[image_id].stat is not None and row.get("source_stat") == by_id[image_id].stat
+
+        unsure = sorted({by_id[i].source for (i, _), row in rows.items() if not listed_unchanged(i, row)})
         digests = {u: hashlib.sha256(d).hexdigest() if d is not None else None
-                   for u, d in (storage.read_many(sources) if sources else {}).items()}
-        return {key: row for key, row in rows.items() if row.get("image_sha256") == digests[source_of[key[0]]]}
+                   for u, d in (storage.read_many(unsure) if unsure else {}).items()}
+
+        def same_image(image_id: str, row: dict) -> bool:
+            if listed_unchanged(image_id, row):
+                return True
+            return row.get("image_sha256") is not None and row.get("image_sha256") == digests[by_id[image_id].source]
+
+        # The same name may now hold other bytes: a row counts only for the image it was computed from.
+        return {key: row for key, row in rows.items() if same_image(key[0], row)}
 
     def table_rows(self, known: Iterable[dict] = ()) -> list[dict]:
         """Every valid result in the folder: the ``known`` rows (this run's, in memory) as they are, in their order,
-        then every other row under ``rows/`` that is ok with its deltas, or failed, by name. rows/ and deltas/ are
-        listed once; only the rows not known are read."""
+        then every other stored row (:meth:`stored_rows`)."""
         rows = {(r["image_id"], r["method"]): r for r in known}
-        return [*rows.values(), *self._rows_on_disk(exclude=rows.keys())]
-
-    def _rows_on_disk(self, exclude: Collection[tuple[str, str]] = ()) -> list[dict]:
-        row_names = storage.names_under(self.path("rows"))
-        keys = sorted(n[: -len(".json")] for n in row_names if n.endswith(".json") and not n.startswith("."))
-        keys = [k for k in keys if tuple(k.rsplit(".", 1)) not in exclude]
-        if not keys:
-            return []
-        delta_names = storage.names_under(self.path("deltas"))
-        raw = storage.read_many([self.path("rows", f"{k}.json") for k in keys])
-        found = []
-        for k in keys:
-            try:
-                row = json.loads(raw[self.path("rows", f"{k}.json")] or b"null")
-            except ValueError:
-                row = None
-            if not isinstance(row, dict) or (row.get("status") == "ok" and f"{k}.parquet" not in delta_names):
-                continue
-            found.append(row)
-        return found
+        return [*rows.values(), *(r for key, r in self.stored_rows().items() if key not in rows)]
 
     def read_configs(self, hashes: Collection[str]) -> dict[str, dict]:
         """The stored configurations (configs/HASH.json) of ``hashes`` that have one; configs/ listed once."""
@@ -345,20 +421,21 @@ class RunFolder:
         return {h: json.loads(raw[u]) for h, u in uris.items() if raw.get(u)}
 
     def read_run(self) -> StoredRun:
-        """The run's rows and summary: metrics.parquet and summary.json, with the rows under ``rows/`` they lack (a
-        run in progress or interrupted: ``complete`` False, and the summary built from the rows). Raises
+        """The run's rows and summary: metrics.parquet and summary.json, with the rows written under ``rows/`` since
+        (a run in progress or interrupted: ``complete`` False, and the summary built from the rows). Raises
         FileNotFoundError when the folder holds neither tables nor rows."""
-        has_table = storage.exists(self.metrics_uri) and storage.exists(self.summary_uri)
-        table = storage.read_parquet(self.metrics_uri).to_pylist() if has_table else []
-        extra = self._rows_on_disk(exclude={(r["image_id"], r["method"]) for r in table})
-        if not table and not extra:
+        stored = self._stored()
+        if not stored.rows and storage.names_under(self.path("configs")):
+            raise FileNotFoundError(f"{self.uri}: a run started here but no result is done yet (interrupted before its "
+                                    "first batch ended, or still running); rerun its command to continue")
+        if not stored.rows:
             raise FileNotFoundError(f"{self.uri}: no metrics.parquet and no rows/ here; is it the output of a gani "
                                     "run?")
-        rows = [*table, *extra]
-        if has_table and not extra:
+        rows = list(stored.rows.values())
+        if stored.table and not stored.later:
             return StoredRun(rows, json.loads(storage.read_bytes(self.summary_uri)), True, 0)
-        stored = self.read_configs({r["config_hash"] for r in rows if r.get("config_hash")})
-        return StoredRun(rows, summarise(rows, {}, None, self.uri, None, stored), False, len(extra), has_table)
+        configs = self.read_configs({r["config_hash"] for r in rows if r.get("config_hash")})
+        return StoredRun(rows, summarise(rows, {}, None, self.uri, None, configs), False, stored.later, stored.table)
 
     def read_rows(self) -> list[dict]:
         """Every valid result of the run (:meth:`read_run`)."""
@@ -373,10 +450,24 @@ class RunFolder:
         table = deltas_mod.read_deltas_parquet(self.deltas_uri(image_id, method))
         return deltas_mod.decode_deltas(deltas_mod.rows_from_table(table, image_id=image_id))
 
+    def read_pivot(self, image_id: str, method: str) -> torch.Tensor:
+        """The pivot latent of one result, [num_ws, w_dim] (flattened, [num_ws * w_dim], for a result of gani
+        before issue 18, which kept it as text in its row)."""
+        pivot = deltas_mod.read_pivot(self.deltas_uri(image_id, method))
+        if pivot is not None:
+            return pivot
+        row = json.loads(storage.read_bytes(self.row_uri(image_id, method)))       # before issue 18
+        return torch.tensor(row["w_pivot"], dtype=torch.float32)
 
-def _reusable(row: dict, checkpoint_sha256: str, config_hashes: Collection[str], have_deltas: bool) -> bool:
+
+def _reusable(row: dict, checkpoint_sha256: str, config_hashes: Collection[str]) -> bool:
     if row.get("checkpoint_sha256") != checkpoint_sha256 or row.get("config_hash") not in config_hashes:
         return False
-    if row.get("status") == "ok":
-        return have_deltas
-    return str(row.get("error") or "").startswith("ImageError")
+    return row.get("status") == "ok" or str(row.get("error") or "").startswith("ImageError")
+
+
+@dataclass
+class _Stored:
+    rows: dict[tuple[str, str], dict]   # newest per (image_id, method)
+    table: bool                         # metrics.parquet and summary.json are there
+    later: int                          # results under rows/ the table lacks or holds otherwise (all, without one)

@@ -390,6 +390,45 @@ def names_under(uri: str) -> set[str]:
     return with_retries("list", uri, listing)
 
 
+def modified_under(uri: str) -> dict[str, float]:
+    """The entries directly under the folder ``uri`` as :func:`names_under` finds them, each with the time it was
+    last written (seconds since the epoch: a local file's mtime, an object's LastModified), from the one listing."""
+    fs, path = resolve(uri)
+
+    def listing() -> dict[str, float]:
+        fs.invalidate_cache(path)
+        try:
+            entries = fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {PurePosixPath(e["name"]).name: modified_time(e) for e in entries}
+
+    return with_retries("list", uri, listing)
+
+
+def modified_time(info: dict) -> float:
+    """When the entry of a listing (fsspec's ``info``) was last written, in seconds since the epoch (0.0 when the
+    filesystem does not say)."""
+    value = info.get("mtime", info.get("LastModified", info.get("last_modified")))
+    if hasattr(value, "timestamp"):
+        return float(value.timestamp())
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def fingerprint(info: dict) -> str | None:
+    """What says, from a listing alone, that a file still holds the bytes it held: its size and its ETag (an object
+    store's digest of the content) or else its modification time in nanoseconds; None when the listing has
+    neither. A resume compares it with the one its row recorded instead of reading the file again."""
+    size = info.get("size")
+    tag = info.get("ETag") or info.get("etag")
+    if tag:
+        return f"{size}:etag:{str(tag).strip(chr(34))}"
+    modified = info.get("mtime", info.get("LastModified"))
+    if size is None or modified is None:
+        return None
+    return f"{size}:mtime:{round(modified_time(info) * 1e9)}"
+
+
 def remove_orphaned_temp_files(uri: str | Path) -> list[str]:
     """Remove the temporary files under the local folder ``uri`` that interrupted writes left behind (their writer
     was killed before it could clean up); their paths. A temp file is an orphan when the process that wrote it on

@@ -99,7 +99,8 @@ def warm_worker(ckpt: CheckpointRef) -> dict:
 def invert_on_worker(images: list[ImageSource], cfg: InvertConfig, ckpt: CheckpointRef, folder: RunFolder,
                      batch_size: int | str = 1) -> list[dict]:
     """Invert ``images`` with ``cfg``, ``batch_size`` at a time (``auto``: as the worker's device memory allows),
-    writing each image's deltas, preview and row into ``folder`` as its batch ends; return the rows.
+    writing each image's deltas and preview, then its batch's rows (a part), into ``folder`` as the batch
+    ends; return the rows.
 
     A bad image, or a checkpoint this worker cannot read, gives failed rows saying why
     (gani_core.invert_files.invert_sources); anything else that goes wrong (a lost GPU, a storage unreachable for longer
@@ -115,10 +116,9 @@ def invert_on_worker(images: list[ImageSource], cfg: InvertConfig, ckpt: Checkpo
             G = worker_generator(ckpt, device)
         except CheckpointError as exc:
             rows = [failed_row(image.image_id, cfg, ckpt, f"{type(exc).__name__}: {exc}", device=device,
-                               source=image.source_path)
+                               source=image.source_path, source_stat=image.stat)
                     for image in images]
-            for row in rows:
-                folder.write_row(row)
+            folder.write_part(rows)
             logger.warning("%d image(s) [%s] failed: %s", len(rows), cfg.method, rows[0]["error"])
             return rows
         k = auto_batch_size(G, cfg) if batch_size == "auto" else int(batch_size)

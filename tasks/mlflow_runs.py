@@ -187,7 +187,9 @@ def aggregate(rows: list[dict], skipped: int = 0, wall_seconds: float | None = N
 
 def log_results(uri: str, run_id: str, params: dict[str, object], metrics: dict[str, float],
                 artifacts: Iterable[str] = ()) -> None:
-    """Log params, metrics and artifacts (local paths or URIs: remote ones are copied to a temp folder first)."""
+    """Log params, metrics and artifacts (local paths or URIs: remote ones are copied to a temp folder first; a URI
+    given twice is uploaded once). The flows' artifacts are their run folder's written files (fan_out.DatasetRun):
+    metrics.parquet (every image's row: the whole per-image table), summary.json, preview_grid.png."""
     client = MlflowClient(tracking_uri=uri)
     now = int(time.time() * 1000)
     client.log_batch(
@@ -197,7 +199,7 @@ def log_results(uri: str, run_id: str, params: dict[str, object], metrics: dict[
         tags=[RunTag("code_version", code_version())],
     )
     with tempfile.TemporaryDirectory(prefix="gani-mlflow-") as tmp:
-        for artifact in artifacts:
+        for artifact in dict.fromkeys(artifacts):
             fs, path = storage.resolve(artifact)
             if isinstance(fs, LocalFileSystem):
                 client.log_artifact(run_id, path)
@@ -208,28 +210,105 @@ def log_results(uri: str, run_id: str, params: dict[str, object], metrics: dict[
 
 
 IMAGE_TABLE = "per_image.json"          # the run's per-image table, with images, in MLflow's evaluation views
-IMAGE_TABLE_MAX = 64                    # rows with images (the whole table is metrics.parquet)
+# Its rows (the whole table, every image, is metrics.parquet): the worst and the best ok results by lpips, and the
+# first ones in image order, each once: at most IMAGE_TABLE_MAX rows, PREVIEW_CELLS images each, whatever the size
+# of the dataset.
+IMAGE_TABLE_WORST = 16
+IMAGE_TABLE_BEST = 16
+IMAGE_TABLE_FIRST = 16
+IMAGE_TABLE_MAX = IMAGE_TABLE_WORST + IMAGE_TABLE_BEST + IMAGE_TABLE_FIRST
+IMAGE_TABLE_RANK = "lpips"              # the metric worst and best are by (lower is better)
+SHOWN_WORST, SHOWN_BEST, SHOWN_FIRST = f"worst {IMAGE_TABLE_RANK}", f"best {IMAGE_TABLE_RANK}", "first"
 PREVIEW_CELLS = ("input", "pivot", "tuned", "edit")     # a preview's square cells, left to right (run_folder)
+IMAGE_TABLE_TAG = "image_table"         # tag: the table's rows, or why this run has none
+IMAGE_TABLE_RUN_TAG = "image_table_run_id"  # tag: the run whose image table is this output folder's latest
 
 
-def log_image_table(uri: str, run_id: str, rows: list[dict], folder: RunFolder) -> None:
-    """The run's ok results as an MLflow table: ids, method, the :data:`HEADLINE_METRICS` and four images per row
-    (the PREVIEW_CELLS of each preview), so that MLflow compares each image across runs."""
+def image_table_rows(rows: list[dict]) -> list[tuple[dict, str]]:
+    """The rows of the image table, each with why it is there (its ``shown``): the IMAGE_TABLE_WORST ok results
+    with the highest :data:`IMAGE_TABLE_RANK`, then the IMAGE_TABLE_BEST with the lowest, then the
+    IMAGE_TABLE_FIRST first ok results in the order of ``rows`` (image order); a row picked twice is shown once,
+    its reasons joined (``first, worst lpips``). Fewer ranked results than the worst and the best together: they
+    are split, the worse part worst, the better best, so that no row is both. Failed rows are left out (they are in
+    metrics.parquet), and so is an ok row without the metric from worst and best."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    ranked = sorted((r for r in ok if _finite(r.get(IMAGE_TABLE_RANK))), key=lambda r: r[IMAGE_TABLE_RANK])
+    if len(ranked) >= IMAGE_TABLE_WORST + IMAGE_TABLE_BEST:
+        best, worst = ranked[:IMAGE_TABLE_BEST], ranked[len(ranked) - IMAGE_TABLE_WORST:]
+    else:
+        split = len(ranked) * IMAGE_TABLE_BEST // (IMAGE_TABLE_WORST + IMAGE_TABLE_BEST)
+        best, worst = ranked[:split], ranked[split:]
+    reasons: dict[int, list[str]] = {}          # by id(row), in the table's order: worst first, then best, first
+    for picked, why in ((worst[::-1], SHOWN_WORST), (best, SHOWN_BEST), (ok[:IMAGE_TABLE_FIRST], SHOWN_FIRST)):
+        for row in picked:
+            reasons.setdefault(id(row), []).append(why)
+    order = (SHOWN_FIRST, SHOWN_WORST, SHOWN_BEST)
+    by_id = {id(r): r for r in ok}
+    return [(by_id[i], ", ".join(sorted(why, key=order.index))) for i, why in reasons.items()]
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def log_image_table(uri: str, run_id: str, rows: list[dict], folder: RunFolder, computed: int | None = None) -> bool:
+    """The run's per-image table in MLflow (:data:`IMAGE_TABLE`, in the run's Evaluation / artifact views): the
+    rows of :func:`image_table_rows`, each with ``image_id``, ``method``, ``shown`` (why it is there), the
+    :data:`HEADLINE_METRICS` and four images (the PREVIEW_CELLS of its preview), so that MLflow compares each image
+    across runs. At most IMAGE_TABLE_MAX x 4 images, whatever the number of ``rows``; every row is in
+    metrics.parquet (logged by :func:`log_results`).
+
+    ``computed`` 0 (a rerun that computed nothing: its images are those of an earlier run): no table; the tag
+    ``image_table`` says so and ``image_table_run_id`` names the run holding this output folder's latest table
+    (the latest run tagged with the same ``output_uri`` that has one), when there is one. Returns whether a table
+    was logged."""
     import pandas as pd
     from PIL import Image
 
-    ok = [r for r in rows if r["status"] == "ok"][:IMAGE_TABLE_MAX]
-    previews = storage.read_many([folder.preview_uri(r["image_id"], r["method"]) for r in ok]) if ok else {}
-    values = ("image_id", "method", *HEADLINE_METRICS)
+    client = MlflowClient(tracking_uri=uri)
+    if computed == 0:
+        last = _last_image_table_run(client, run_id, folder.uri)
+        note = "not logged: nothing computed" + (f"; the latest is in run {last}" if last else "")
+        client.log_batch(run_id, tags=[RunTag(IMAGE_TABLE_TAG, note),
+                                       *([RunTag(IMAGE_TABLE_RUN_TAG, last)] if last else [])])
+        return False
+    picked = image_table_rows(rows)
+    previews = storage.read_many([folder.preview_uri(r["image_id"], r["method"]) for r, _ in picked]) if picked else {}
+    values = ("image_id", "method", "shown", *HEADLINE_METRICS)
     table: dict[str, list] = {k: [] for k in (*values, *PREVIEW_CELLS)}
-    for row, png in zip(ok, previews.values(), strict=True):
+    for (row, shown), png in zip(picked, previews.values(), strict=True):
         if png is None:
             continue
         grid = Image.open(io.BytesIO(png)).convert("RGB")
-        cell = grid.width // len(PREVIEW_CELLS)     # square cells side by side, the caption below
+        cell = grid.width // len(PREVIEW_CELLS)     # square cells side by side, their labels and the caption below
         for i, name in enumerate(PREVIEW_CELLS):
             table[name].append(grid.crop((i * cell, 0, (i + 1) * cell, cell)))
         for name in values:
-            table[name].append(row.get(name))
-    if table["image_id"]:
-        MlflowClient(tracking_uri=uri).log_table(run_id, data=pd.DataFrame(table), artifact_file=IMAGE_TABLE)
+            table[name].append(shown if name == "shown" else row.get(name))
+    if not table["image_id"]:
+        client.set_tag(run_id, IMAGE_TABLE_TAG, "not logged: no ok result with a preview")
+        return False
+    client.log_table(run_id, data=pd.DataFrame(table), artifact_file=IMAGE_TABLE)
+    counts = {why: sum(why in s for s in table["shown"]) for why in (SHOWN_WORST, SHOWN_BEST, SHOWN_FIRST)}
+    client.log_batch(run_id, tags=[
+        RunTag(IMAGE_TABLE_TAG, f"{IMAGE_TABLE}: {len(table['image_id'])} rows (" +
+               ", ".join(f"{n} {why}" for why, n in counts.items()) + f") of {len(rows)}; all in metrics.parquet"),
+        RunTag(IMAGE_TABLE_RUN_TAG, run_id)])
+    return True
+
+
+def _last_image_table_run(client: MlflowClient, run_id: str, output_uri: str) -> str | None:
+    """The run holding the latest image table of ``output_uri``: the ``image_table_run_id`` of the latest other
+    run of this run's experiment tagged with that output_uri and having one (one search); None when there is none
+    or the search fails (the tag is a pointer, never worth failing the flow run for)."""
+    if "'" in output_uri:                   # not in a filter string's quotes
+        return None
+    try:
+        experiment = client.get_run(run_id).info.experiment_id
+        found = client.search_runs(
+            [experiment], filter_string=f"tags.output_uri = '{output_uri}' AND tags.{IMAGE_TABLE_RUN_TAG} LIKE '%'",
+            order_by=["attributes.start_time DESC"], max_results=2)
+    except MlflowException as exc:
+        log.warning("the run with the latest image table of %s not found: %s", output_uri, exc)
+        return None
+    return next((r.data.tags[IMAGE_TABLE_RUN_TAG] for r in found if r.info.run_id != run_id), None)

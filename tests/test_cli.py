@@ -139,7 +139,8 @@ def test_ctrl_c_during_gani_invert_says_what_it_kept_in_one_line(tmp_path: Path)
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
-        while len(list((out / "rows").glob("*.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        parts = out / "rows"
+        while len(list(parts.glob("part-*.parquet"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(1.0)                                 # into gani's tuning
         proc.send_signal(signal.SIGINT)

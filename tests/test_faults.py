@@ -149,10 +149,11 @@ def whole_outputs(folder: RunFolder, method: str = "wplus") -> dict[str, dict]:
         temp = [str(p) for p in Path(folder.uri).rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
         assert not temp, f"temporary files left: {temp}"
     rows = {}
-    for name in storage.names_under(folder.path("rows")):
-        row = json.loads(storage.read_bytes(folder.path("rows", name)))
-        assert name == f"{row['image_id']}.{method}.json"
-        rows[row["image_id"]] = row
+    for name in storage.names_under(folder.path("rows")):     # the parts: each a whole Parquet file of rows
+        assert name.startswith(f"part-{method}-") and name.endswith(".parquet"), name
+        for row in storage.read_parquet(folder.path("rows", name)).to_pylist():
+            assert row["method"] == method
+            rows[row["image_id"]] = row
     deltas, previews = storage.names_under(folder.path("deltas")), storage.names_under(folder.path("previews"))
     for name in deltas:     # wplus stores no weight deltas: an empty table
         assert storage.read_parquet(folder.path("deltas", name)).num_rows > 0 or method == "wplus"

@@ -184,6 +184,19 @@ def test_shell_without_credentials_is_one_line_and_exit_2(s3, no_credentials, tm
                                f"{NO_CREDENTIALS}"])
 
 
+def test_gani_invert_refuses_an_s3_out_without_credentials_before_any_work(s3, no_credentials, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Stranger test of issue 22: the --out is checked before the generator loads (before, the header was printed
+    and the error named configs/HASH.json)."""
+    from gani_core.cli import main as cli_main
+
+    image = tmp_path / "a.png"
+    image.write_bytes(BROKEN_PNG)
+    assert cli_main(["invert", str(image), "--out", f"s3://{S3_BUCKET}/out", "--checkpoint", SPEC]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"gani invert: error: --out s3://{S3_BUCKET}/out: {NO_CREDENTIALS}"]
+
+
 def test_shell_with_an_unreachable_endpoint_is_one_line_and_exit_2(shapes: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")      # nothing listens there

@@ -163,7 +163,8 @@ def test_mlflow_run_holds_metrics_params_and_artifacts(runs, tmp_path):
         "metrics.parquet", "preview_grid.png", "summary.json", "per_image.json", "table_images"}
     split = json.loads(Path(client.download_artifacts(run.info.run_id, "per_image.json", str(tmp_path))).read_text())
     table = [dict(zip(split["columns"], values, strict=True)) for values in split["data"]]
-    assert split["columns"] == ["image_id", "method", *headline, "input", "pivot", "tuned", "edit"]
+    assert split["columns"] == ["image_id", "method", "shown", *headline, "input", "pivot", "tuned", "edit"]
+    assert sorted(r["shown"] for r in table) == ["first, best lpips", "first, worst lpips"]
     assert sorted(r["image_id"] for r in table) == ["astronaut", "coffee"]   # the ok images; the corrupt one has none
     lpips = {r["image_id"]: r["lpips"] for r in ok_rows}
     assert all(r["lpips"] == pytest.approx(lpips[r["image_id"]]) for r in table)

@@ -7,6 +7,7 @@ import logging
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -19,7 +20,7 @@ from gani_core import load_generator
 from gani_core.cli import main as cli_main
 from gani_core.images import load_image
 from gani_core.metrics import metric_notes, ms_ssim_note, mse
-from gani_core.run_folder import METRICS_SCHEMA
+from gani_core.run_folder import METRICS_SCHEMA, RunFolder
 
 from .conftest import EXAMPLES, PHOTO_NAMES, REPO
 
@@ -102,12 +103,31 @@ def test_export_takes_gani_else_pti_whatever_the_order_of_the_run(tmp_path):
 
 def test_export_of_unknown_image_is_a_clear_error(run, tmp_path, capsys):
     assert cli_main(["export", str(run), "nope", "--out", str(tmp_path / "x.safetensors")]) == 2
-    assert "no successful tuned result for image 'nope'" in capsys.readouterr().err
+    assert f"no image 'nope' in this run; `gani show {run}` lists its images" in capsys.readouterr().err
+    assert cli_main(["export", str(run), "broken", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "no successful tuned result for image 'broken'" in capsys.readouterr().err
 
 
 def test_show_of_a_folder_without_a_run(tmp_path, capsys):
     assert cli_main(["show", str(tmp_path)]) == 2
     assert "no metrics.parquet" in capsys.readouterr().err
+    (tmp_path / "configs").mkdir()                  # a run interrupted before its first batch ended
+    (tmp_path / "configs" / "0123456789abcdef.json").write_text("{}")
+    assert cli_main(["show", str(tmp_path)]) == 2
+    assert "a run started here but no result is done yet" in capsys.readouterr().err
+
+
+def test_a_run_where_every_image_failed_does_not_claim_previews(tmp_path, capsys):
+    """Stranger test of issue 22: deltas and previews are written for ok results only; a rerun says that the kept
+    failure is an unreadable image's (the one kind of failure a rerun keeps)."""
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    argv = ["invert", str(tmp_path / "bad.png"), "--checkpoint", "builtin-random:32", "--method", "w",
+            "--pivot-steps", "1", "--out", str(tmp_path / "out"), "--quiet"]
+    assert cli_main(argv) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "deltas/" not in last and "previews/" not in last and "(0 ok, 1 failed)" in last
+    assert cli_main(argv) == 1
+    assert "1 kept from an earlier run, 1 of them an image that cannot be read" in capsys.readouterr().err
 
 
 def test_a_rerun_resumes_computing_only_what_is_missing(run, photos_with_broken, capsys):
@@ -121,11 +141,17 @@ def test_a_rerun_resumes_computing_only_what_is_missing(run, photos_with_broken,
     assert (summary["skipped"], summary["computed"]) == (6, 0)
     assert "6 kept from an earlier run" in capsys.readouterr().err
 
-    (run / "rows" / "coffee.wplus.json").unlink()
+    # Interrupted before coffee's wplus result was done: no tables, and no part holding it.
+    (run / "metrics.parquet").unlink()
+    (run / "summary.json").unlink()
+    part = next(p for p in (run / "rows").iterdir()
+                if ("coffee", "wplus") in [(r["image_id"], r["method"]) for r in pq.read_table(p).to_pylist()])
+    lost = pq.read_table(part).num_rows         # coffee, and broken, read (and failed) just before its batch
+    part.unlink()
     assert cli_main(argv) == 1
     summary = json.loads((run / "summary.json").read_text())
-    assert (summary["skipped"], summary["computed"]) == (5, 1)
-    assert (run / "rows" / "coffee.wplus.json").is_file()
+    assert (summary["skipped"], summary["computed"]) == (6 - lost, lost)
+    assert part.is_file()                                   # the same batch again: the same part
 
 
 # --- the MS-SSIM caveat, once per run -----------------------------------------------------------------------------
@@ -210,16 +236,18 @@ def test_show_and_export_read_an_interrupted_run_from_its_rows(run, tmp_path, ca
 
     shutil.copy(run / "metrics.parquet", out)               # an earlier run's tables, and a row they lack
     shutil.copy(run / "summary.json", out)
-    row = json.loads((out / "rows" / "coffee.gani.json").read_text())
-    (out / "rows" / "later.gani.json").write_text(json.dumps({**row, "image_id": "later"}))
+    row = next(r for r in pq.read_table(out / "metrics.parquet").to_pylist()
+               if (r["image_id"], r["method"]) == ("coffee", "gani"))
     shutil.copy(out / "deltas" / "coffee.gani.parquet", out / "deltas" / "later.gani.parquet")
+    RunFolder(str(out)).write_part([{**row, "image_id": "later", "finished": time.time()}])
     assert cli_main(["show", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "incomplete: 7 result(s) on disk, the tables of an earlier run lack 1 of them" in shown
     assert "later      gani" in shown and "4 image(s)" in shown
-    (out / "deltas" / "later.gani.parquet").unlink()        # an ok row without its deltas is no result
+    # A row as gani wrote them before issue 18 (rows/IMAGE.METHOD.json), ok without its deltas file: no result.
+    (out / "rows" / "older.gani.json").write_text(json.dumps({**row, "image_id": "older"}))
     assert cli_main(["show", str(out)]) == 0
-    assert "incomplete" not in capsys.readouterr().out
+    assert "incomplete: 7 result(s) on disk" in capsys.readouterr().out
 
 
 def test_images_with_one_name_in_two_folders_keep_their_source(tmp_path, capsys):
@@ -238,8 +266,8 @@ def test_images_with_one_name_in_two_folders_keep_their_source(tmp_path, capsys)
     table = pq.read_table(out / "metrics.parquet").to_pylist()
     assert {r["image_id"]: r["source"] for r in table} == expected
     assert {r["image_id"]: r["status"] for r in table}["img-1"] == "failed"
-    rows = {p.name: json.loads(p.read_text())["source"] for p in (out / "rows").iterdir()}
-    assert rows == {f"{image_id}.w.json": source for image_id, source in expected.items()}
+    rows = {r["image_id"]: r["source"] for p in (out / "rows").iterdir() for r in pq.read_table(p).to_pylist()}
+    assert rows == expected
     capsys.readouterr()
     assert cli_main(["show", str(out)]) == 0
     assert f"{photos}/b/img.jpg" in capsys.readouterr().out

@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import torch
 
 from gani_core.checkpoints.ref import resolve_checkpoint
 from gani_core.dataset import image_sources, list_images
+from gani_core.deltas import deltas_table, write_deltas_parquet
 from gani_core.invert import method_config
 from gani_core.metric_registry import METRICS, names
 from gani_core.metrics import lpips_note, ms_ssim_note
@@ -38,15 +41,21 @@ def images(tmp_path: Path) -> list:
     return list_images(str(folder))
 
 
-def _ok_row(folder: RunFolder, image, cfg=CFG, ckpt=CKPT, with_deltas: bool = True) -> dict:
+def _ok_row(folder: RunFolder, image, cfg=CFG, ckpt=CKPT) -> dict:
+    """An ok result of ``image`` as a run writes it: its deltas file, then its row in a part."""
     sha = hashlib.sha256(Path(image.source).read_bytes()).hexdigest()
-    row = complete_row({"image_id": image.image_id, "image_sha256": sha, "method": cfg.method, "status": "ok",
-                        "error": None, "lpips": 0.1}, cfg, ckpt)
-    folder.write_row(row)
-    if with_deltas:
-        Path(folder.deltas_uri(image.image_id, cfg.method)).parent.mkdir(parents=True, exist_ok=True)
-        Path(folder.deltas_uri(image.image_id, cfg.method)).write_bytes(b"x")
-    return row
+    row = complete_row({"image_id": image.image_id, "source_stat": image.stat, "image_sha256": sha,
+                        "method": cfg.method, "status": "ok", "error": None, "lpips": 0.1}, cfg, ckpt)
+    Path(folder.deltas_uri(image.image_id, cfg.method)).parent.mkdir(parents=True, exist_ok=True)
+    Path(folder.deltas_uri(image.image_id, cfg.method)).write_bytes(b"x")
+    folder.write_part([row])
+    return rows_table([row]).to_pylist()[0]     # as read back: every column, null where the row has none
+
+
+def _legacy_row(folder: RunFolder, row: dict, **extra: object) -> None:
+    """``row`` as gani wrote rows before issue 18: rows/IMAGE.METHOD.json, the pivot as text in it."""
+    Path(folder.row_uri(row["image_id"], row["method"])).parent.mkdir(parents=True, exist_ok=True)
+    Path(folder.row_uri(row["image_id"], row["method"])).write_text(json.dumps({**row, **extra}))
 
 
 def test_paths_of_a_result_are_named_by_image_and_method(tmp_path: Path) -> None:
@@ -121,8 +130,11 @@ def test_resume_keeps_ok_rows_with_deltas_for_the_same_bytes_checkpoint_and_conf
     folder = RunFolder(str(tmp_path / "out"))
     a, b, c = images
     kept_row = _ok_row(folder, a)
-    _ok_row(folder, b, with_deltas=False)                       # no deltas file: computed again
-    folder.write_row(failed_row(c.image_id, CFG, CKPT, "OSError: disk full"))   # not the image's fault: again
+    # An ok row of gani before issue 18 without its deltas file was cut short: computed again.
+    sha = hashlib.sha256(Path(b.source).read_bytes()).hexdigest()
+    _legacy_row(folder, complete_row({"image_id": "b", "image_sha256": sha, "method": "gani", "status": "ok"},
+                                     CFG, CKPT))
+    folder.write_part([failed_row(c.image_id, CFG, CKPT, "OSError: disk full")])   # not the image's fault: again
     kept = folder.reusable_rows(images, {"gani": CFG.resume_hashes()}, CKPT.sha256)
     assert kept == {("a", "gani"): kept_row}
 
@@ -130,7 +142,7 @@ def test_resume_keeps_ok_rows_with_deltas_for_the_same_bytes_checkpoint_and_conf
 def test_resume_keeps_a_failure_of_the_image_itself(images, tmp_path: Path) -> None:
     folder = RunFolder(str(tmp_path / "out"))
     sha = hashlib.sha256(Path(images[0].source).read_bytes()).hexdigest()
-    folder.write_row(failed_row("a", CFG, CKPT, "ImageError: a.png: truncated", sha))
+    folder.write_part([failed_row("a", CFG, CKPT, "ImageError: a.png: truncated", sha)])
     assert set(folder.reusable_rows(images, {"gani": CFG.resume_hashes()}, CKPT.sha256)) == {("a", "gani")}
 
 
@@ -141,6 +153,7 @@ def test_resume_recomputes_when_anything_in_the_key_changed(images, tmp_path: Pa
     hashes, sha = {"gani": CFG.resume_hashes()}, CKPT.sha256
     if change == "bytes":
         Path(images[0].source).write_bytes(b"other bytes under the same name")
+        images = list_images(str(Path(images[0].source).parent))      # the rerun lists its input again
     elif change == "checkpoint":
         sha = resolve_checkpoint("builtin-random:64").sha256
     elif change == "config":
@@ -148,6 +161,80 @@ def test_resume_recomputes_when_anything_in_the_key_changed(images, tmp_path: Pa
     else:
         hashes = {"pti": method_config("pti", pivot_steps=2, tune_steps=2).resume_hashes()}
     assert folder.reusable_rows(images, hashes, sha) == {}
+
+
+def test_resume_reads_no_input_whose_listing_is_unchanged(images, tmp_path: Path) -> None:
+    """The row's fingerprint of the file (size, modification time) equals the listing's: kept without reading it.
+    Shown by other bytes of the same size put back with the old modification time: a read would see them."""
+    folder = RunFolder(str(tmp_path / "out"))
+    kept_row = _ok_row(folder, images[0])
+    source = Path(images[0].source)
+    before = source.stat()
+    source.write_bytes(b"X" * before.st_size)
+    os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+    again = list_images(str(source.parent))
+    assert again[0].stat == images[0].stat
+    assert folder.reusable_rows(again, {"gani": CFG.resume_hashes()}, CKPT.sha256) == {("a", "gani"): kept_row}
+
+
+def test_resume_of_a_touched_file_reads_it_and_keeps_the_row_when_its_bytes_are_the_same(images, tmp_path) -> None:
+    """A copied or touched file (another modification time): its bytes decide; the same bytes keep the row, other
+    bytes of the same size do not."""
+    folder = RunFolder(str(tmp_path / "out"))
+    kept_row = _ok_row(folder, images[0])
+    source = Path(images[0].source)
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
+    again = list_images(str(source.parent))
+    assert again[0].stat != images[0].stat
+    assert folder.reusable_rows(again, {"gani": CFG.resume_hashes()}, CKPT.sha256) == {("a", "gani"): kept_row}
+    source.write_bytes(b"Y" * source.stat().st_size)
+    assert folder.reusable_rows(list_images(str(source.parent)), {"gani": CFG.resume_hashes()}, CKPT.sha256) == {}
+
+
+def test_the_newest_row_of_a_result_wins_and_parts_older_than_the_table_are_not_read(images, tmp_path) -> None:
+    folder = RunFolder(str(tmp_path / "out"))
+    old = folder.write_part([failed_row("a", CFG, CKPT, "ConnectionError: s3 down")])
+    new = _ok_row(folder, images[0])                                 # computed again later: its part wins
+    assert folder.stored_rows()[("a", "gani")] == new
+    summary = summarise([new], {"gani": CFG}, CKPT, folder.uri, started=0.0)
+    folder.write_tables([new], summary)
+    # A part older than the tables is in them already: not read (a part that says otherwise shows it).
+    Path(old).write_bytes(b"not parquet")
+    past = Path(folder.metrics_uri).stat().st_mtime - 60
+    os.utime(old, (past, past))
+    run = folder.read_run()
+    assert run.complete and [r["status"] for r in run.rows] == ["ok"]
+    folder.write_part([failed_row("b", CFG, CKPT, "ImageError: b.png: not an image")])   # written since
+    run = folder.read_run()
+    assert not run.complete and run.on_disk == 1 and [r["image_id"] for r in run.rows] == ["a", "b"]
+
+
+def test_rows_of_gani_before_issue_18_are_read_and_their_pivot_too(images, tmp_path: Path) -> None:
+    """rows/IMAGE.METHOD.json with the pivot as text in it: read as rows (the pivot column dropped), and
+    read_pivot finds the pivot in it when the deltas file has none."""
+    folder = RunFolder(str(tmp_path / "out"))
+    sha = hashlib.sha256(Path(images[0].source).read_bytes()).hexdigest()
+    row = complete_row({"image_id": "a", "image_sha256": sha, "method": "gani", "status": "ok"}, CFG, CKPT)
+    _legacy_row(folder, row, w_pivot=[0.5, -1.0, 2.0])
+    Path(folder.deltas_uri("a", "gani")).parent.mkdir(parents=True)
+    write_deltas_parquet(deltas_table("a", []), folder.deltas_uri("a", "gani"))
+    stored = folder.stored_rows()[("a", "gani")]
+    assert "w_pivot" not in stored and stored["image_sha256"] == sha
+    assert folder.read_pivot("a", "gani").tolist() == [0.5, -1.0, 2.0]
+    assert set(folder.reusable_rows(images, {"gani": CFG.resume_hashes()}, CKPT.sha256)) == {("a", "gani")}
+
+
+def test_the_pivot_is_stored_with_the_deltas_and_a_row_stays_small(tmp_path: Path) -> None:
+    """The pivot is binary, in the deltas file; a row holds no pivot (before issue 18 it was ~21 KB of text)."""
+    folder = RunFolder(str(tmp_path))
+    pivot = torch.randn(18, 512)
+    Path(folder.deltas_uri("a", "gani")).parent.mkdir(parents=True)
+    write_deltas_parquet(deltas_table("a", []), folder.deltas_uri("a", "gani"), pivot)
+    assert torch.equal(folder.read_pivot("a", "gani"), pivot)
+    row = complete_row({"image_id": "a" * 120, "source": "x/" * 100, "source_stat": "123:etag:" + "f" * 32,
+                        "image_sha256": "0" * 64, "method": "gani", "status": "ok",
+                        **{n: 0.123456789 for n in names("result")}}, CFG, CKPT, device="cuda:0")
+    assert len(json.dumps(row)) < 2048
 
 
 def test_tables_are_written_and_read_back(images, tmp_path: Path) -> None:

@@ -31,14 +31,11 @@ class Interrupted(Exception):
 
 
 def check_output_folder(out: str, option: str = "--out") -> None:
-    """Refuse, before any work, a folder that cannot be made at ``out``: an existing file, or a path under one
-    (remote URIs are checked by the store when written)."""
-    if "://" in out:
-        return
-    existing = _first_existing(Path(out).absolute())
-    if not existing.is_dir():
-        where = "is a file" if existing == Path(out).absolute() else f"is under {existing}, a file"
-        raise GaniError(f"{option} {out} {where}: give a folder (new, or one of an earlier run to resume)")
+    """Refuse, before any work, a folder that cannot be made at ``out``: an existing file, or a path under one; a
+    store that cannot be reached or refuses the credentials (storage.check_folder), naming ``option``."""
+    from gani_core import storage
+
+    storage.check_folder(out, option)
 
 
 def check_output_file(out: str, option: str = "--out", what: str = "a file name") -> None:
@@ -90,6 +87,7 @@ def input_images(args: list[str]) -> list[ImageSource]:
 
     sources: list[str] = []
     paths: list[str] = []       # each image's `source` in the rows: a file as given, a folder's images under it
+    stats: list[str | None] = []    # what the listing says of each (a resume reads no file whose listing is unchanged)
     for arg in args:
         # storage.exists asks the storage now and raises when it cannot be reached (s3fs's own answers False).
         if not storage.exists(arg):
@@ -98,6 +96,7 @@ def input_images(args: list[str]) -> list[ImageSource]:
         if fs.isfile(path):
             sources.append(arg)
             paths.append(arg)
+            stats.append(storage.fingerprint(fs.info(path)))
             continue
         try:
             found = list_images(arg)
@@ -106,7 +105,8 @@ def input_images(args: list[str]) -> list[ImageSource]:
             raise FileNotFoundError(str(exc).replace(f"input_uri {arg}", arg, 1)) from None
         sources += [image.source for image in found]
         paths += [f"{arg.rstrip('/')}/{image.input_path}" for image in found]
-    return image_sources(sources, paths)
+        stats += [image.stat for image in found]
+    return image_sources(sources, paths, stats)
 
 
 def print_rows(rows: list[dict], with_config: bool = False) -> None:

@@ -26,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     methods = [m for m in METHODS if has_tuning(m)] if args.method is None else [args.method]
     found = {r["method"]: r for r in stored.rows
              if r["image_id"] == args.image_id and r["method"] in methods and r["status"] == "ok"}
+    if not any(r["image_id"] == args.image_id for r in stored.rows):
+        raise GaniError(f"{args.run}: no image {args.image_id!r} in this run; `gani show {args.run}` lists its images")
     if not found:
         raise GaniError(f"{args.run}: no successful tuned result for image {args.image_id!r} "
                         f"(methods {methods}); see `gani show {args.run}`")
@@ -38,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     tuned = apply_deltas(G, folder.read_deltas(row["image_id"], row["method"]))
     tuned.cfg.label = f"{G.label} tuned to {args.image_id} by {row['method']}"
     out = save_generator(tuned, args.out, extra={
-        "w_pivot": json.dumps(row["w_pivot"]), "num_ws": str(G.num_ws), "source_run": str(args.run),
+        "w_pivot": json.dumps(folder.read_pivot(row["image_id"], row["method"]).flatten().tolist()),
+        "num_ws": str(G.num_ws), "source_run": str(args.run),
         "image_id": args.image_id, "method": row["method"],
     })
     print(f"wrote {out}: {tuned.cfg.label}; its pivot latent is in the file's metadata ('w_pivot')")

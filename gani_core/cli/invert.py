@@ -135,12 +135,16 @@ def _report(result: RunResult, folder: RunFolder) -> int:
     print_rows(result.rows)
     ok = sum(r["status"] == "ok" for r in result.rows)
     failed = len(result.rows) - ok
-    kept = f", {len(result.kept)} kept from an earlier run" if result.kept else ""
+    kept_failed = sum(r["status"] != "ok" for r in result.rows if (r["image_id"], r["method"]) in result.kept)
+    # A failure is kept only when the image itself cannot be read: the same bytes would fail the same way.
+    unreadable = f", {kept_failed} of them an image that cannot be read" if kept_failed else ""
+    kept = f", {len(result.kept)} kept from an earlier run{unreadable}" if result.kept else ""
     replaced = sum(result.replaced.values())
     by_method = ", ".join(f"{m} {n}" for m, n in result.replaced.items())
     replaced = f"; replaced {replaced} result(s) of another configuration ({by_method})" if replaced else ""
     others = result.summary["rows"] - len(result.rows)
     others = f"; the tables also hold {others} result(s) of earlier runs (gani show)" if others else ""
-    print(f"wrote {folder.metrics_uri}, deltas/, previews/, summary.json ({ok} ok, {failed} failed{kept}){replaced}"
-          f"{others}", file=sys.stderr)
+    outputs = "deltas/, previews/, " if result.summary["ok"] else ""     # written for ok results only
+    print(f"wrote {folder.metrics_uri}, {outputs}summary.json ({ok} ok, {failed} failed{kept}){replaced}{others}",
+          file=sys.stderr)
     return 1 if failed else 0
