@@ -14,7 +14,7 @@ Per N, three runs into one output folder, each flow in its own Python process (i
 
     first     nothing done yet: every image computed
     rerun     the same run again: nothing to compute
-    half      the same run after half of the images' results were deleted (rows/IMAGE.wplus.json)
+    half      into another folder that a run of the first half of the images (``limit``, not timed) filled
 
 For each run: ``wall`` (the flow call, from the flow process; its imports are not in it), ``compute`` (the rows'
 ``seconds``: the inversion's timed stages and the metrics, of the images computed), the pipeline overhead per image
@@ -59,7 +59,7 @@ def child(spec: dict) -> None:
     state = invert_dataset(input_uri=spec["input"], output_uri=spec["output"], checkpoint=SPEC, method="wplus",
                            inversion=InversionSettings(pivot_steps=1, batch_size=spec["batch_size"]),
                            cluster=ClusterSettings(dask_address=spec["scheduler"]),
-                           mlflow_tracking_uri=spec["mlflow"], return_state=True)
+                           mlflow_tracking_uri=spec["mlflow"], limit=spec.get("limit"), return_state=True)
     wall = time.perf_counter() - t0
     summary = state.result(raise_on_failure=False)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024       # KiB on Linux
@@ -128,16 +128,10 @@ def _compute_seconds(uri: str, image_ids: set[str] | None) -> float:
     return float(sum(r["seconds"] or 0.0 for r in rows if image_ids is None or r["image_id"] in image_ids))
 
 
-def _delete_half(uri: str, n: int) -> set[str]:
-    """Delete every other image's row (its result is then recomputed); those images' ids."""
+def _image_ids(uri: str) -> set[str]:
     from gani_core import storage
 
-    fs, path = storage.resolve(storage.join(uri, "rows"))
-    names = sorted(fs.find(path))
-    if len(names) != n:
-        raise SystemExit(f"{uri}: {len(names)} rows after the first run, not {n}")
-    fs.rm(names[::2])
-    return {Path(name).name.split(".")[0] for name in names[::2]}
+    return {r["image_id"] for r in storage.read_parquet(storage.join(uri, "metrics.parquet")).to_pylist()}
 
 
 def measure(n: int, store: str, batch_size: int, work: Path, scheduler: str, env: dict[str, str]) -> dict:
@@ -154,10 +148,15 @@ def measure(n: int, store: str, batch_size: int, work: Path, scheduler: str, env
     result: dict = {"images": n, "store": store, "batch_size": batch_size, "workers": WORKERS}
     artifacts_before = 0
     for name in ("first", "rerun", "half"):
-        recomputed = _delete_half(output_uri, n) if name == "half" else None
+        if name == "half":      # half done: the first half of the images run into a new folder, then all of them
+            output_uri = storage.join(base, f"out-{n}-half")
+            spec = {**spec, "output": output_uri}
+            _run_flow({**spec, "limit": n // 2}, env)
+            artifacts_before = _files(tracking / "mlartifacts")
+        done = _image_ids(output_uri) if name == "half" else set()
         run = _run_flow(spec, env)
         figures = _prefect_figures(run["flow_run_id"])
-        compute = 0.0 if name == "rerun" else _compute_seconds(output_uri, recomputed)
+        compute = 0.0 if name == "rerun" else _compute_seconds(output_uri, _image_ids(output_uri) - done)
         artifacts = _files(tracking / "mlartifacts")
         result[name] = {
             **run["summary"], "state": run["state"], "wall": round(run["wall"], 2), "compute": round(compute, 2),
