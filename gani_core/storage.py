@@ -278,9 +278,10 @@ def read_bytes(uri: str | Path) -> bytes:
     return with_retries("read", uri, get)
 
 
-def exists(uri: str | Path) -> bool:
+def exists(uri: str | Path, name: str | None = None) -> bool:
     """Whether ``uri`` names a file or a folder now (not in a cached listing). A storage that cannot be reached
-    raises (after the retries) rather than answering False, as s3fs's own ``exists`` would."""
+    raises (after the retries) rather than answering False, as s3fs's own ``exists`` would; the error names
+    ``<name> <uri>`` (what the user called it) when ``name`` is given."""
     fs, path = resolve(uri)
 
     def info() -> bool:
@@ -291,7 +292,7 @@ def exists(uri: str | Path) -> bool:
             return False
         return True
 
-    return with_retries("exists", uri, info)
+    return with_retries("exists" if name is None else "check", uri if name is None else f"{name} {uri}", info)
 
 
 def write_parquet(uri: str | Path, table: pa.Table, **options: object) -> None:
@@ -361,17 +362,7 @@ def must_exist(uri: str | Path, name: str = "input_uri") -> None:
     """Raise FileNotFoundError (``<name> <uri>: no such folder or object``) unless ``uri`` names something now;
     like every call here, an unreachable store raises ConnectionError and refused credentials StorageAccessError,
     both naming ``<name> <uri>``."""
-    fs, path = resolve(uri)
-
-    def found() -> bool:
-        fs.invalidate_cache(path)
-        try:
-            fs.info(path)
-        except FileNotFoundError:
-            return False
-        return True
-
-    if not with_retries("check", f"{name} {uri}", found):
+    if not exists(uri, name):
         raise FileNotFoundError(f"{name} {uri}: no such folder or object")
 
 
