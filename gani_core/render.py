@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -49,7 +50,7 @@ def grid_png(images: torch.Tensor, caption: str = "", columns: int | None = None
     img = Image.fromarray(grid)
     info = PngInfo()
     if labels:
-        font = ImageFont.load_default()
+        font = _font()
         cells = [_wrap(label, font, w - 4) for label in labels]
         bar = Image.new("RGB", (img.width, _LINE * max(len(c) for c in cells) + 2), "white")
         draw = ImageDraw.Draw(bar)
@@ -61,16 +62,26 @@ def grid_png(images: torch.Tensor, caption: str = "", columns: int | None = None
         img = _below(img, _text_bar(caption, img.width))
         info.add_text("Description", caption)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", pnginfo=info)
+    img.save(buf, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
 
 
 _LINE = 12      # pixels per line of the default font, spacing included
 
+# zlib level of every PNG gani writes: 1, not Pillow's 6, halves the encoding time of a preview (2.7 ms against 5.4
+# for four 192 px cells; a run writes one per image) for files about 6 % larger.
+PNG_COMPRESS_LEVEL = 1
+
+
+@functools.cache
+def _font() -> ImageFont.ImageFont:
+    """Pillow's default font, loaded once per process (a preview draws with it twice)."""
+    return ImageFont.load_default()
+
 
 def _text_bar(text: str, width: int) -> Image.Image:
     """``text`` wrapped to ``width`` pixels, black on a white bar as wide."""
-    font = ImageFont.load_default()
+    font = _font()
     lines = _wrap(text, font, width - 4)
     bar = Image.new("RGB", (width, _LINE * len(lines) + 2), "white")
     ImageDraw.Draw(bar).multiline_text((2, 1), "\n".join(lines), fill="black", font=font, spacing=1)
