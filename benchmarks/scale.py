@@ -134,7 +134,11 @@ def _image_ids(uri: str) -> set[str]:
     return {r["image_id"] for r in storage.read_parquet(storage.join(uri, "metrics.parquet")).to_pylist()}
 
 
-def measure(n: int, store: str, batch_size: int, work: Path, scheduler: str, env: dict[str, str]) -> dict:
+RUNS = ("first", "rerun", "half")
+
+
+def measure(n: int, store: str, batch_size: int, work: Path, scheduler: str, env: dict[str, str],
+            runs: tuple[str, ...] = RUNS) -> dict:
     """The three runs of N images (the module's docstring); their figures."""
     from gani_core import storage
 
@@ -147,7 +151,7 @@ def measure(n: int, store: str, batch_size: int, work: Path, scheduler: str, env
             "mlflow": f"sqlite:///{tracking}/mlflow.db"}
     result: dict = {"images": n, "store": store, "batch_size": batch_size, "workers": WORKERS}
     artifacts_before = 0
-    for name in ("first", "rerun", "half"):
+    for name in runs:
         if name == "half":      # half done: the first half of the images run into a new folder, then all of them
             output_uri = storage.join(base, f"out-{n}-half")
             spec = {**spec, "output": output_uri}
@@ -176,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", choices=("local", "s3"), default="local")
     p.add_argument("--batch-size", type=int, default=64, help="images per task (default: 64)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
+    p.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS),
+                   help="which runs per N (default: all three; first is always run)")
     p.add_argument("--before", default=None, metavar="COMMIT",
                    help="measure the code of COMMIT first, in the same run, and report the ratios against it")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -202,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             client.run(warm_worker, resolve_checkpoint(SPEC))
             env = {**os.environ, "PREFECT_API_URL": api}
             for n in args.sizes:
-                results.append(measure(n, args.store, args.batch_size, work, client.scheduler.address, env))
+                runs = tuple(r for r in RUNS if r in {"first", *args.runs})
+                results.append(measure(n, args.store, args.batch_size, work, client.scheduler.address, env, runs))
     report = {"benchmark": "scale", "code_version": code_version(), "date": time.strftime("%Y-%m-%d"),
               "machine": f"{os.cpu_count()} cores", "results": results}
     if before is not None:
@@ -227,7 +234,8 @@ def _measure_commit(args: argparse.Namespace) -> dict:
             shutil.copy(__file__, tree / "benchmarks" / "scale.py")
             out = Path(tmp) / "before.json"
             cmd = [sys.executable, str(tree / "benchmarks" / "scale.py"), "--sizes", *map(str, args.sizes),
-                   "--store", args.store, "--batch-size", str(args.batch_size), "--json", str(out)]
+                   "--store", args.store, "--batch-size", str(args.batch_size), "--runs", *args.runs,
+                   "--json", str(out)]
             subprocess.run(cmd, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, check=True)
             return {"commit": args.before, **json.loads(out.read_text())}
         finally:
@@ -243,7 +251,7 @@ def _ratios(before: list[dict], after: list[dict]) -> list[dict]:
     out = []
     for b, a in zip(before, after, strict=True):
         entry: dict = {"images": a["images"]}
-        for run in ("first", "rerun", "half"):
+        for run in (r for r in RUNS if r in a and r in b):
             entry[run] = {k: round(a[run][k] / b[run][k], 3) if b[run][k] else None for k in RATIO_FIGURES}
         out.append(entry)
     return out
