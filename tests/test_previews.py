@@ -18,6 +18,7 @@ from gani_core.invert import InversionResult, method_config, preview_edit
 from gani_core.measure import PREVIEW_CELLS, preview_edit_label
 from gani_core.render import grid_png, stack_pngs
 from gani_core.run_folder import (
+    PREVIEW_CELL_MAX,
     PREVIEW_CELL_MIN,
     PREVIEW_GRID_MAX,
     RunFolder,
@@ -37,14 +38,14 @@ def _png(data: bytes) -> Image.Image:
     return img
 
 
-def _result(image_id: str = "a", edit_label: str | None = None) -> InversionResult:
-    """An InversionResult of 32 px cells: input red, pivot green, tuned blue, edit grey."""
+def _result(image_id: str = "a", edit_label: str | None = None, size: int = 32) -> InversionResult:
+    """An InversionResult of ``size`` px cells: input red, pivot green, tuned blue, edit grey."""
     colours = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0.5, 0.5, 0.5]])
     result = InversionResult(
         image_id=image_id, method="gani", w_pivot=torch.zeros(2, 4), encoded=[], metrics={},
         seconds={"pivot": 0.0, "tune": 0.0, "metrics": 0.0, "total": 0.0}, steps={"pivot": 2, "tune": 2},
         peak_memory_mb=0.0, delta_bytes=0, delta_lpips_change=0.0,
-        previews=colours[:, :, None, None].expand(4, 3, 32, 32).clone())
+        previews=colours[:, :, None, None].expand(4, 3, size, size).clone())
     if edit_label is not None:
         result.edit_label = edit_label       # set by invert._measure (measure.preview_edit_label)
     return result
@@ -75,6 +76,15 @@ def test_a_preview_labels_its_columns_and_says_which_edit(tmp_path: Path) -> Non
     assert cell == PREVIEW_CELL_MIN                          # 32 px cells upscaled x6
     pixels = np.asarray(img.convert("RGB"))
     assert tuple(pixels[cell // 2, cell // 2]) == (255, 0, 0) and tuple(pixels[cell // 2, 3 * cell + 5]) == (128,) * 3
+
+
+def test_a_preview_of_a_large_generator_is_downscaled_to_bounded_cells(tmp_path: Path) -> None:
+    """Four 1024 px cells were 0.8 s of PNG encoding and 8 MiB per image; cells are at most PREVIEW_CELL_MAX px."""
+    uri = str(tmp_path / "a.gani.png")
+    save_preview(_result(size=1024), "config-f", uri)
+    img = _png(Path(uri).read_bytes())
+    assert img.width == PREVIEW_CELL_MAX * len(PREVIEW_CELLS)
+    assert tuple(np.asarray(img.convert("RGB"))[PREVIEW_CELL_MAX // 2, PREVIEW_CELL_MAX // 2]) == (255, 0, 0)
 
 
 def test_a_result_that_does_not_say_which_edit_gets_a_plain_edit_label(tmp_path: Path) -> None:
