@@ -63,6 +63,11 @@ def child(spec: dict) -> None:
     wall = time.perf_counter() - t0
     summary = state.result(raise_on_failure=False)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024       # KiB on Linux
+    if isinstance(summary, BaseException):      # the run failed as a whole: what it said, for the report
+        error = f"{type(summary).__name__}: {str(summary)[:300]}"
+        print("SCALE " + json.dumps({"flow_run_id": str(state.state_details.flow_run_id), "wall": wall,
+                                     "peak_rss_mb": rss, "state": state.name, "error": error}), flush=True)
+        return
     print("SCALE " + json.dumps({"flow_run_id": str(state.state_details.flow_run_id), "wall": wall,
                                  "peak_rss_mb": rss, "state": state.name,
                                  "summary": {k: summary.get(k) for k in ("images", "ok", "failed", "skipped",
@@ -159,6 +164,10 @@ def measure(n: int, store: str, batch_size: int, work: Path, scheduler: str, env
             artifacts_before = _files(tracking / "mlartifacts")
         done = _image_ids(output_uri) if name == "half" else set()
         run = _run_flow(spec, env)
+        if "error" in run:
+            result[name] = {"state": run["state"], "error": run["error"], "wall": round(run["wall"], 2)}
+            print(f"N={n} {store} {name}: failed: {run['error']}", file=sys.stderr, flush=True)
+            break
         figures = _prefect_figures(run["flow_run_id"])
         compute = 0.0 if name == "rerun" else _compute_seconds(output_uri, _image_ids(output_uri) - done)
         artifacts = _files(tracking / "mlartifacts")
@@ -251,7 +260,7 @@ def _ratios(before: list[dict], after: list[dict]) -> list[dict]:
     out = []
     for b, a in zip(before, after, strict=True):
         entry: dict = {"images": a["images"]}
-        for run in (r for r in RUNS if r in a and r in b):
+        for run in (r for r in RUNS if r in a and r in b and "error" not in a[r] and "error" not in b[r]):
             entry[run] = {k: round(a[run][k] / b[run][k], 3) if b[run][k] else None for k in RATIO_FIGURES}
         out.append(entry)
     return out
