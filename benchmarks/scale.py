@@ -125,12 +125,12 @@ def _output_files(uri: str) -> int:
     return sum(1 for name in fs.find(path) if not name.endswith("mlflow.db"))
 
 
-def _compute_seconds(uri: str, image_ids: set[str] | None) -> float:
-    """The inversion seconds (the rows' ``seconds``) of the images ``image_ids`` (None: every row)."""
+def _compute_seconds(uri: str, done_before: set[str]) -> float:
+    """The inversion seconds (the rows' ``seconds``) of the images a run computed: all but ``done_before``."""
     from gani_core import storage
 
     rows = storage.read_parquet(storage.join(uri, "metrics.parquet")).to_pylist()
-    return float(sum(r["seconds"] or 0.0 for r in rows if image_ids is None or r["image_id"] in image_ids))
+    return float(sum(r["seconds"] or 0.0 for r in rows if r["image_id"] not in done_before))
 
 
 def _image_ids(uri: str) -> set[str]:
@@ -169,7 +169,7 @@ def measure(n: int, store: str, batch_size: int, work: Path, scheduler: str, env
             print(f"N={n} {store} {name}: failed: {run['error']}", file=sys.stderr, flush=True)
             break
         figures = _prefect_figures(run["flow_run_id"])
-        compute = 0.0 if name == "rerun" else _compute_seconds(output_uri, _image_ids(output_uri) - done)
+        compute = 0.0 if name == "rerun" else _compute_seconds(output_uri, done)
         artifacts = _files(tracking / "mlartifacts")
         result[name] = {
             **run["summary"], "state": run["state"], "wall": round(run["wall"], 2), "compute": round(compute, 2),

@@ -169,7 +169,7 @@ def flow_main(flow: Flow, argv: list[str] | None = None, check: Callable[..., ob
 def print_summary(flow: Flow, summary: dict) -> None:
     """A flow run's counts, where its tables are and how to see them."""
     # Here, not at the top: MLflow's import takes seconds, which --help need not wait for.
-    from tasks.mlflow_view import runs_url
+    from tasks.mlflow_view import RUNS_VIEW, runs_url
 
     images = "images" in summary    # a run folder of inverted images (the domain benchmark: rows of a report)
     counts = ("images", "ok", "failed", "skipped", "computed") if images else ("rows", "failed", "ok")
@@ -181,7 +181,6 @@ def print_summary(flow: Flow, summary: dict) -> None:
     print(f"MLflow run {summary['mlflow_run_id']}: open the UI with .venv/bin/mlflow ui --backend-store-uri "
           f"{summary['mlflow_tracking_uri']} --host 127.0.0.1 --port 5000 --workers 1")
     # MLflow 3 opens experiments in its GenAI view unless asked for the runs table (its "Model training" view).
-    views = summary.get("mlflow_views") or {"runs": None}
-    for what, view in views.items():    # the domain benchmark: every run, and this run's children by method
-        url = runs_url(summary["mlflow_experiment_id"], **({"view": view} if view else {}))
-        print(f"then the {what} of {flow.name}: {url}" if view else f"then the runs of {flow.name}: {url}")
+    # The domain benchmark names two views: every run, and this run's children by method.
+    for what, view in (summary.get("mlflow_views") or {"runs": RUNS_VIEW}).items():
+        print(f"then the {what} of {flow.name}: {runs_url(summary['mlflow_experiment_id'], view=view)}")

@@ -51,7 +51,7 @@ class Batches:
 
 
 @flow(name="invert-images-on-dask", validate_parameters=False)
-def invert_images_on_dask(work: Batches | list[tuple[list[ImageSource], InvertConfig]], ckpt: CheckpointRef,
+def invert_images_on_dask(work: Batches, ckpt: CheckpointRef,
                           folder: RunFolder, batch_size: int | str = 1, gpu: bool = False,
                           window: int | None = None) -> list[dict]:
     """One ``invert-images`` task per (batch of images, configuration) on this subflow's Dask task runner (built
@@ -68,15 +68,14 @@ def invert_images_on_dask(work: Batches | list[tuple[list[ImageSource], InvertCo
     again on another worker. Each task's result is released as soon as it is read, so that a worker lost later
     does not make Dask compute finished tasks again (their files written a second time, maybe after the tables)."""
     logger = get_run_logger()
-    work = work.items() if isinstance(work, Batches) else work
     size = SubmissionWindow(FlowRunContext.get().task_runner, window)
-    total = sum(len(images) for images, _ in work)
+    total = work.images()
     logger.info("%s image(s) in %s task(s), at most %d submitted at a time", f"{total:,}", f"{len(work):,}",
                 size.size())
     progress = FinishedImagesLog(total, logger, report=ProgressArtifact(logger))
     finished: queue.SimpleQueue[PrefectFuture] = queue.SimpleQueue()   # filled by Dask's callback thread
     unread: dict[PrefectFuture, tuple[list[ImageSource], InvertConfig]] = {}
-    todo = iter(work)
+    todo = iter(work.items())
 
     def submit_more() -> None:
         # With gpu, every task asks the scheduler for one unit of the workers' `GPU` resource.

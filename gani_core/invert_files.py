@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -155,8 +155,9 @@ def run_in_process(
     method)`` may return a progress callback for that batch."""
     started = time.time()
     folder.write_configs(configs.values())
-    kept = folder.reusable_rows(images, {m: c.resume_hashes() for m, c in configs.items()}, ckpt.sha256)
-    replaced = _other_configurations(folder, images, configs, kept)
+    stored = folder.stored_rows()       # read once: the resume rule and the count of what this run replaces
+    kept = folder.reusable_rows(images, {m: c.resume_hashes() for m, c in configs.items()}, ckpt.sha256, stored)
+    replaced = _other_configurations(stored, images, configs, kept)
     new: dict[tuple[str, str], dict] = {}
     for method, cfg in configs.items():
         todo = [image for image in images if (image.image_id, method) not in kept]
@@ -170,11 +171,11 @@ def run_in_process(
     return RunResult(rows, summary, folder.write_tables(table, summary), set(kept), replaced)
 
 
-def _other_configurations(folder: RunFolder, images: list[ImageSource], configs: dict[str, InvertConfig],
-                          kept: Collection[tuple[str, str]]) -> dict[str, int]:
-    """Per method, how many rows this run will overwrite that another configuration of it made (an earlier
-    ``--tune-steps``, say): one row per image x method, so a person should hear that those results go."""
-    stored = folder.stored_rows()
+def _other_configurations(stored: Mapping[tuple[str, str], dict], images: list[ImageSource],
+                          configs: dict[str, InvertConfig], kept: Collection[tuple[str, str]]) -> dict[str, int]:
+    """Per method, how many of the ``stored`` rows (RunFolder.stored_rows) this run will replace that another
+    configuration of it made (an earlier ``--tune-steps``, say): one row per image x method, so a person should hear
+    that those results go."""
     counts: dict[str, int] = {}
     for key in ((image.image_id, m) for image in images for m in configs):
         row = stored.get(key)

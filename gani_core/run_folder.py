@@ -41,7 +41,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
@@ -390,12 +390,14 @@ class RunFolder:
         return found
 
     def reusable_rows(self, images: list[ImageSource], config_hashes: dict[str, Collection[str]],
-                      checkpoint_sha256: str) -> dict[tuple[str, str], dict]:
+                      checkpoint_sha256: str, stored: Mapping[tuple[str, str], dict] | None = None,
+                      ) -> dict[tuple[str, str], dict]:
         """The stored rows that a run of ``images`` keeps (the resume rule), by (image_id, method);
         ``config_hashes`` maps each method to the config hashes its rows may carry (InvertConfig.resume_hashes:
-        today's, and the one gani wrote before issue 17). An image is read and hashed only when its listing's
-        fingerprint is not the one its row recorded."""
-        stored = self.stored_rows()
+        today's, and the one gani wrote before issue 17). ``stored``: :meth:`stored_rows`, when the caller has
+        read them already. An image is read and hashed only when its listing's fingerprint is not the one its row
+        recorded."""
+        stored = self.stored_rows() if stored is None else stored
         rows = {(ref.image_id, m): row for ref in images for m in config_hashes
                 if (row := stored.get((ref.image_id, m))) is not None
                 and _reusable(row, checkpoint_sha256, config_hashes[m])}

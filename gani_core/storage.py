@@ -23,7 +23,6 @@ over about 10 s unless ``AWS_MAX_ATTEMPTS`` says otherwise).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import logging
@@ -349,13 +348,7 @@ def check_folder(uri: str | Path, name: str = "output_uri") -> None:
             where = "is a file" if existing == target else f"is under {existing}, a file"
             raise GaniError(f"{name} {uri} {where}: give a folder (new, or one of an earlier run to resume)")
         return
-
-    def ask() -> None:
-        fs.invalidate_cache(path)
-        with contextlib.suppress(FileNotFoundError):
-            fs.info(path)
-
-    with_retries("check", f"{name} {uri}", ask)
+    exists(uri, name)       # asks the store now: unreachable or refused raises, naming ``<name> <uri>``
 
 
 def must_exist(uri: str | Path, name: str = "input_uri") -> None:

@@ -128,7 +128,8 @@ def fan_out_window(dask_address: str, work: list, ckpt, folder, window: int) -> 
     from prefect_dask import DaskTaskRunner
 
     runner = DaskTaskRunner(address=dask_address)
-    return fan_out.invert_images_on_dask.with_options(task_runner=runner)(work, ckpt, folder, 1, False, window=window)
+    fan_out_flow = fan_out.invert_images_on_dask.with_options(task_runner=runner)
+    return fan_out_flow(fan_out.Batches(work), ckpt, folder, 1, False, window=window)
 
 
 @pytest.mark.services
