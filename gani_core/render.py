@@ -33,37 +33,43 @@ def render_samples(
 
 
 def grid_png(images: torch.Tensor, caption: str = "", columns: int | None = None,
-             labels: Sequence[str] = ()) -> bytes:
-    """Tile images [N, 3, H, W] in [0, 1] into PNG bytes. ``labels``, one per column, are drawn in a row under the
-    tiles (the tiles stay at the top left, square cells side by side) and stored as text ("Columns", joined by
-    " | "); ``caption`` is drawn under them and stored as text ("Description")."""
-    n, _, h, w = images.shape
+             labels: Sequence[str] = (), scale: int = 1) -> bytes:
+    """Tile images [N, 3, H, W] in [0, 1] into PNG bytes, each upscaled ``scale`` times (nearest: a pixel becomes a
+    ``scale`` x ``scale`` block). ``labels``, one per column, are drawn in a row under the tiles (the tiles stay at
+    the top left, square cells side by side) and stored as text ("Columns", joined by " | "); ``caption`` is drawn
+    under them and stored as text ("Description")."""
+    n = images.shape[0]
     cols = columns or n
-    rows = -(-n // cols)
     if len(labels) > cols:
         raise ValueError(f"{len(labels)} labels for {cols} columns")
-    grid = np.full((rows * h, cols * w, 3), 255, dtype=np.uint8)
-    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    for i in range(n):
-        r, c = divmod(i, cols)
-        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = pixels[i]
-    img = Image.fromarray(grid)
+    tiles = Image.fromarray(_tiled(images, cols, scale))
+    bars = [*([_label_bar(tuple(labels), tiles.width // cols, tiles.width)] if labels else []),
+            *([_text_bar(caption, tiles.width)] if caption else [])]
+    img = _stacked([tiles, *bars]) if bars else tiles
     info = PngInfo()
     if labels:
-        font = _font()
-        cells = [_wrap(label, font, w - 4) for label in labels]
-        bar = Image.new("RGB", (img.width, _LINE * max(len(c) for c in cells) + 2), "white")
-        draw = ImageDraw.Draw(bar)
-        for c, lines in enumerate(cells):
-            draw.multiline_text((c * w + 2, 1), "\n".join(lines), fill="black", font=font, spacing=1)
-        img = _below(img, bar)
         info.add_text("Columns", " | ".join(labels))
     if caption:
-        img = _below(img, _text_bar(caption, img.width))
         info.add_text("Description", caption)
     buf = io.BytesIO()
     img.save(buf, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
+
+
+def _tiled(images: torch.Tensor, cols: int, scale: int) -> np.ndarray:
+    """[N, 3, H, W] in [0, 1] as one uint8 [rows * H * scale, cols * W * scale, 3] array on white, row-major. The
+    upscaling is done on the uint8 pixels (a preview's four 32 px cells: 0.7 ms, against 1.9 ms in float)."""
+    n, _, h, w = images.shape
+    rows = -(-n // cols)
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    if scale > 1:
+        pixels = pixels.repeat(scale, axis=1).repeat(scale, axis=2)
+        h, w = h * scale, w * scale
+    grid = np.full((rows * h, cols * w, 3), 255, dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = pixels[i]
+    return grid
 
 
 _LINE = 12      # pixels per line of the default font, spacing included
@@ -88,12 +94,27 @@ def _text_bar(text: str, width: int) -> Image.Image:
     return bar
 
 
-def _below(top: Image.Image, bottom: Image.Image) -> Image.Image:
-    """``top`` with ``bottom`` under it, left-aligned, on white."""
-    canvas = Image.new("RGB", (max(top.width, bottom.width), top.height + bottom.height), "white")
-    canvas.paste(top, (0, 0))
-    canvas.paste(bottom, (0, top.height))
+def _stacked(parts: Sequence[Image.Image]) -> Image.Image:
+    """``parts`` top to bottom, left-aligned, on white: one canvas, each part pasted once."""
+    canvas = Image.new("RGB", (max(p.width for p in parts), sum(p.height for p in parts)), "white")
+    y = 0
+    for part in parts:
+        canvas.paste(part, (0, y))
+        y += part.height
     return canvas
+
+
+@functools.lru_cache(maxsize=64)
+def _label_bar(labels: tuple[str, ...], cell_width: int, width: int) -> Image.Image:
+    """One label per column, each wrapped to its cell, black on a white bar ``width`` wide. Cached: a run's previews
+    share their labels (treat the image as read-only)."""
+    font = _font()
+    cells = [_wrap(label, font, cell_width - 4) for label in labels]
+    bar = Image.new("RGB", (width, _LINE * max(len(c) for c in cells) + 2), "white")
+    draw = ImageDraw.Draw(bar)
+    for c, lines in enumerate(cells):
+        draw.multiline_text((c * cell_width + 2, 1), "\n".join(lines), fill="black", font=font, spacing=1)
+    return bar
 
 
 def _wrap(text: str, font: ImageFont.ImageFont, width: int) -> list[str]:
@@ -108,9 +129,9 @@ def _wrap(text: str, font: ImageFont.ImageFont, width: int) -> list[str]:
 
 
 def save_grid(images: torch.Tensor, uri: str | Path, caption: str = "", columns: int | None = None,
-              labels: Sequence[str] = ()) -> str:
+              labels: Sequence[str] = (), scale: int = 1) -> str:
     """Write :func:`grid_png` atomically to ``uri`` (a path or an fsspec URI); returns the URI."""
-    storage.write_bytes(uri, grid_png(images, caption, columns, labels))
+    storage.write_bytes(uri, grid_png(images, caption, columns, labels, scale))
     return str(uri)
 
 
@@ -120,15 +141,11 @@ def stack_pngs(pngs: Iterable[bytes], caption: str = "") -> bytes | None:
     tiles = [Image.open(io.BytesIO(data)).convert("RGB") for data in pngs]
     if not tiles:
         return None
-    grid = Image.new("RGB", (max(t.width for t in tiles), sum(t.height for t in tiles)), "white")
-    y = 0
-    for tile in tiles:
-        grid.paste(tile, (0, y))
-        y += tile.height
     info = PngInfo()
     if caption:
-        grid = _below(grid, _text_bar(caption, grid.width))
+        tiles.append(_text_bar(caption, max(t.width for t in tiles)))
         info.add_text("Description", caption)
+    grid = _stacked(tiles)
     buf = io.BytesIO()
     grid.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()

@@ -109,13 +109,11 @@ def save_preview(result: InversionResult, generator_label: str, uri: str) -> str
     size = result.previews.shape[-1]
     scale = -(-PREVIEW_CELL_MIN // size)      # small generators' cells are hard to see
     previews = result.previews
-    if scale > 1:
-        previews = F.interpolate(previews, scale_factor=scale, mode="nearest")
-    elif size > PREVIEW_CELL_MAX:
+    if size > PREVIEW_CELL_MAX:
         previews = F.interpolate(previews, size=(PREVIEW_CELL_MAX, PREVIEW_CELL_MAX), mode="area")
     # InversionResult.edit_label: set in invert._measure where the edit is chosen (measure.preview_edit_label).
     labels = preview_labels(result.edit_label)
-    return save_grid(previews, uri, caption=caption, labels=labels)
+    return save_grid(previews, uri, caption=caption, labels=labels, scale=scale)
 
 
 def preview_grid_caption(shown: int, total: int) -> str:
