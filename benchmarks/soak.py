@@ -10,11 +10,11 @@ run: its workers have loaded the generator and LPIPS), a sqlite MLflow store. Th
 the shapes domain, the generator ``builtin-random:32``, the method ``wplus`` with 1 pivot step: the work measured is
 the orchestration under faults, not the optimisation.
 
-While the flow runs, a :class:`FaultInjector` thread watches the rows appear and
+While the flow runs, a :class:`FaultInjector` thread watches the results (`deltas/`) appear and
 
-- SIGKILLs a worker that is executing a task after every ``--kill-every`` new rows (Dask's nanny starts a new worker
+- SIGKILLs a worker that is executing a task after every ``--kill-every`` new results (Dask's nanny starts a new worker
   process; the scheduler runs the lost task again on a live worker);
-- stops the S3 endpoint once, for ``--outage`` seconds, when half of the rows exist (gani_core.storage retries).
+- stops the S3 endpoint once, for ``--outage`` seconds, when half of the results exist (gani_core.storage retries).
 
 botocore's own retries are off here (``AWS_MAX_ATTEMPTS=1``: tests/support/s3.py's SHORT_RETRIES), so that the
 outage meets gani's storage retries (``GANI_STORAGE_RETRIES=5``, ``GANI_STORAGE_BACKOFF=0.2``: about 6 s in all)
@@ -57,7 +57,7 @@ BUCKET = "soak"
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=200)
-    p.add_argument("--kill-every", type=int, default=40, help="SIGKILL a busy worker after every N new rows")
+    p.add_argument("--kill-every", type=int, default=40, help="SIGKILL a busy worker after every N new results (deltas files)")
     p.add_argument("--outage", type=float, default=3.0, help="seconds the S3 endpoint is down, once, at half the rows")
     p.add_argument("--batch-size", type=int, default=1, help="images per task")
     p.add_argument("--pivot-steps", type=int, default=1)

@@ -21,12 +21,14 @@ or [num_ws, w_dim] (per layer); a set of directions [K, w_dim] or [K, num_ws, w_
 
 from __future__ import annotations
 
+import io
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from gani_core import storage
 from gani_core.errors import GaniError
 from gani_core.factors import FactorEdits, FactorProbe
 from gani_core.networks import Generator, assert_shape
@@ -91,29 +93,7 @@ def load_directions(path: str | Path, w_dim: int, num_ws: int) -> torch.Tensor:
     path = Path(path)
     expected = f"expected [{w_dim}], [K, {w_dim}] or [K, {num_ws}, {w_dim}]"
     wanted = f"a NumPy array saved with numpy.save, shape [K, {w_dim}] or [K, {num_ws}, {w_dim}] (w_dim {w_dim})"
-    if not path.is_file():
-        raise DirectionsError(f"directions file not found: {path}" if not path.exists()
-                              else f"{path} is not a file; the directions are {wanted}")
-    with path.open("rb") as f:
-        head = f.read(6)
-    # numpy would read anything else as a pickle, and say only that allow_pickle is off: name what is expected.
-    if head != b"\x93NUMPY" and not head.startswith(b"PK"):
-        what = "an empty file" if not head else f"it starts with {head!r}"
-        raise DirectionsError(f"{path}: not a .npy file ({what}); the directions are {wanted}")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        # numpy raises ValueError for object arrays (they would need unpickling), OSError/EOFError for
-        # truncated headers.
-        why = "it holds Python objects (a pickled array), never loaded" if "allow_pickle" in str(exc) else exc
-        raise DirectionsError(f"{path}: not a plain .npy array of directions ({why}); they are {wanted}") from exc
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        names = list(loaded.files)
-        loaded.close()
-        raise DirectionsError(f"{path}: an .npz archive ({names}); save one array with np.save, {expected}")
-    array = loaded
-    if array.dtype.kind not in "fiu":
-        raise DirectionsError(f"{path}: directions must be real numbers, got dtype {array.dtype}; {expected}")
+    array = read_npy_array(path, wanted, expected)
     shape = tuple(array.shape)
     if array.ndim == 1 and shape == (w_dim,):
         array = array[None]
@@ -129,6 +109,49 @@ def load_directions(path: str | Path, w_dim: int, num_ws: int) -> torch.Tensor:
     if zero:
         raise DirectionsError(f"{path}: directions {zero} are all zeros and would edit nothing")
     return directions
+
+
+def read_npy_array(source: str | Path, wanted: str, expected: str) -> np.ndarray:
+    """A real-valued array read from the `.npy` file `source`, as data only (a pickled array is refused, never loaded).
+
+    `source` is a local path (a `Path`, or a string without ``://``) or a URI read through gani_core.storage
+    (``s3://bucket/smile.npy``). Raises `DirectionsError` naming it when it is missing, not a file, not a .npy file,
+    an object array (a pickle), an .npz archive or not real numbers; `wanted` (what the file should hold) and
+    `expected` (the shapes accepted) finish those messages. The shape and values are the caller's to check.
+    """
+    data = _read_directions_file(source, wanted)
+    # numpy would read anything else as a pickle, and say only that allow_pickle is off: name what is expected.
+    if not data.startswith(b"\x93NUMPY") and not data.startswith(b"PK"):
+        what = "an empty file" if not data else f"it starts with {data[:6]!r}"
+        raise DirectionsError(f"{source}: not a .npy file ({what}); the directions are {wanted}")
+    try:
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        # numpy raises ValueError for object arrays (they would need unpickling), OSError/EOFError for
+        # truncated headers.
+        why = "it holds Python objects (a pickled array), never loaded" if "allow_pickle" in str(exc) else exc
+        raise DirectionsError(f"{source}: not a plain .npy array of directions ({why}); they are {wanted}") from exc
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        names = list(loaded.files)
+        loaded.close()
+        raise DirectionsError(f"{source}: an .npz archive ({names}); save one array with np.save, {expected}")
+    if loaded.dtype.kind not in "fiu":
+        raise DirectionsError(f"{source}: directions must be real numbers, got dtype {loaded.dtype}; {expected}")
+    return loaded
+
+
+def _read_directions_file(source: str | Path, wanted: str) -> bytes:
+    """The bytes of a directions file, local or by URI; a missing one (or a folder) is a `DirectionsError`."""
+    if isinstance(source, Path) or "://" not in source:
+        path = Path(source)
+        if not path.is_file():
+            raise DirectionsError(f"directions file not found: {source}" if not path.exists()
+                                  else f"{source} is not a file; the directions are {wanted}")
+        return path.read_bytes()
+    try:
+        return storage.read_bytes(source)
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise DirectionsError(f"directions file not found: {source}") from exc
 
 
 def apply_direction(ws: torch.Tensor, direction: torch.Tensor, strength: float) -> torch.Tensor:

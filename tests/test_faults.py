@@ -358,7 +358,7 @@ def _set_worker_env(dask: Client, name: str, value: str) -> None:
 
 def test_an_s3_outage_shorter_than_the_retries_is_ridden_out(dask, shapes, endpoint, mlflow_dir):
     folder = RunFolder(f"s3://{BUCKET}/out-ridden-out")
-    with FaultInjector(folder.path("rows"), dask.scheduler.address, total=IMAGES, endpoint=endpoint, outage=1.5,
+    with FaultInjector(folder.path("deltas"), dask.scheduler.address, total=IMAGES, endpoint=endpoint, outage=1.5,
                        outage_at=1) as injector:
         state = run_flow(str(shapes), folder.uri, dask, mlflow_dir)
     summary = state.result()
@@ -376,7 +376,7 @@ def test_an_s3_outage_longer_than_the_retries_fails_those_images_clearly_and_the
     # (about 6 s) and so outlasts the 3 s outage.
     _set_worker_env(dask, "GANI_STORAGE_RETRIES", "1")
     try:
-        with FaultInjector(folder.path("rows"), dask.scheduler.address, total=IMAGES, endpoint=endpoint, outage=3.0,
+        with FaultInjector(folder.path("deltas"), dask.scheduler.address, total=IMAGES, endpoint=endpoint, outage=3.0,
                            outage_at=1):
             summary = run_flow(str(shapes), folder.uri, dask, mlflow_dir).result()
     finally:

@@ -40,15 +40,16 @@ def write_shapes(uri: str, count: int, seed: int = 0, resolution: int = 32) -> l
 
 
 class FaultInjector(threading.Thread):
-    """Watches the rows under ``rows_uri`` while a flow runs: SIGKILLs a busy worker after every ``kill_every`` new
-    rows, and stops ``endpoint`` for ``outage`` seconds once ``outage_at`` rows exist; stops injecting once ``total``
-    rows exist. ``events`` lists what it did: (seconds since it started, what, detail). As a context manager: started
-    on entry, stopped on exit."""
+    """Watches the results appear under ``results_uri`` while a flow runs (a run folder's ``deltas/``: one file per
+    image, written as its batch ends; ``rows/`` holds one part per batch, too coarse to count images by): SIGKILLs a
+    busy worker after every ``kill_every`` new results, and stops ``endpoint`` for ``outage`` seconds once
+    ``outage_at`` results exist; stops injecting once ``total`` exist. ``events`` lists what it did: (seconds since
+    it started, what, detail). As a context manager: started on entry, stopped on exit."""
 
-    def __init__(self, rows_uri: str, scheduler_address: str, total: int, kill_every: int | None = None,
+    def __init__(self, results_uri: str, scheduler_address: str, total: int, kill_every: int | None = None,
                  endpoint: S3Endpoint | None = None, outage: float = 0.0, outage_at: int | None = None) -> None:
         super().__init__(daemon=True, name="fault-injector")
-        self.rows_uri, self.scheduler_address, self.total = rows_uri, scheduler_address, total
+        self.results_uri, self.scheduler_address, self.total = results_uri, scheduler_address, total
         self.kill_every, self.endpoint, self.outage, self.outage_at = kill_every, endpoint, outage, outage_at
         self.events: list[tuple[float, str, str]] = []
         self._done = threading.Event()
@@ -65,21 +66,21 @@ class FaultInjector(threading.Thread):
         try:
             with Client(self.scheduler_address, set_as_default=False) as client:
                 while not self._done.is_set():
-                    rows = len(storage.names_under(self.rows_uri))
-                    if rows >= self.total:
+                    done = len(storage.names_under(self.results_uri))
+                    if done >= self.total:
                         return
-                    if outage_due and rows >= self.outage_at:
+                    if outage_due and done >= self.outage_at:
                         self.events.append((time.monotonic() - started, "s3-outage",
-                                            f"{self.outage:g} s at {rows} rows"))
+                                            f"{self.outage:g} s at {done} results"))
                         with self.endpoint.down():
                             self._done.wait(self.outage)
                         outage_due = False
-                    elif next_kill is not None and rows >= next_kill:
+                    elif next_kill is not None and done >= next_kill:
                         killed = kill_busy_worker(client, timeout=5)
                         if killed:
                             self.events.append((time.monotonic() - started, "worker-killed",
-                                                f"{killed[0]} (pid {killed[1]}) at {rows} rows"))
-                            next_kill = rows + self.kill_every
+                                                f"{killed[0]} (pid {killed[1]}) at {done} results"))
+                            next_kill = done + self.kill_every
                     self._done.wait(0.1)
         except BaseException as exc:            # surfaced by stop(): a fault thread that failed must fail the soak
             self._error = exc
@@ -117,8 +118,8 @@ def soak(input_uri: str, output_uri: str, scheduler_address: str, endpoint: S3En
          kill_every: int | None, outage: float, method: str = "wplus", pivot_steps: int = 1,
          batch_size: int = 1, mlflow_tracking_uri: str | None = None) -> dict:
     """An invert-dataset run of every image under ``input_uri`` into ``output_uri`` on the cluster at
-    ``scheduler_address``, with a FaultInjector (kills after every ``kill_every`` rows, one ``outage`` of
-    ``endpoint`` at half the rows), then the same run again without faults (it computes what failed); the figures
+    ``scheduler_address``, with a FaultInjector (kills after every ``kill_every`` results, one ``outage`` of
+    ``endpoint`` at half the results), then the same run again without faults (it computes what failed); the figures
     (benchmarks/soak.py's docstring; ``rerun_*`` for the second run). Runs within a Prefect API context."""
     from distributed import Client
 
@@ -139,7 +140,7 @@ def soak(input_uri: str, output_uri: str, scheduler_address: str, endpoint: S3En
                                mlflow_tracking_uri=mlflow_tracking_uri, return_state=True)
         return state.result(), state.state_details.flow_run_id, time.perf_counter() - started
 
-    with FaultInjector(folder.path("rows"), scheduler_address, total=len(images), kill_every=kill_every,
+    with FaultInjector(folder.path("deltas"), scheduler_address, total=len(images), kill_every=kill_every,
                        endpoint=endpoint, outage=outage, outage_at=len(images) // 2) as injector:
         summary, root, wall = run()
     with Client(scheduler_address, set_as_default=False) as client:
