@@ -57,8 +57,10 @@ BUCKET = "soak"
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=200)
-    p.add_argument("--kill-every", type=int, default=40, help="SIGKILL a busy worker after every N new results (deltas files)")
-    p.add_argument("--outage", type=float, default=3.0, help="seconds the S3 endpoint is down, once, at half the rows")
+    p.add_argument("--kill-every", type=int, default=40,
+                   help="SIGKILL a busy worker after every N new results (deltas files)")
+    p.add_argument("--outage", type=float, default=3.0,
+                   help="seconds the S3 endpoint is down, once, at half the results")
     p.add_argument("--batch-size", type=int, default=1, help="images per task")
     p.add_argument("--pivot-steps", type=int, default=1)
     p.add_argument("--json", default=None, help="also write the figures to this file")

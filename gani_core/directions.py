@@ -43,7 +43,7 @@ import torch
 
 from gani_core import storage
 from gani_core.checkpoints.ref import cache_dir
-from gani_core.editing import DirectionsError, _mapped_ws, read_npy_array
+from gani_core.editing import DirectionsError, mapped_ws, read_npy_array
 from gani_core.networks import Generator
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ def compute_principal_directions(G: Generator, samples: int = PCA_SAMPLES,
     largest-magnitude element made positive so that the same generator gives the same signs everywhere.
     """
     generator = torch.Generator().manual_seed(seed)
-    chunks = [_mapped_ws(G, min(PCA_CHUNK, samples - start), generator)[:, 0].double().cpu()
+    chunks = [mapped_ws(G, min(PCA_CHUNK, samples - start), generator)[:, 0].double().cpu()
               for start in range(0, samples, PCA_CHUNK)]
     w = torch.cat(chunks)
     w = w - w.mean(dim=0)

@@ -54,7 +54,7 @@ def w_spread(G: Generator, num_samples: int = 1000, seed: int = 0) -> float:
     for a conditional generator). The scale of a generator's W space: edit strengths are expressed as
     fractions of it so that they mean the same on generators of different scales.
     """
-    ws = _mapped_ws(G, num_samples, torch.Generator().manual_seed(seed))[:, 0]
+    ws = mapped_ws(G, num_samples, torch.Generator().manual_seed(seed))[:, 0]
     return float((ws - G.mapping.w_avg).square().sum(dim=1).mean().sqrt())
 
 
@@ -181,7 +181,7 @@ def locality_latents(G: Generator, w_pivot: torch.Tensor, count: int = 16, seed:
     if count < 1:
         raise ValueError(f"locality_latents needs count >= 1, got {count}")
     w_pivot = _as_pivot(G, w_pivot)
-    ws = _mapped_ws(G, count, torch.Generator().manual_seed(seed))
+    ws = mapped_ws(G, count, torch.Generator().manual_seed(seed))
     around = int(count * LOCALITY_AROUND_PIVOT)
     if around:
         alphas = torch.arange(1, around + 1, device=ws.device, dtype=ws.dtype) / around
@@ -222,7 +222,7 @@ def sample_regulariser_latents(
         ws = _map(G, z, truncation_psi).view(len(generator), count, G.num_ws, G.w_dim)
         return w_pivot.detach()[:, None] + alpha * (ws - w_pivot.detach()[:, None])
     w_pivot = _as_pivot(G, w_pivot).detach()
-    ws = _mapped_ws(G, count, generator, truncation_psi)
+    ws = mapped_ws(G, count, generator, truncation_psi)
     return w_pivot + alpha * (ws - w_pivot)
 
 
@@ -295,7 +295,7 @@ def _as_pivot(G: Generator, w_pivot: torch.Tensor) -> torch.Tensor:
     return w_pivot.to(device=_device(G), dtype=torch.float32)
 
 
-def _mapped_ws(G: Generator, count: int, generator: torch.Generator, truncation_psi: float = 1.0) -> torch.Tensor:
+def mapped_ws(G: Generator, count: int, generator: torch.Generator, truncation_psi: float = 1.0) -> torch.Tensor:
     """Map `count` z drawn from `generator` (on its own device): [count, num_ws, w_dim] on G's device."""
     z = torch.randn([count, G.z_dim], generator=generator, device=generator.device).to(_device(G))
     return _map(G, z, truncation_psi)

@@ -99,7 +99,7 @@ def measure_images(
     pivots = w_pivots[:, None]                                                    # [K, 1, num_ws, w_dim]
     edited = pivots + preview_offset.to(device)
     if not all(tuned_any):
-        renders = _render_original(G, torch.cat([pivots, edited], 1))           # [K, 2, 3, R, R]
+        renders = render_original(G, torch.cat([pivots, edited], 1))           # [K, 2, 3, R, R]
         metrics = image_metrics(to_unit(renders[:, 0]), images)
         tools = factor_tools(G)
         accuracy = 1.0 if tools is not None else None
@@ -109,10 +109,10 @@ def measure_images(
                 for i in range(k)]
 
     layout, ws = _latents(G, torch.cat([pivots, edited], 1), directions, strength, locality_count, seed)
-    original = _render_original(G, ws, layout.shared)                              # [K, M, 3, R, R]
-    tuned = _render_tuned(G, _stack(stored), ws)
-    in_memory = _render_tuned(G, _stack(deltas), pivots)[:, 0]
-    distances = _lpips_pairs(tuned, original)                                      # [K, M]
+    original = render_original(G, ws, layout.shared)                              # [K, M, 3, R, R]
+    tuned = render_tuned(G, _stack(stored), ws)
+    in_memory = render_tuned(G, _stack(deltas), pivots)[:, 0]
+    distances = lpips_pairs(tuned, original)                                      # [K, M]
     delta_change = lpips_distance(in_memory.clamp(-1, 1), tuned[:, 0].clamp(-1, 1)).cpu()
     metrics = image_metrics(to_unit(tuned[:, 0]), images)
     locality = distances[:, layout.locality].mean(1)
@@ -163,7 +163,7 @@ def _chunks(k: int, m: int) -> list[slice]:
     return [slice(j, min(j + step, m)) for j in range(0, m, step)]
 
 
-def _render_tuned(G: Generator, deltas: Deltas, ws: torch.Tensor) -> torch.Tensor:
+def render_tuned(G: Generator, deltas: Deltas, ws: torch.Tensor) -> torch.Tensor:
     """Image k's latents ws[k] [M, num_ws, w_dim] rendered with W + deltas[k]: [K, M, 3, R, R].
 
     On a GPU the K generators render in one vmapped call (per-sample weights as a grouped convolution: few,
@@ -177,7 +177,7 @@ def _render_tuned(G: Generator, deltas: Deltas, ws: torch.Tensor) -> torch.Tenso
                                    for s in _chunks(1, m)]) for i in range(k)])
 
 
-def _render_original(G: Generator, ws: torch.Tensor, shared: slice = slice(0)) -> torch.Tensor:
+def render_original(G: Generator, ws: torch.Tensor, shared: slice = slice(0)) -> torch.Tensor:
     """ws [K, M, num_ws, w_dim] rendered with G's own weights: [K, M, 3, R, R]. The latents ws[:, shared] are the
     same for every image: rendered once."""
     k, m = ws.shape[:2]
@@ -193,7 +193,7 @@ def _render_original(G: Generator, ws: torch.Tensor, shared: slice = slice(0)) -
     return renders
 
 
-def _lpips_pairs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def lpips_pairs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """LPIPS (alex) of clamped pairs a[k, m], b[k, m] [K, M, 3, R, R]: [K, M] on the CPU."""
     fa, fb = a.flatten(0, 1).clamp(-1, 1), b.flatten(0, 1).clamp(-1, 1)
     out = torch.cat([lpips_distance(fa[i : i + RENDERS_PER_CALL], fb[i : i + RENDERS_PER_CALL], net="alex")

@@ -86,7 +86,7 @@ METRICS_SCHEMA = pa.schema([
 
 # A part written this long before the table it is compared with still counts as written after it (clock skew between
 # the writers of a shared folder; reading a part twice is harmless: the newest row wins).
-_CLOCK_MARGIN = 5.0
+CLOCK_MARGIN = 5.0
 
 PREVIEW_GRID_MAX = 16       # previews in preview_grid.png (all of them are under previews/)
 PREVIEW_CELL_MIN = 192      # preview cells are upscaled (nearest, by a whole factor) to at least this many pixels
@@ -340,7 +340,7 @@ class RunFolder:
         entries = storage.modified_under(self.path("rows"))
 
         def since(name: str) -> bool:
-            return table_time is None or entries[name] >= table_time - _CLOCK_MARGIN
+            return table_time is None or entries[name] >= table_time - CLOCK_MARGIN
 
         parts = sorted(n for n in entries if n.startswith("part-") and n.endswith(".parquet") and since(n))
         legacy = sorted(n for n in entries if n.endswith(".json") and not n.startswith(".") and since(n))

@@ -3,6 +3,9 @@
     gani invert IMAGES... --out RUN     invert images with gani and the baselines into a run folder (resumes)
     gani show RUN                       a run's table and per-method means
     gani export RUN IMAGE_ID --out F    one image's tuned generator as a gani .safetensors checkpoint
+    gani edit RUN --direction D --strengths S...
+                                        a run's images edited along latent directions, tuned and original
+                                        generators side by side: strips, GIFs, edits.parquet (resumes)
     gani metrics A B                    mse, psnr, ms_ssim, lpips, lpips_vgg of two images
     gani info CHECKPOINT                what a checkpoint holds, as JSON
     gani render CHECKPOINT --out F      a grid of seeded samples

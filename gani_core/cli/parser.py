@@ -127,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=_fill("Invert images into a StyleGAN2 generator (GANI, and the baselines PTI, W+ and W), and "
                           "the tools around it."))
     sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
-    for add in (_add_invert, _add_show, _add_export, _add_metrics, _add_info, _add_render, _add_shapes,
-                _add_train_builtin):
+    for add in (_add_invert, _add_align, _add_show, _add_export, _add_edit, _add_metrics, _add_info, _add_render,
+                _add_shapes, _add_train_builtin):
         add(sub)
     return parser
 
@@ -182,6 +182,22 @@ def _add_invert(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(check=_check_invert)
 
 
+def _add_align(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "align", "align faces the FFHQ way (dlib's 68 landmarks)",
+                 "Align the largest face of each image the FFHQ way (dlib's 68 landmarks: the eyes and mouth define an "
+                 "oriented square, cropped, rotated and resized) into --out: NAME.png per image, and alignment.parquet "
+                 "with what was found (faces seen, landmarks, quad) or why not. It resumes: an output already there "
+                 "for the same image bytes and resolution is kept. Each image without a face is one line on stderr "
+                 "(exit code 1); the others complete. Needs the faces extra: pip install -e '.[faces]'.", "align")
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files (png, jpg, ...), or folders of them: "
+                   "local paths or fsspec URIs (s3://bucket/prefix)")
+    p.add_argument("--out", required=True, help="output folder or URI (s3://bucket/prefix); outputs already there "
+                   "for the same image bytes and resolution are kept")
+    p.add_argument("--resolution", type=_positive_int, default=1024,
+                   help="side of the aligned images in px: the generator's resolution (default: 1024, FFHQ's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def _add_show(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "show", "a run's table, its configurations and per-method means",
                  "Print a run folder's rows (one per image and method), what each configuration is (and, for a\n"
@@ -192,14 +208,62 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     tuned = ", else ".join(defaults.TUNING_METHODS)
-    p = _command(sub, "export", "one image's tuned generator as a .safetensors checkpoint",
-                 "Write the generator a tuning method made for one image (the run's checkpoint with the image's\n"
-                 "weight deltas applied) as a gani .safetensors file; its pivot latent is in the metadata.", "export")
+    p = _command(sub, "export", "tuned generators (.safetensors, rosinality .pt) and pivot latents (.npy)",
+                 "Write the generator a tuning method made for an image (the run's checkpoint with the image's\n"
+                 "weight deltas applied): a gani .safetensors file (its pivot latent in the metadata) or, with\n"
+                 "--format rosinality, the .pt of g_ema and latent_avg that e4e, HyperStyle, ReStyle and StyleCLIP\n"
+                 "load; and, with --latent, the pivot latent as a [num_ws, w_dim] float32 .npy. --all exports\n"
+                 "every image into the folder --out, keeping what an earlier export of the same result wrote.\n"
+                 "IMAGE_ID comes right after RUN.", "export")
     p.add_argument("run", metavar="RUN", help="the --out of a run")
-    p.add_argument("image_id", metavar="IMAGE_ID", help="the image's id (see `gani show`)")
-    p.add_argument("--method", default=None, choices=defaults.TUNING_METHODS,
-                   help=f"which method's result (default: {tuned}: the first with a successful result)")
-    p.add_argument("--out", required=True, help=".safetensors file to write")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("image_id", nargs="?", metavar="IMAGE_ID", help="the image's id (see `gani show`)")
+    which.add_argument("--all", action="store_true",
+                       help="every image with a successful result: --out DIR gets IMAGE_ID.METHOD.safetensors (.pt), "
+                            "IMAGE_ID.METHOD.npy with --latent, and IMAGE_ID.METHOD.json (what they were made from)")
+    p.add_argument("--method", default=None, choices=defaults.METHODS,
+                   help=f"which method's result (default: {tuned}: the first with a successful result; for a "
+                        f"latent alone, {', '.join(defaults.METHODS)}): w and wplus tune nothing, only their latent "
+                        "exports")
+    p.add_argument("--format", default="safetensors", choices=("safetensors", "rosinality"),
+                   help="the generator's file: safetensors (gani's, .safetensors) or rosinality (.pt) "
+                        "(default: safetensors)")
+    p.add_argument("--out", default=None,
+                   help="the generator file to write (.safetensors, or .pt for rosinality); with --all, the folder")
+    p.add_argument("--latent", nargs="?", const="", default=None, metavar="FILE.npy",
+                   help="also (or, without --out, only) write the pivot latent, [num_ws, w_dim] float32; without "
+                        "FILE, beside --out (F.npy); with --all, DIR/IMAGE_ID.METHOD.npy")
+
+
+def _add_edit(sub: argparse._SubParsersAction) -> None:
+    tuned = ", else ".join(defaults.TUNING_METHODS)
+    p = _command(sub, "edit", "a run's images edited along latent directions, side by side",
+                 "Move each image's pivot along each --direction at each of --strengths and render it through the\n"
+                 "image's tuned generator and through the original one: a labelled strip per image and direction\n"
+                 "(original above, tuned below), and edits.parquet (how far the tuned edit is from the original's).\n"
+                 "It resumes: strips already in --out for the same result, direction and strengths are kept.", "edit")
+    p.add_argument("run", metavar="RUN", help="the --out of a run (a folder or URI)")
+    p.add_argument("image_ids", nargs="*", metavar="IMAGE_ID",
+                   help="images to edit (see `gani show`; default: every image with a successful result)")
+    p.add_argument("--direction", action="append", required=True, metavar="SPEC",
+                   help="factor:NAME (a factor direction the generator carries), pca:K (the K-th principal "
+                        "direction of W) or FILE.npy (a path or URI); repeat for more")
+    p.add_argument("--strengths", nargs="+", required=True, metavar="S",
+                   help="edit strengths in each direction's unit (factor: steps, pca: sigmas, .npy: W units), "
+                        "e.g. -3 -1.5 0 1.5 3")
+    p.add_argument("--method", default=None, choices=defaults.METHODS,
+                   help=f"which method's results (default: {tuned}: the first with a successful result); w and "
+                        "wplus edit the pivot through the original generator")
+    p.add_argument("--layers", default=None, metavar="A-B",
+                   help="edit these style inputs only, both ends included: 0-5, 3, 4- (default: all)")
+    p.add_argument("--raw", action="store_true", help="a .npy direction as stored, not normalised to length 1")
+    p.add_argument("--out", default=None, help="output folder or URI (default: RUN/edits)")
+    p.add_argument("--gif", action="store_true", help="also an animated GIF per image and direction (the tuned edit)")
+    p.add_argument("--batch-size", type=_batch_size, default="auto", metavar="K|auto",
+                   help="images edited together (default: auto: as many as the GPU's free memory holds, "
+                        f"{defaults.CPU_BATCH_SIZE} on a CPU)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_metrics(sub: argparse._SubParsersAction) -> None:

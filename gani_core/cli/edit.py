@@ -1,0 +1,112 @@
+"""``gani edit``: a run's images edited along latent directions, each through its own tuned generator and through the
+original one, into strips, GIFs and edits.parquet (gani_core.edit_runs), in this process.
+
+What it says: a header (images, method, directions, strengths, generator, device, batch size, folder), a progress bar
+over the images to compute, and a last line: ``N strip(s) written, M kept, F failed -> OUT``. Exit code 1 when an
+image failed; Ctrl-C: one line saying how many strips are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tqdm import tqdm
+
+from gani_core.checkpoints.ref import CheckpointRef
+from gani_core.cli.common import Interrupted, check_output_folder, resolve_device
+from gani_core.directions import parse_directions, parse_layers, parse_strengths
+from gani_core.edit_runs import (
+    EditFolder,
+    EditPlan,
+    EditResult,
+    check_outputs,
+    checkpoint_of,
+    run_edits,
+    select_rows,
+    strips_on_disk,
+)
+from gani_core.invert import method_config
+from gani_core.invert_files import auto_batch_size
+from gani_core.networks import Generator
+from gani_core.run_folder import RunFolder
+
+
+def run(args: argparse.Namespace) -> int:
+    # Everything that can be refused is, before anything is written.
+    folder = RunFolder(args.run)
+    stored = folder.read_run()
+    if stored.incomplete_note:
+        print(stored.incomplete_note, file=sys.stderr)
+    method, rows = select_rows(stored.rows, args.image_ids, args.method, args.run)
+    ckpt = checkpoint_of(rows)
+    out = EditFolder(args.out or folder.path("edits"))
+    check_output_folder(out.uri)
+    strengths = parse_strengths(args.strengths)
+    device = resolve_device(args.device)
+    G = ckpt.load(device)
+    directions = parse_directions(args.direction, G, ckpt.sha256, layers=parse_layers(args.layers, G.num_ws),
+                                  raw=args.raw)
+    plan = EditPlan(tuple(directions), tuple(dict.fromkeys(strengths)), gif=args.gif)     # a repeat adds nothing
+    missing = check_outputs(folder, rows)
+    batch_size = auto_batch_size(G, method_config(method)) if args.batch_size == "auto" else args.batch_size
+    print(_header(rows, method, plan, G, ckpt, device, batch_size, out), file=sys.stderr)
+    bar = _Bar(f"edit [{method}]", disabled=args.quiet)
+    try:
+        result = run_edits(G, folder, out, rows, plan, batch_size, on_batch=bar.update, missing=missing,
+                           on_start=bar.start)
+    except KeyboardInterrupt:
+        bar.close()
+        raise Interrupted(_kept(out, rows, plan)) from None
+    finally:
+        bar.close()
+    return _report(result, out)
+
+
+class _Bar:
+    """A progress bar over the images to compute (gani invert's style), made once their number is known."""
+
+    def __init__(self, desc: str, disabled: bool) -> None:
+        self.desc, self.disabled = desc, disabled
+        self.bar: tqdm | None = None
+
+    def start(self, total: int) -> None:
+        self.bar = tqdm(total=total, desc=self.desc, unit="image", leave=True, disable=self.disabled or not total,
+                        dynamic_ncols=True)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _header(rows: list[dict], method: str, plan: EditPlan, G: Generator, ckpt: CheckpointRef, device: str,
+            batch_size: int, out: EditFolder) -> str:
+    label = G.label or ckpt.label
+    strengths = " ".join(f"{s:g}" for s in plan.strengths)
+    return (f"gani edit: {len(rows)} image(s) [{method}] x {len(plan.directions)} direction(s) "
+            f"({', '.join(d.name for d in plan.directions)}) at strengths {strengths}, with {label} on {device}, "
+            f"{batch_size} image(s) per batch, into {out.uri}")
+
+
+def _kept(out: EditFolder, rows: list[dict], plan: EditPlan) -> str:
+    """What an interrupted request leaves: its strips on disk, which a rerun keeps."""
+    try:
+        kept = f"{strips_on_disk(out, rows, plan)} strip(s) kept in {out.uri}"
+    except (OSError, ValueError):       # the storage went away too: say what can be said
+        kept = f"strips finished so far are in {out.uri}"
+    return f"{kept}; rerun the same command to continue"
+
+
+def _report(result: EditResult, out: EditFolder) -> int:
+    """The failures, one line each, then the last line; 1 when an image x direction failed."""
+    failed = {(r["image_id"], r["method"], r["direction"]): r["error"] for r in result.rows if r["status"] != "ok"}
+    for (image_id, method, direction), error in failed.items():
+        print(f"failed: {image_id} [{method}] {direction}: {error}", file=sys.stderr)
+    print(f"{result.written} strip(s) written, {result.kept} kept, {result.failed} failed -> {out.uri}",
+          file=sys.stderr)
+    return 1 if result.failed else 0
