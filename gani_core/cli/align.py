@@ -1,0 +1,46 @@
+"""``gani align``: faces aligned the FFHQ way into a folder (gani_core.faces.files), with a progress bar.
+
+What it says, on stderr: a header (images, resolution, folder), a progress bar, one line per image without a face
+(``gani align: no face: SOURCE: reason``) or that failed, and a last line with what it aligned, kept, and where the
+table is. Exit code 1 when any image has no aligned output; 2 on bad usage (a path that does not exist, no dlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tqdm import tqdm
+
+from gani_core import faces, storage
+from gani_core.cli.common import Interrupted, check_output_folder, input_images
+from gani_core.faces.files import TABLE
+
+
+def run(args: argparse.Namespace) -> int:
+    faces.require()                 # no dlib: one line saying what to install, before anything is read
+    images = input_images(args.images)
+    check_output_folder(args.out)
+    print(f"gani align: {len(images)} image(s) at {args.resolution} px into {args.out}", file=sys.stderr)
+    counts = {"ok": 0, "no_face": 0, "failed": 0, "reused": 0}
+    bar = tqdm(total=len(images), unit="image", disable=args.quiet, dynamic_ncols=True)
+
+    def on_row(row: dict, reused: bool) -> None:
+        counts[row["status"]] += 1
+        counts["reused"] += reused
+        if row["status"] != "ok":
+            what = "no face" if row["status"] == "no_face" else "failed"
+            tqdm.write(f"gani align: {what}: {row['source']}: {row['reason']}", file=sys.stderr)
+        bar.update()
+
+    try:
+        faces.align_to_folder(images, args.out, args.resolution, on_row)
+    except KeyboardInterrupt:
+        raise Interrupted(f"{counts['ok']} aligned image(s) kept in {args.out}; rerun the same command to "
+                          "continue") from None
+    finally:
+        bar.close()
+    kept = f" ({counts['reused']} kept from before)" if counts["reused"] else ""
+    print(f"gani align: {counts['ok']} of {len(images)} aligned{kept}, {counts['no_face']} without a face, "
+          f"{counts['failed']} failed; table {storage.join(args.out, TABLE)}", file=sys.stderr)
+    return 0 if counts["ok"] == len(images) else 1
