@@ -1,9 +1,14 @@
 """The ``nightly-benchmark`` flow: gani and its baselines on a fixed set, compared in one MLflow parent run.
 
 Each night's results go to ``OUTPUT/DATE/`` (the invert-dataset layout, one row per image x method, plus
-``comparison.parquet``); MLflow gets a parent run ``nightly-DATE`` in the experiment ``nightly-benchmark`` with
-one child run per method (the same metric names as invert-dataset runs), and the flow run gets a markdown
-artifact with each method's means and the GANI/PTI ratios. ``python -m flows.nightly_benchmark`` runs it once.
+``comparison.parquet``); then each method's results are edited once (:func:`nightly_edits`: ``factor:hue`` on a
+generator carrying it, else ``pca:0``, at :data:`EDIT_STRENGTHS`; the edit-dataset flow's body on the flow's
+``cluster``, into ``OUTPUT/DATE/edits/``), so that the night says how well edits survive each method's tuning. MLflow
+gets a parent run ``nightly-DATE`` in the experiment ``nightly-benchmark`` with one child run per method (the same
+metric names as invert-dataset runs, plus the edit's means: ``lpips_to_original_edit_mean``, and
+``factor_change_mean`` / ``factor_change_original_mean`` where the generator has a factor probe), and the flow run
+gets a markdown artifact with each method's means and the GANI/PTI ratios. ``python -m flows.nightly_benchmark``
+runs it once.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import pyarrow as pa
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.cli import run_flow_from_shell
+from flows.cli import BAD_INPUT, run_flow_from_shell
 from flows.domain_benchmark import SuiteName, domain_benchmark
+from flows.edit_dataset import edit_on_dask, prepare_job
 from flows.fan_out import invert_dataset_on_dask
 from flows.parameters import ClusterSettings, ImageLimit, InversionSettings
 from flows.reports import rows_artifact
@@ -30,6 +36,10 @@ from tasks.storage import list_images
 
 BENCHMARK_METHODS: list[Method] = ["gani", "pti", "wplus"]
 COUNTS = ("images", "ok", "failed")
+# The edit of each method's results: tasks.editing.default_directions (factor:hue on a generator carrying it, else
+# pca:0), at these strengths.
+EDIT_STRENGTHS = [-2.0, 2.0]
+MEANS = (*mlflow_runs.RUN_METRICS, *mlflow_runs.EDIT_METRICS)  # the comparison's columns, each as NAME_mean
 # The experiment's saved runs-table view: the parent's GANI/PTI ratios of the headline means first (its own row
 # shows the comparison, ``gani_pti_lpips_mean``: GANI's mean lpips over PTI's), then each child's method and means.
 RUNS_VIEW_COLUMNS = view_columns(metrics=[f"gani_pti_{n}_mean" for n in mlflow_runs.HEADLINE_METRICS])
@@ -37,8 +47,9 @@ RUNS_VIEW_COLUMNS += mlflow_runs.RUNS_VIEW_COLUMNS
 
 
 def comparison_table(per_method: dict[str, dict[str, float]]) -> pa.Table:
-    """One row per method with its counts and means, then a row ``gani/pti``: GANI's means over PTI's."""
-    names = [*COUNTS, *[f"{m}_mean" for m in mlflow_runs.RUN_METRICS]]
+    """One row per method with its counts and means (the edit's too), then a row ``gani/pti``: GANI's means over
+    PTI's."""
+    names = [*COUNTS, *[f"{m}_mean" for m in MEANS]]
     rows = [{"method": method, **{n: metrics.get(n) for n in names}} for method, metrics in per_method.items()]
     if "gani" in per_method and "pti" in per_method:
         ratio = {n: _ratio(per_method["gani"].get(n), per_method["pti"].get(n)) for n in names[len(COUNTS):]}
@@ -60,7 +71,11 @@ def _markdown(day: str, table: pa.Table, out: str, parent_run_id: str) -> str:
         cells = ["-" if row[c] is None else f"{row[c]:.4g}" for c in cols]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     lines += ["", "Counts are images; the other columns are means over the images that succeeded. `gani/pti` is "
-              "GANI's mean over PTI's (below 1: GANI lower)."]
+              "GANI's mean over PTI's (below 1: GANI lower). The last columns come from one edit of each method's "
+              "results (`edits/edits.parquet`): `lpips_to_original_edit` is LPIPS between the tuned and the "
+              "original generator's edit of the same latent (0: the edit survives tuning unchanged); "
+              "`factor_change` (`_original`) the change of the edited factor the probe reads on the tuned "
+              "(original) generator's edit, in the edit's direction."]
     return "\n".join(lines)
 
 
@@ -114,6 +129,7 @@ def nightly_benchmark(
                                      mlflow_run_id=parent, mlflow_tracking_uri=uri, date=day,
                                      mlflow_experiment_id=mlflow.experiment_id)
         common = {**mlflow_runs.run_params(ckpt, input_uri, folder, limit), "date": day}
+        edits, edits_uri = nightly_edits(folder, run.rows, list(configs), inversion.batch_size, cluster)
         per_method: dict[str, dict[str, float]] = {}
         children: dict[str, str] = {}
         for method, cfg in configs.items():
@@ -122,6 +138,7 @@ def nightly_benchmark(
             # seconds_per_image: the wall time of the whole fan-out per result computed (the methods share it).
             per_method[method] = mlflow_runs.aggregate(rows, skipped=kept, wall_seconds=run.wall_seconds,
                                                        computed=run.summary["computed"])
+            per_method[method].update(edits.get(method, {}))
             children[method] = mlflow_runs.start_run(uri, mlflow.experiment_id, run_name=f"{method}-{day}",
                                                      tags={**mlflow.tags, "method": method}, parent_run_id=parent)
             with mlflow_runs.ended_on_exit(uri, children[method]):
@@ -134,7 +151,8 @@ def nightly_benchmark(
         parent_metrics = {f"gani_pti_{k}": v for k, v in ratios.items() if k != "method" and v is not None}
         parent_metrics.update(images=run.summary["images"], failed=run.summary["failed"])
         mlflow_runs.log_results(uri, parent, {**common, "methods": ",".join(methods), **inversion.model_dump()},
-                                parent_metrics, artifacts=[*run.written.values(), comparison_uri])
+                                parent_metrics, artifacts=[*run.written.values(), comparison_uri,
+                                                           *([edits_uri] if edits_uri else [])])
     create_markdown_artifact(key="nightly-benchmark-comparison", markdown=_markdown(day, table, folder.uri, parent),
                              description=f"nightly-benchmark {day}: means per method, GANI/PTI")
     rows_artifact(run.rows, "nightly-benchmark-rows", f"nightly-benchmark {day}: one row per image x method")
@@ -147,8 +165,38 @@ def nightly_benchmark(
                                   batch_size=inversion.batch_size if isinstance(inversion.batch_size, int) else 8,
                                   cluster=cluster, mlflow_tracking_uri=uri)
         mlflow_runs.log_results(uri, parent, {"domain_benchmark_run_id": domain["mlflow_run_id"]}, {})
-    return {**run.summary, "comparison": table.to_pylist(), "mlflow_child_run_ids": children,
-            "written": {**run.written, "comparison.parquet": comparison_uri}, "domain_benchmark": domain}
+    written = {**run.written, "comparison.parquet": comparison_uri}
+    if edits_uri:
+        written["edits.parquet"] = edits_uri
+    return {**run.summary, "comparison": table.to_pylist(), "mlflow_child_run_ids": children, "edits": edits,
+            "written": written, "domain_benchmark": domain}
+
+
+def nightly_edits(folder: RunFolder, rows: list[dict], methods: list[str], batch_size: int | str,
+                  cluster: ClusterSettings) -> tuple[dict[str, dict[str, float]], str | None]:
+    """One edit per method of the night's results (the default direction at :data:`EDIT_STRENGTHS`, into
+    ``folder``/edits, resumed as the edit-dataset flow resumes), all on one Dask cluster: each method's edit means
+    (``lpips_to_original_edit_mean``, ``factor_change_mean``, ``factor_change_original_mean``:
+    tasks.mlflow_runs.edit_summary), and edits.parquet's URI (None when no method could be edited). A method without
+    a successful result (or an edit refused) gets no edit, with a warning: the benchmark goes on."""
+    logger = get_run_logger()
+    jobs = {}
+    for method in methods:
+        try:
+            jobs[method] = prepare_job(folder, rows, None, EDIT_STRENGTHS, method)
+        except BAD_INPUT as exc:
+            logger.warning("no edit of %s: %s: %s", method, type(exc).__name__, exc)
+    if not jobs:
+        return {}, None
+    runs = edit_on_dask(list(jobs.values()), batch_size, cluster)
+    means = {method: {f"{n}_mean": v for n, v in mlflow_runs.edit_summary(run.rows).items()}
+             for method, run in zip(jobs, runs, strict=True)}
+    first = next(iter(jobs.values()))
+    logger.info("nightly edit (%s at %s): %s", ", ".join(first.request.directions),
+                " ".join(f"{s:g}" for s in EDIT_STRENGTHS),
+                ", ".join(f"{m} lpips_to_original_edit {v.get('lpips_to_original_edit_mean', float('nan')):.4f}"
+                          for m, v in means.items()))
+    return means, first.out.table_uri
 
 
 def main(argv: list[str] | None = None) -> int:

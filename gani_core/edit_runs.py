@@ -371,10 +371,10 @@ def _load(G: Generator, run: RunFolder, row: dict, preview: bytes | None) -> _Lo
     value is a ValueError), on G's device, and the input cell of its ``preview`` (PNG bytes; None: none)."""
     image_id, method = row["image_id"], row["method"]
     device = G.mapping.w_avg.device
-    pivot = run.read_pivot(image_id, method).reshape(G.num_ws, G.w_dim)   # gani before issue 18 kept it flat
+    deltas, pivot = run.read_result(image_id, method)       # one read of the deltas file, which holds both
+    pivot = pivot.reshape(G.num_ws, G.w_dim)                # gani before issue 18 kept it flat
     if not bool(torch.isfinite(pivot).all()):
         raise ValueError(f"{image_id}.{method}: the stored pivot is not finite")
-    deltas = run.read_deltas(image_id, method)
     params = dict(G.named_parameters())
     for name, delta in deltas.items():
         if name not in params or tuple(delta.shape) != tuple(params[name].shape):

@@ -5,9 +5,11 @@ side by side in the MLflow UI: ``{metric}_mean``, ``{metric}_p50``, ``{metric}_p
 gani_core.metric_registry's ``run`` group (:data:`RUN_METRICS`: the image and tuning metrics, ``seconds`` and
 ``delta_bytes``) over the images that succeeded (a metric no image has, edit_accuracy without a factor probe, is
 left out), plus ``images``, ``ok``, ``failed``, ``skipped`` and ``seconds_per_image`` (wall time of the images
-computed in this flow run, per image). The domain benchmark's child runs log theirs in tasks/evaluation.py. The
-client is explicit (``MlflowClient``): no global MLflow state is touched, so flows in one process never see each
-other's active runs.
+computed in this flow run, per image). An edit-dataset run logs its edits' means instead (:func:`edit_metrics`:
+``lpips_to_original_edit_mean``, ``factor_change_mean``, and each per direction and strength), which the
+nightly-benchmark's child runs add to theirs (:func:`edit_summary`). The domain benchmark's child runs log theirs
+in tasks/evaluation.py. The client is explicit (``MlflowClient``): no global MLflow state is touched, so flows in
+one process never see each other's active runs.
 
 A flow opens its run with :func:`tracked_run`; the runs a killed flow left behind are tasks/stale_runs.py's, the
 saved runs-table view tasks/mlflow_view.py's.
@@ -20,10 +22,11 @@ import io
 import logging
 import math
 import os
+import re
 import socket
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +41,7 @@ import gani_core
 from gani_core import metric_registry, storage
 from gani_core.checkout import LOCAL_OUT, code_version
 from gani_core.checkpoints.ref import CheckpointRef
+from gani_core.edit_runs import EditFolder
 from gani_core.invert import InvertConfig
 from gani_core.run_folder import RunFolder
 from tasks.mlflow_view import experiment_tags, view_columns
@@ -224,31 +228,51 @@ IMAGE_TABLE_TAG = "image_table"         # tag: the table's rows, or why this run
 IMAGE_TABLE_RUN_TAG = "image_table_run_id"  # tag: the run whose image table is this output folder's latest
 
 
-def image_table_rows(rows: list[dict]) -> list[tuple[dict, str]]:
+def image_table_rows(rows: list[dict], rank: str = IMAGE_TABLE_RANK) -> list[tuple[dict, str]]:
     """The rows of the image table, each with why it is there (its ``shown``): the IMAGE_TABLE_WORST ok results
-    with the highest :data:`IMAGE_TABLE_RANK`, then the IMAGE_TABLE_BEST with the lowest, then the
-    IMAGE_TABLE_FIRST first ok results in the order of ``rows`` (image order); a row picked twice is shown once,
-    its reasons joined (``first, worst lpips``). Fewer ranked results than the worst and the best together: they
-    are split, the worse part worst, the better best, so that no row is both. Failed rows are left out (they are in
-    metrics.parquet), and so is an ok row without the metric from worst and best."""
+    with the highest ``rank`` (a metric, lower is better; default :data:`IMAGE_TABLE_RANK`), then the
+    IMAGE_TABLE_BEST with the lowest, then the IMAGE_TABLE_FIRST first ok results in the order of ``rows`` (image
+    order); a row picked twice is shown once, its reasons joined (``first, worst lpips``). Fewer ranked results than
+    the worst and the best together: they are split, the worse part worst, the better best, so that no row is both.
+    Failed rows are left out (they are in metrics.parquet), and so is an ok row without the metric from worst and
+    best."""
     ok = [r for r in rows if r["status"] == "ok"]
-    ranked = sorted((r for r in ok if _finite(r.get(IMAGE_TABLE_RANK))), key=lambda r: r[IMAGE_TABLE_RANK])
+    ranked = sorted((r for r in ok if _finite(r.get(rank))), key=lambda r: r[rank])
     if len(ranked) >= IMAGE_TABLE_WORST + IMAGE_TABLE_BEST:
         best, worst = ranked[:IMAGE_TABLE_BEST], ranked[len(ranked) - IMAGE_TABLE_WORST:]
     else:
         split = len(ranked) * IMAGE_TABLE_BEST // (IMAGE_TABLE_WORST + IMAGE_TABLE_BEST)
         best, worst = ranked[:split], ranked[split:]
+    shown_worst, shown_best = _shown(rank)
     reasons: dict[int, list[str]] = {}          # by id(row), in the table's order: worst first, then best, first
-    for picked, why in ((worst[::-1], SHOWN_WORST), (best, SHOWN_BEST), (ok[:IMAGE_TABLE_FIRST], SHOWN_FIRST)):
+    for picked, why in ((worst[::-1], shown_worst), (best, shown_best), (ok[:IMAGE_TABLE_FIRST], SHOWN_FIRST)):
         for row in picked:
             reasons.setdefault(id(row), []).append(why)
-    order = (SHOWN_FIRST, SHOWN_WORST, SHOWN_BEST)
+    order = (SHOWN_FIRST, shown_worst, shown_best)
     by_id = {id(r): r for r in ok}
     return [(by_id[i], ", ".join(sorted(why, key=order.index))) for i, why in reasons.items()]
 
 
+def _shown(rank: str) -> tuple[str, str]:
+    """The ``shown`` of the worst and the best rows by ``rank``."""
+    return f"worst {rank}", f"best {rank}"
+
+
 def _finite(value: object) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class ImageTable:
+    """What a run's table with images shows (:func:`log_table_with_images`): the columns ``values`` of each row
+    picked by :func:`image_table_rows` on ``rank``, and the images ``images(file)`` cuts from the file at
+    ``image_uri(row)``; every row is in the table file ``whole``."""
+
+    rank: str                                       # the metric worst and best are by (lower is better)
+    values: tuple[str, ...]                         # the row's columns shown ("shown": why it is there)
+    image_uri: Callable[[dict], str]                # where a row's image file is
+    images: Callable[[bytes], dict[str, object]]    # that file's bytes -> {column: PIL image}
+    whole: str                                      # the file holding every row (metrics.parquet, edits.parquet)
 
 
 def log_image_table(uri: str, run_id: str, rows: list[dict], folder: RunFolder, computed: int | None = None) -> bool:
@@ -262,39 +286,144 @@ def log_image_table(uri: str, run_id: str, rows: list[dict], folder: RunFolder, 
     ``image_table`` says so and ``image_table_run_id`` names the run holding this output folder's latest table
     (the latest run tagged with the same ``output_uri`` that has one), when there is one. Returns whether a table
     was logged."""
-    import pandas as pd
+    table = ImageTable(IMAGE_TABLE_RANK, ("image_id", "method", "shown", *HEADLINE_METRICS),
+                       lambda row: folder.preview_uri(row["image_id"], row["method"]), _preview_cells,
+                       "metrics.parquet")
+    return log_table_with_images(uri, run_id, rows, table, folder.uri, computed)
+
+
+def _preview_cells(png: bytes) -> dict[str, object]:
+    """The PREVIEW_CELLS of a preview: square cells side by side, their labels and the caption below."""
     from PIL import Image
+
+    grid = Image.open(io.BytesIO(png)).convert("RGB")
+    cell = grid.width // len(PREVIEW_CELLS)
+    return {name: grid.crop((i * cell, 0, (i + 1) * cell, cell)) for i, name in enumerate(PREVIEW_CELLS)}
+
+
+def log_table_with_images(uri: str, run_id: str, rows: list[dict], table: ImageTable, output_uri: str,
+                          computed: int | None = None) -> bool:
+    """``table`` of ``rows`` as the run's :data:`IMAGE_TABLE` (:func:`log_image_table` says what it holds and
+    when it is left out): at most IMAGE_TABLE_MAX rows, whatever the number of ``rows``, their image files read in
+    one call; a row whose file is missing is left out. Returns whether a table was logged."""
+    import pandas as pd
 
     client = MlflowClient(tracking_uri=uri)
     if computed == 0:
-        last = _last_image_table_run(client, run_id, folder.uri)
+        last = _last_image_table_run(client, run_id, output_uri)
         note = "not logged: nothing computed" + (f"; the latest is in run {last}" if last else "")
         client.log_batch(run_id, tags=[RunTag(IMAGE_TABLE_TAG, note),
                                        *([RunTag(IMAGE_TABLE_RUN_TAG, last)] if last else [])])
         return False
-    picked = image_table_rows(rows)
-    previews = storage.read_many([folder.preview_uri(r["image_id"], r["method"]) for r, _ in picked]) if picked else {}
-    values = ("image_id", "method", "shown", *HEADLINE_METRICS)
-    table: dict[str, list] = {k: [] for k in (*values, *PREVIEW_CELLS)}
-    for (row, shown), png in zip(picked, previews.values(), strict=True):
-        if png is None:
+    picked = image_table_rows(rows, table.rank)
+    files = storage.read_many([table.image_uri(r) for r, _ in picked]) if picked else {}
+    columns: dict[str, list] = {k: [] for k in table.values}
+    for row, shown in picked:
+        data = files[table.image_uri(row)]
+        if data is None:
             continue
-        grid = Image.open(io.BytesIO(png)).convert("RGB")
-        cell = grid.width // len(PREVIEW_CELLS)     # square cells side by side, their labels and the caption below
-        for i, name in enumerate(PREVIEW_CELLS):
-            table[name].append(grid.crop((i * cell, 0, (i + 1) * cell, cell)))
-        for name in values:
-            table[name].append(shown if name == "shown" else row.get(name))
-    if not table["image_id"]:
-        client.set_tag(run_id, IMAGE_TABLE_TAG, "not logged: no ok result with a preview")
+        for name, image in table.images(data).items():
+            columns.setdefault(name, []).append(image)
+        for name in table.values:
+            columns[name].append(shown if name == "shown" else row.get(name))
+    if not columns["image_id"]:
+        client.set_tag(run_id, IMAGE_TABLE_TAG, "not logged: no ok result with an image")
         return False
-    client.log_table(run_id, data=pd.DataFrame(table), artifact_file=IMAGE_TABLE)
-    counts = {why: sum(why in s for s in table["shown"]) for why in (SHOWN_WORST, SHOWN_BEST, SHOWN_FIRST)}
+    client.log_table(run_id, data=pd.DataFrame(columns), artifact_file=IMAGE_TABLE)
+    counts = {why: sum(why in s for s in columns["shown"]) for why in (*_shown(table.rank), SHOWN_FIRST)}
     client.log_batch(run_id, tags=[
-        RunTag(IMAGE_TABLE_TAG, f"{IMAGE_TABLE}: {len(table['image_id'])} rows (" +
-               ", ".join(f"{n} {why}" for why, n in counts.items()) + f") of {len(rows)}; all in metrics.parquet"),
+        RunTag(IMAGE_TABLE_TAG, f"{IMAGE_TABLE}: {len(columns['image_id'])} rows (" +
+               ", ".join(f"{n} {why}" for why, n in counts.items()) + f") of {len(rows)}; all in {table.whole}"),
         RunTag(IMAGE_TABLE_RUN_TAG, run_id)])
     return True
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# An edit request's rows (edits.parquet: gani_core.edit_runs), in an edit-dataset run and the nightly's child runs
+
+EDIT_METRICS = ("lpips_to_original_edit", "factor_change", "factor_change_original")   # edits.parquet, summarised
+EDIT_VIEW_COLUMNS = view_columns(tags=("method", "directions"),
+                                 metrics=(*(f"{n}_mean" for n in EDIT_METRICS), "ok", "failed"))
+
+
+def edit_summary(rows: Iterable[dict]) -> dict[str, float]:
+    """The means of the ok rows of an edit (:data:`EDIT_METRICS`): ``lpips_to_original_edit`` over every strength;
+    ``factor_change`` and ``factor_change_original`` (where the probe read a factor) times the sign of the strength,
+    over the strengths other than 0: the mean change of the factor in the direction of the edit on the tuned and on
+    the original generator's renders (their ratio is how much of the edit the tuning kept). A name no row has a
+    finite value for is left out."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    values = {"lpips_to_original_edit": [r["lpips_to_original_edit"] for r in ok]}
+    for name in EDIT_METRICS[1:]:
+        values[name] = [math.copysign(1.0, r["strength"]) * r[name] for r in ok
+                        if r["strength"] != 0 and _finite(r.get(name))]
+    means = {name: _mean(found) for name, found in values.items()}
+    return {name: mean for name, mean in means.items() if mean is not None}
+
+
+def _mean(values: Iterable[object]) -> float | None:
+    finite = [float(v) for v in values if _finite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def edit_metric_name(column: str, direction: str, strength: float) -> str:
+    """The MLflow metric of ``column``'s mean at one direction and strength: ``lpips_to_original_edit.factor-hue.s2``,
+    ``factor_change.pca-0.s-1.5``; characters MLflow refuses in a name become ``_``."""
+    return re.sub(r"[^\w\-. :/]", "_", f"{column}.{direction}.s{strength:g}")
+
+
+def edit_metrics(rows: list[dict], skipped: int = 0, computed: int = 0,
+                 wall_seconds: float | None = None) -> dict[str, float]:
+    """An edit-dataset run's metrics over its request's ``rows`` (kept and new): counts of images (``images``,
+    ``ok``, ``failed``: an image failed when one of its rows did; ``skipped``: images whose edits were kept from an
+    earlier run), ``{name}_mean`` (:func:`edit_summary`), each of :data:`EDIT_METRICS`' mean over the images per
+    direction and strength (:func:`edit_metric_name`: directions x strengths x 3 metrics at most, whatever the
+    number of images), and ``seconds_per_image`` (of the ``computed`` images)."""
+    failed = {r["image_id"] for r in rows if r["status"] != "ok"}
+    images = {r["image_id"] for r in rows}
+    metrics: dict[str, float] = {"images": len(images), "ok": len(images - failed), "failed": len(failed),
+                                 "skipped": skipped}
+    metrics.update({f"{name}_mean": value for name, value in edit_summary(rows).items()})
+    cells: dict[tuple[str, float], list[dict]] = {}
+    for row in rows:
+        if row["status"] == "ok":
+            cells.setdefault((row["direction"], row["strength"]), []).append(row)
+    for (direction, strength), found in cells.items():
+        for name in EDIT_METRICS:
+            mean = _mean(r.get(name) for r in found)
+            if mean is not None:
+                metrics[edit_metric_name(name, direction, strength)] = mean
+    if computed and wall_seconds is not None:
+        metrics["seconds_per_image"] = wall_seconds / computed
+    return metrics
+
+
+def edit_table_rows(rows: Iterable[dict]) -> list[dict]:
+    """One row per image x method x direction whose rows are all ok, in their order: its ``strip`` and the means
+    over its strengths (:func:`edit_summary`): what the edit table ranks and shows."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["image_id"], row["method"], row["direction"]), []).append(row)
+    return [{"image_id": image_id, "method": method, "direction": direction, "status": "ok",
+             "strip": found[0]["strip"], **edit_summary(found)}
+            for (image_id, method, direction), found in groups.items() if all(r["status"] == "ok" for r in found)]
+
+
+def log_edit_table(uri: str, run_id: str, rows: list[dict], out: EditFolder, computed: int | None = None) -> bool:
+    """The edit run's table in MLflow (:data:`IMAGE_TABLE`), as :func:`log_image_table` logs an inversion's: one
+    row per image x method x direction (:func:`edit_table_rows`), the worst and the best by their mean
+    ``lpips_to_original_edit`` and the first ones, at most IMAGE_TABLE_MAX, each with its strip (the input, the
+    original and the tuned generator's edits); every row is in edits.parquet. ``computed`` 0: no table, a pointer
+    to the latest one of ``out``."""
+    table = ImageTable(EDIT_METRICS[0], ("image_id", "method", "direction", "shown", *EDIT_METRICS),
+                       lambda row: out.path(row["strip"]), _whole_image, "edits.parquet")
+    return log_table_with_images(uri, run_id, edit_table_rows(rows), table, out.uri, computed)
+
+
+def _whole_image(png: bytes) -> dict[str, object]:
+    from PIL import Image
+
+    return {"strip": Image.open(io.BytesIO(png)).convert("RGB")}
 
 
 def _last_image_table_run(client: MlflowClient, run_id: str, output_uri: str) -> str | None:

@@ -97,14 +97,17 @@ def test_deployment_run_through_server_and_process_worker(server: Server, photo_
     _prefect(server, "work-pool", "create", POOL, "--type", "process")
     _prefect(server, "deploy", "--all", "--no-prompt", timeout=300)
 
-    deployments = {f"{d['name']}": d for d in _api(server, "/deployments/filter", {})}
-    assert set(deployments) == {"default", "nightly"}
-    nightly = deployments["nightly"]
+    found = _api(server, "/deployments/filter", {})
+    assert sorted(d["name"] for d in found) == ["default", "default", "nightly"]    # invert-, edit-dataset/default
+    deployments = {d["entrypoint"].split(":")[-1]: d for d in found}                # by flow function
+    assert set(deployments) == {"invert_dataset", "edit_dataset", "nightly_benchmark"}
+    nightly = deployments["nightly_benchmark"]
     assert [s["schedule"].get("cron") for s in nightly["schedules"]] == ["0 2 * * *"]
     assert nightly["schedules"][0]["schedule"]["timezone"] == "UTC"
     assert nightly["parameters"]["inversion"] == {"seed": 0}
     assert nightly["parameters"]["suite"] == "cpu-night"
-    assert deployments["default"]["work_pool_name"] == POOL
+    assert deployments["invert_dataset"]["work_pool_name"] == POOL
+    assert deployments["edit_dataset"]["work_pool_name"] == POOL
 
     run_log, worker_log = tmp_path / "deployment-run.log", tmp_path / "worker.log"
     params = {
@@ -120,7 +123,7 @@ def test_deployment_run_through_server_and_process_worker(server: Server, photo_
     try:
         # The worker polls once: start it when the flow run is scheduled, so that the one poll finds it.
         # (The nightly deployment's schedule has created runs for the coming nights: not these.)
-        mine = {"deployments": {"id": {"any_": [deployments["default"]["id"]]}}}
+        mine = {"deployments": {"id": {"any_": [deployments["invert_dataset"]["id"]]}}}
         runs = wait_until("flow run scheduled", lambda: _api(server, "/flow_runs/filter", mine), 120, watcher, run_log)
         assert len(runs) == 1
         worker = _start([PREFECT, "worker", "start", "--pool", POOL, "--run-once", "--prefetch-seconds", "0"],

@@ -141,7 +141,8 @@ def test_mlflow_run_holds_metrics_params_and_artifacts(runs, tmp_path):
     headline = [n for n in names("headline") if n in names("run")]     # the registry's, in its order
     assert columns == ["tags.`method`", *(f"metrics.`{n}_mean`" for n in headline), "metrics.`ok`", "metrics.`failed`"]
     logged_columns = {f"tags.`{k}`" for k in run.data.tags} | {f"metrics.`{k}`" for k in run.data.metrics}
-    assert set(columns) - {"metrics.`edit_accuracy_mean`"} <= logged_columns    # no factor labels on photos
+    # no factor labels on photos, no faces flags (id_similarity: faces only)
+    assert set(columns) - {"metrics.`edit_accuracy_mean`", "metrics.`id_similarity_mean`"} <= logged_columns
     m = run.data.metrics
     ok_rows = [r for r in pq.read_table(runs["out"] / "metrics.parquet").to_pylist() if r["status"] == "ok"]
     for name in mlflow_runs.RUN_METRICS:
@@ -195,3 +196,19 @@ def test_nightly_benchmark_parent_run_with_a_child_per_method(photos, cluster, s
     assert sorted(c.data.params["method"] for c in children) == ["gani", "pti", "wplus"]
     names = {frozenset(k for k in c.data.metrics if k.endswith(("_mean", "_p50", "_p90"))) for c in children}
     assert len(names) == 1      # every method logs the same metric names
+
+    # one edit per method (pca:0: this generator carries no factors): how well it survives each method's tuning
+    assert sorted(s["edits"]) == ["gani", "pti", "wplus"]     # a method refused is a warning in the flow's log
+    edits = pq.read_table(tmp_path / "nightly" / "2026-01-02" / "edits" / "edits.parquet").to_pylist()
+    assert sorted({(r["method"], r["direction"], r["strength"]) for r in edits}) == [
+        (m, "pca-0", strength) for m in ("gani", "pti", "wplus") for strength in (-2.0, 2.0)]
+    assert all(r["status"] == "ok" for r in edits), [r["error"] for r in edits if r["status"] != "ok"]
+    assert by["wplus"]["lpips_to_original_edit_mean"] < 1e-4 < by["gani"]["lpips_to_original_edit_mean"]
+    assert by["gani/pti"]["lpips_to_original_edit_mean"] == pytest.approx(
+        by["gani"]["lpips_to_original_edit_mean"] / by["pti"]["lpips_to_original_edit_mean"])
+    assert by["gani"]["factor_change_mean"] is None         # no factor probe
+    for child in children:
+        method = child.data.params["method"]
+        assert child.data.metrics["lpips_to_original_edit_mean"] == pytest.approx(
+            by[method]["lpips_to_original_edit_mean"])
+    assert s["edits"]["gani"]["lpips_to_original_edit_mean"] == by["gani"]["lpips_to_original_edit_mean"]
