@@ -19,25 +19,25 @@ need not wait for them.
 from __future__ import annotations
 
 import datetime as dt
-import queue
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from prefect import flow, get_run_logger
-from prefect.context import FlowRunContext
 from prefect.states import Failed, State
 from pydantic import Field
 
 from flows.cli import BAD_INPUT, flow_main
 from flows.parameters import AUTO_TASK_IMAGES, ClusterSettings
+from flows.window import Batches
 from gani_core.checkout import LOCAL_OUT
 from gani_core.defaults import Method
 
 if TYPE_CHECKING:
+    from prefect.futures import PrefectFuture
+
     from gani_core.edit_runs import EditFolder, EditPlan
     from gani_core.run_folder import RunFolder
     from tasks.editing import EditRequest
@@ -228,34 +228,12 @@ class EditBatch:
     def failed(self, error: str) -> list[dict]:
         """Its failed rows (a task that raised after its retry, or that Dask gave up on), one per image x direction
         x strength."""
-        from gani_core.edit_runs import _failed_rows
+        from gani_core.edit_runs import failed_rows
 
         plan = self.job.plan
         return [f for row in self.rows
-                for f in _failed_rows(row, [d for d in plan.directions if d.name in self.todo[row["image_id"]]],
+                for f in failed_rows(row, [d for d in plan.directions if d.name in self.todo[row["image_id"]]],
                                       plan, error)]
-
-
-class EditBatches:
-    """The batches of an edit fan-out: its subflow's parameter, with no JSON form, so that Prefect stores
-    ``<EditBatches>`` in its database instead of every row (flows.fan_out.Batches says why)."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: list[EditBatch]) -> None:
-        self._items = items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __repr__(self) -> str:
-        return f"EditBatches({len(self._items)} task(s), {self.images()} image(s))"
-
-    def images(self) -> int:
-        return sum(len(batch.rows) for batch in self._items)
-
-    def items(self) -> list[EditBatch]:
-        return list(self._items)
 
 
 def image_results(rows: Sequence[dict]) -> list[dict]:
@@ -272,61 +250,29 @@ def image_results(rows: Sequence[dict]) -> list[dict]:
 
 
 @flow(name="edit-images-on-dask", validate_parameters=False)
-def edit_images_on_dask(work: EditBatches, batch_size: int | str = 1, gpu: bool = False,
+def edit_images_on_dask(work: Batches[EditBatch], batch_size: int | str = 1, gpu: bool = False,
                         window: int | None = None) -> list[list[dict]]:
-    """One ``edit-images`` task per batch on this subflow's Dask task runner (built by the caller at call time);
-    each batch's rows, in the order of ``work``. A task that raised (after its retry), or that Dask gave up on
-    (``KilledWorker``), gives failed rows here, written to its edits folder as a part (edits.parquet says why; a
-    rerun computes them again).
-
-    As invert-dataset's fan-out (flows/fan_out.py): at most ``window`` tasks submitted and not yet read (default:
-    flows.cluster.SubmissionWindow), each task's result released once read, progress at a cadence
-    (flows.progress), not a line per image."""
-    import dask
-
-    from flows.cluster import SubmissionWindow, release_future
-    from flows.progress import FinishedImagesLog, ProgressArtifact
+    """One ``edit-images`` task per batch on this subflow's Dask task runner (built by the caller at call time), a
+    window of them at a time (flows.window.submit_in_window, as invert-dataset's fan-out); each batch's rows, in
+    the order of ``work``. A task that raised (after its retry), or that Dask gave up on (``KilledWorker``), gives
+    failed rows here, written to its edits folder as a part (edits.parquet says why; a rerun computes them
+    again)."""
+    from flows.window import submit_in_window
     from tasks.editing import edit_on_worker
     from tasks.storage import storage_retries_logged
 
     logger = get_run_logger()
-    size = SubmissionWindow(FlowRunContext.get().task_runner, window)
-    batches = work.items()
-    logger.info("%s image(s) in %s task(s), at most %d submitted at a time", f"{work.images():,}",
-                f"{len(work):,}", size.size())
-    progress = FinishedImagesLog(work.images(), logger, report=ProgressArtifact(logger))
-    finished: queue.SimpleQueue = queue.SimpleQueue()      # filled by Dask's callback thread
-    unread: dict = {}                                       # future -> index of its batch
-    todo = iter(range(len(batches)))
 
-    def submit_more() -> None:
-        # With gpu, every task asks the scheduler for one unit of the workers' `GPU` resource.
-        with dask.annotate(resources={"GPU": 1}) if gpu else nullcontext():
-            while len(unread) < size.size() and (i := next(todo, None)) is not None:
-                b = batches[i]
-                future = edit_on_worker.submit(b.rows, b.todo, b.job.request, batch_size, b.missing())
-                unread[future] = i
-                future.add_done_callback(finished.put)
+    def submit(b: EditBatch) -> PrefectFuture:
+        return edit_on_worker.submit(b.rows, b.todo, b.job.request, batch_size, b.missing())
 
-    submit_more()
-    results: list[list[dict]] = [[] for _ in batches]
-    while unread:
-        future = finished.get()         # blocks until a task ends: no polling
-        i = unread.pop(future)
-        try:
-            result = future.result(raise_on_failure=False)
-        except Exception as exc:        # the Dask future itself failed (KilledWorker: its workers died 3 times)
-            result = exc
-        release_future(future)
-        submit_more()
-        if not isinstance(result, list):
-            result = batches[i].failed(f"{type(result).__name__}: {result}")
-            with storage_retries_logged(logger):
-                batches[i].job.out.write_part(result)
-        progress.done(image_results(result))
-        results[i] = result
-    progress.finish()
-    return results
+    def failed(b: EditBatch, error: str) -> list[dict]:
+        rows = b.failed(error)
+        with storage_retries_logged(logger):
+            b.job.out.write_part(rows)
+        return rows
+
+    return submit_in_window(work, submit, failed, gpu, window, results=image_results)
 
 
 @dataclass
@@ -368,7 +314,7 @@ def edit_on_dask(jobs: Sequence[EditJob], batch_size: int | str, cluster: Cluste
     if work:
         with api_url_for_workers():
             runner = dask_task_runner(cluster, len(work))
-            results = edit_images_on_dask.with_options(task_runner=runner)(EditBatches(work), batch_size,
+            results = edit_images_on_dask.with_options(task_runner=runner)(Batches(work, size=_images), batch_size,
                                                                            cluster.gpu)
     wall = time.perf_counter() - t0
     for out in folders.values():
@@ -378,6 +324,10 @@ def edit_on_dask(jobs: Sequence[EditJob], batch_size: int | str, cluster: Cluste
         new.setdefault(id(batch.job), []).extend(rows)
     return [_job_run(job, stored[job.out.uri], new.get(id(job), []), len(todo), wall)
             for job, todo in zip(jobs, todos, strict=True)]
+
+
+def _images(batch: EditBatch) -> int:
+    return len(batch.rows)
 
 
 def _batches(job: EditJob, todo: dict[str, list[str]], per_task: int) -> list[EditBatch]:

@@ -4,19 +4,15 @@ images each), write the tables (every valid result of the folder, the earlier ru
 
 from __future__ import annotations
 
-import queue
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
-import dask
 from prefect import flow, get_run_logger
-from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 
-from flows.cluster import SubmissionWindow, api_url_for_workers, dask_task_runner, release_future
+from flows.cluster import api_url_for_workers, dask_task_runner
 from flows.parameters import ClusterSettings, InversionSettings
-from flows.progress import FinishedImagesLog, ProgressArtifact
+from flows.window import Batches, submit_in_window
 from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.dataset import ImageSource
 from gani_core.invert import InvertConfig
@@ -25,84 +21,23 @@ from tasks.inversion import invert_on_worker
 from tasks.storage import reusable_rows, storage_retries_logged, write_tables
 
 
-class Batches:
-    """The (images, configuration) batches of a run: the fan-out's parameter. Prefect stores every flow parameter
-    in its database as JSON; a list of them would be 1.1 MB for 10,000 images at 64 per task (5.3 MB at 1 per task,
-    3.7 s to encode) and hundreds of MB for a million. This has no JSON form, so Prefect stores ``<Batches>`` in its
-    place (Flow.serialize_parameters' fallback for what fastapi's jsonable_encoder cannot encode: no fields, not
-    iterable); its ``repr`` says how many."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: list[tuple[list[ImageSource], InvertConfig]]) -> None:
-        self._items = items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __repr__(self) -> str:
-        return f"Batches({len(self._items)} task(s), {self.images()} image(s))"
-
-    def images(self) -> int:
-        return sum(len(images) for images, _ in self._items)
-
-    def items(self) -> list[tuple[list[ImageSource], InvertConfig]]:
-        return list(self._items)
-
-
 @flow(name="invert-images-on-dask", validate_parameters=False)
-def invert_images_on_dask(work: Batches, ckpt: CheckpointRef,
+def invert_images_on_dask(work: Batches[tuple[list[ImageSource], InvertConfig]], ckpt: CheckpointRef,
                           folder: RunFolder, batch_size: int | str = 1, gpu: bool = False,
                           window: int | None = None) -> list[dict]:
     """One ``invert-images`` task per (batch of images, configuration) on this subflow's Dask task runner (built
-    by the caller at call time); the rows, in no particular order. A task that raised (after its retry), or that
-    Dask gave up on (``KilledWorker``), gives failed rows here, not written to ``rows/``, so that a rerun tries
-    those images again.
+    by the caller at call time), a window of them at a time (flows.window.submit_in_window: progress at a cadence,
+    each result released once read); the rows, batch after batch. A task that raised (after its retry), or that Dask
+    gave up on (``KilledWorker``), gives failed rows here, not written to ``rows/``, so that a rerun tries those
+    images again."""
+    def submit(batch: tuple[list[ImageSource], InvertConfig]) -> PrefectFuture:
+        return invert_on_worker.submit(*batch, ckpt, folder, batch_size)
 
-    Tasks are submitted as workers free up: at most ``window`` of them submitted and not yet read (default:
-    flows.cluster.SubmissionWindow, 2 per worker thread), so that the flow holds a window of futures, not one per
-    task, and the scheduler a window of tasks. Progress goes to the log and one progress artifact at a cadence
-    (flows.progress), not a line per image.
+    def failed(batch: tuple[list[ImageSource], InvertConfig], error: str) -> list[dict]:
+        images, cfg = batch
+        return [failed_row(image.image_id, cfg, ckpt, error, source=image.source_path) for image in images]
 
-    A worker lost in the middle of a task (killed, out of memory) is Dask's to handle: the scheduler runs the task
-    again on another worker. Each task's result is released as soon as it is read, so that a worker lost later
-    does not make Dask compute finished tasks again (their files written a second time, maybe after the tables)."""
-    logger = get_run_logger()
-    size = SubmissionWindow(FlowRunContext.get().task_runner, window)
-    total = work.images()
-    logger.info("%s image(s) in %s task(s), at most %d submitted at a time", f"{total:,}", f"{len(work):,}",
-                size.size())
-    progress = FinishedImagesLog(total, logger, report=ProgressArtifact(logger))
-    finished: queue.SimpleQueue[PrefectFuture] = queue.SimpleQueue()   # filled by Dask's callback thread
-    unread: dict[PrefectFuture, tuple[list[ImageSource], InvertConfig]] = {}
-    todo = iter(work.items())
-
-    def submit_more() -> None:
-        # With gpu, every task asks the scheduler for one unit of the workers' `GPU` resource.
-        with dask.annotate(resources={"GPU": 1}) if gpu else nullcontext():
-            while len(unread) < size.size() and (batch := next(todo, None)) is not None:
-                future = invert_on_worker.submit(*batch, ckpt, folder, batch_size)
-                unread[future] = batch
-                future.add_done_callback(finished.put)
-
-    submit_more()
-    rows = []
-    while unread:
-        future = finished.get()         # blocks until a task ends: no polling
-        images, cfg = unread.pop(future)
-        try:
-            result = future.result(raise_on_failure=False)
-        except Exception as exc:        # the Dask future itself failed (KilledWorker: its workers died 3 times)
-            result = exc
-        release_future(future)
-        submit_more()
-        if not isinstance(result, list):
-            result = [failed_row(image.image_id, cfg, ckpt, f"{type(result).__name__}: {result}",
-                                 source=image.source_path) for image in images]
-        progress.done(result)
-        rows.extend(result)
-    progress.finish()
-    return rows
+    return [row for rows in submit_in_window(work, submit, failed, gpu, window) for row in rows]
 
 
 @dataclass

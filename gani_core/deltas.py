@@ -359,7 +359,13 @@ def write_deltas_parquet(table: pa.Table, uri: str | os.PathLike, w_pivot: torch
 def read_pivot(uri: str | os.PathLike) -> torch.Tensor | None:
     """The pivot latent stored with a result's deltas (:func:`write_deltas_parquet`), or None when the file has none
     (written before issue 18)."""
-    metadata = pq.read_schema(pa.BufferReader(storage.read_bytes(os.fspath(uri)))).metadata or {}
+    return pivot_from_metadata(pq.read_schema(pa.BufferReader(storage.read_bytes(os.fspath(uri)))).metadata)
+
+
+def pivot_from_metadata(metadata: dict[bytes, bytes] | None) -> torch.Tensor | None:
+    """The pivot latent in a deltas file's schema metadata (:func:`write_deltas_parquet`), or None when it has none
+    (written before issue 18)."""
+    metadata = metadata or {}
     if PIVOT_KEY not in metadata:
         return None
     shape = [int(n) for n in metadata[PIVOT_SHAPE_KEY].decode().split(",")]

@@ -355,7 +355,7 @@ def _edit_loaded(G: Generator, run: RunFolder, out: EditFolder, batch: list[dict
             loaded.append(_load(G, run, row, previews[run.preview_uri(row["image_id"], row["method"])]))
         except (GaniError, ValueError, OSError, KeyError) as exc:
             wanted = [d for d in plan.directions if d.name in names[row["image_id"]]]
-            rows += _failed_rows(row, wanted, plan, f"{type(exc).__name__}: {exc}")
+            rows += failed_rows(row, wanted, plan, f"{type(exc).__name__}: {exc}")
     stacked = stack_deltas([x.deltas for x in loaded]) if loaded else {}
     for direction in plan.directions:
         chosen = [k for k, x in enumerate(loaded) if direction.name in names[x.row["image_id"]]]
@@ -422,7 +422,7 @@ def _edit_direction(G: Generator, out: EditFolder, images: list[_Loaded], deltas
                           None if changes is None else (float(changes[0][k, i]), float(changes[1][k, i])), files)
                      for i, strength in enumerate(plan.strengths)]
         except (GaniError, ValueError, OSError) as exc:
-            rows += _failed_rows(x.row, [direction], plan, f"{type(exc).__name__}: {exc}")
+            rows += failed_rows(x.row, [direction], plan, f"{type(exc).__name__}: {exc}")
     return rows
 
 
@@ -479,7 +479,7 @@ def _row(row: dict, direction: EditDirection, plan: EditPlan, strength: float, l
     return {k: finite_or_none(v) for k, v in fields.items()}
 
 
-def _failed_rows(row: dict, directions: Sequence[EditDirection], plan: EditPlan, error: str) -> list[dict]:
+def failed_rows(row: dict, directions: Sequence[EditDirection], plan: EditPlan, error: str) -> list[dict]:
     """One failed row per direction x strength of an image that could not be edited, with the reason."""
     now = time.time()
     return [{"image_id": row["image_id"], "method": row["method"], "direction": d.name, "spec": d.spec,

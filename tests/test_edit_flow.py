@@ -27,7 +27,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.edit_dataset import (
     EditBatch,
-    EditBatches,
     edit_dataset,
     edit_images_on_dask,
     image_results,
@@ -35,6 +34,7 @@ from flows.edit_dataset import (
     prepare_job,
 )
 from flows.parameters import ClusterSettings
+from flows.window import Batches
 from gani_core import Generator, save_generator, storage
 from gani_core.cli import main as gani
 from gani_core.edit_runs import EDITS_SCHEMA, EditFolder
@@ -279,8 +279,8 @@ def test_a_task_that_raises_gives_failed_rows_for_its_images_and_the_others_comp
     wrong = dataclasses.replace(job, request=dataclasses.replace(job.request, digests=(("factor-hue", "0" * 64),)))
     rows = task_rows(job.rows)
     todo = {r["image_id"]: ["factor-hue"] for r in rows}
-    work = EditBatches([EditBatch(job, rows[:2], {i: todo[i] for i in IMAGES[:2]}),
-                        EditBatch(wrong, rows[2:], {IMAGES[2]: todo[IMAGES[2]]})])
+    work = Batches([EditBatch(job, rows[:2], {i: todo[i] for i in IMAGES[:2]}),
+                    EditBatch(wrong, rows[2:], {IMAGES[2]: todo[IMAGES[2]]})], size=lambda b: len(b.rows))
     results = edit_images_on_dask.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))(work, 2)
     assert [r["status"] for r in image_results(results[0])] == ["ok", "ok"]
     (failed,) = image_results(results[1])

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from prefect import flow
 
+import flows.cluster as cluster_module
 import flows.fan_out as fan_out
 from flows.cluster import WINDOW_MIN, WINDOW_WITHOUT_DASK, SubmissionWindow
 from flows.progress import FinishedImagesLog
@@ -158,7 +159,7 @@ def test_at_most_window_tasks_are_submitted_and_unread_and_every_row_comes_back(
     # Recorded in a file, in the order the flow submits and reads: the hooks are copied (the flow's function travels
     # by value in each task's context, with the module globals it uses), the file is one.
     events = tmp_path / "events.txt"
-    task, release = fan_out.invert_on_worker, fan_out.release_future
+    task, release = fan_out.invert_on_worker, cluster_module.release_future
 
     class CountingTask:
         def submit(self, images, *args):
@@ -172,7 +173,7 @@ def test_at_most_window_tasks_are_submitted_and_unread_and_every_row_comes_back(
             f.write("read\n")
 
     monkeypatch.setattr(fan_out, "invert_on_worker", CountingTask())
-    monkeypatch.setattr(fan_out, "release_future", counting_release)
+    monkeypatch.setattr(cluster_module, "release_future", counting_release)
 
     write_shapes(str(tmp_path / "in"), 6)
     cfg, ckpt = method_config("wplus", pivot_steps=1), resolve_checkpoint(SPEC)
