@@ -179,24 +179,15 @@ def prepare_job(folder: RunFolder, run_rows: Sequence[dict], directions: Sequenc
     piece checked in ``gani edit``'s order: the strengths, the rows to edit and their checkpoint (gani_core.edit_runs:
     select_rows, checkpoint_of), the output folder, the directions parsed with the checkpoint's generator (loaded
     here on the CPU, once per process), the deltas files (check_outputs: one listing)."""
-    from gani_core import storage
-    from gani_core.directions import parse_strengths
-    from gani_core.edit_runs import EditFolder, check_outputs, checkpoint_of, select_rows
-    from tasks.editing import EditRequest, default_directions, parse_plan
+    from gani_core.edit_runs import prepare_edit
+    from tasks.editing import EditRequest
     from tasks.inversion import worker_generator
 
-    values = parse_strengths([str(s) for s in strengths])   # a float from the UI may be nan or inf
-    method, rows = select_rows(run_rows, list(image_ids or ()), method, folder.uri)
-    ckpt = checkpoint_of(rows)
-    out = EditFolder(out_uri or folder.path("edits"))
-    storage.check_folder(out.uri, "out_uri")
-    G = worker_generator(ckpt, "cpu")
-    specs = list(directions) if directions else default_directions(G)
-    plan = parse_plan(G, ckpt.sha256, specs, values, layers, raw, gif)
-    missing = check_outputs(folder, rows)
-    request = EditRequest(folder.uri, out.uri, ckpt, tuple(specs), plan.strengths, layers, raw, gif,
-                          tuple(plan.digests.items()))
-    return EditJob(folder, out, method, rows, plan, request, missing)
+    p = prepare_edit(folder, run_rows, directions, strengths, lambda ckpt: worker_generator(ckpt, "cpu"), method,
+                     list(image_ids or ()), layers, raw, gif, out_uri, out_option="out_uri")
+    request = EditRequest(folder.uri, p.out.uri, p.ckpt, p.specs, p.plan.strengths, layers, raw, gif,
+                          tuple(p.plan.digests.items()))
+    return EditJob(folder, p.out, p.method, p.rows, p.plan, request, p.missing)
 
 
 def job_params(job: EditJob, batch_size: int | str) -> dict[str, object]:

@@ -36,7 +36,7 @@ from tasks.storage import list_images
 
 BENCHMARK_METHODS: list[Method] = ["gani", "pti", "wplus"]
 COUNTS = ("images", "ok", "failed")
-# The edit of each method's results: tasks.editing.default_directions (factor:hue on a generator carrying it, else
+# The edit of each method's results: gani_core.edit_runs.default_directions (factor:hue on a generator carrying it, else
 # pca:0), at these strengths.
 EDIT_STRENGTHS = [-2.0, 2.0]
 MEANS = (*mlflow_runs.RUN_METRICS, *mlflow_runs.EDIT_METRICS)  # the comparison's columns, each as NAME_mean

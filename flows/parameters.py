@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gani_core.defaults import CPU_BATCH_SIZE, METHODS, PIVOT_STEPS, PRECISIONS, TUNE_STEPS
+from gani_core.defaults import CPU_BATCH_SIZE, METHODS, PIVOT_STEPS, PRECISIONS, TUNE_STEPS, Align
 from gani_core.precision import Precision
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ ImageLimit = Annotated[int, Field(ge=1)]
 
 
 class InversionSettings(BaseModel):
-    """The step budgets, seed, precision and batch size of every method of a run."""
+    """The step budgets, seed, precision and batch size of every method of a run, and what it does to faces."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -42,13 +42,23 @@ class InversionSettings(BaseModel):
         1, description="images per task, inverted together (one forward and backward for all per step); auto: "
                        f"as many as a GPU worker's free memory holds, {CPU_BATCH_SIZE} on a CPU. Results do not "
                        "depend on it")
+    align: Align | None = Field(
+        None, description="ffhq: each image's largest face aligned the FFHQ way (dlib's 68 landmarks) at the "
+                          "generator's resolution on the worker before it is inverted; an image without a face is a "
+                          "failed row (no face found); id_similarity is measured. None: centre crop. Needs the "
+                          "faces extra where the flow and its workers run")
+    identity: bool = Field(
+        False, description="the images are FFHQ-aligned faces already (gani align, the align-dataset flow): "
+                           "measure id_similarity (dlib's face descriptors; not comparable with published ArcFace "
+                           "IDs). Needs the faces extra")
 
     def images_per_task(self) -> int:
         """How many images one task takes: the batch size, or for ``auto`` a number the worker splits further."""
         return AUTO_TASK_IMAGES if self.batch_size == "auto" else self.batch_size
 
     def configs(self, methods: list[str]) -> dict[str, InvertConfig]:
-        """Each method's configuration; ``tune_steps`` applies to the methods that tune (an error if none does)."""
+        """Each method's configuration; ``tune_steps`` applies to the methods that tune (an error if none does).
+        ``align`` or ``identity`` without dlib: FacesUnavailableError, one line saying what to install."""
         from gani_core.invert import has_tuning, method_config
 
         unknown = [m for m in methods if m not in METHODS]
@@ -58,7 +68,8 @@ class InversionSettings(BaseModel):
             raise ValueError(f"tune_steps={self.tune_steps} does not apply: {', '.join(methods)} "
                              "have no tuning stage")
         return {m: method_config(m, self.pivot_steps, self.tune_steps if has_tuning(m) else None, seed=self.seed,
-                                 precision=self.precision) for m in methods}
+                                 precision=self.precision, align=self.align, identity=self.identity)
+                for m in methods}
 
 
 class ClusterSettings(BaseModel):

@@ -21,3 +21,8 @@ PTI_REG_WEIGHT = 0.0        # PTI as published: no regulariser (invert.PTI_TUNE)
 CPU_BATCH_SIZE = 4          # `auto` on a CPU: GANI's most images per hour in benchmarks/batching.py (README)
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+
+# How an input may be prepared before inversion (InvertConfig.align): ffhq, its largest face aligned the FFHQ way
+# (gani_core.faces); none of them (None): the image as it is, centre-cropped to the generator's square.
+Align = Literal["ffhq"]
+ALIGNMENTS: tuple[str, ...] = get_args(Align)

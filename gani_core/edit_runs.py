@@ -192,6 +192,62 @@ class EditPlan:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def default_directions(G: Generator) -> list[str]:
+    """The direction an edit takes when none is given: ``factor:hue`` on a generator carrying a hue factor (the
+    built-in one), else ``pca:0``, the principal direction of W every generator has."""
+    edits = G.factor_edits
+    return ["factor:hue"] if edits is not None and "hue" in edits.names else ["pca:0"]
+
+
+def parse_plan(G: Generator, checkpoint_sha256: str, specs: Sequence[str], strengths: Sequence[float],
+               layers: str | None = None, raw: bool = False, gif: bool = False) -> EditPlan:
+    """The plan of an edit request on ``G``: each direction spec at the ``layers`` (gani_core.directions), the
+    strengths without repeats (a repeat adds nothing). Raises a one-line DirectionsError (or GaniError, for two
+    directions of one name) for what cannot be used."""
+    from gani_core.directions import parse_directions, parse_layers
+
+    parsed = parse_directions(list(specs), G, checkpoint_sha256, layers=parse_layers(layers, G.num_ws), raw=raw)
+    return EditPlan(tuple(parsed), tuple(dict.fromkeys(float(s) for s in strengths)), gif=gif)
+
+
+@dataclass(frozen=True)
+class PreparedEdit:
+    """An edit request checked (:func:`prepare_edit`): what it edits, with what, into where."""
+
+    method: str
+    rows: list[dict]            # the run's ok rows to edit
+    ckpt: CheckpointRef
+    G: Generator
+    out: EditFolder
+    specs: tuple[str, ...]      # the directions as given (or the default's)
+    plan: EditPlan
+    missing: set[str]           # images without a deltas file: they fail alone
+
+
+def prepare_edit(run: RunFolder, run_rows: Sequence[dict], specs: Sequence[str] | None,
+                 strengths: Sequence[str | float], load: Callable[[CheckpointRef], Generator],
+                 method: str | None = None, image_ids: Sequence[str] = (), layers: str | None = None,
+                 raw: bool = False, gif: bool = False, out_uri: str | None = None,
+                 out_option: str = "--out") -> PreparedEdit:
+    """An edit of ``run_rows`` (the run's stored rows) checked piece by piece before anything is written, each
+    refusal one line (GaniError, ValueError, OSError): the strengths, the rows to edit (:func:`select_rows`) and
+    their checkpoint (:func:`checkpoint_of`), the output folder (``out_uri``, default RUN/edits, named
+    ``out_option`` in the error), the directions parsed with the checkpoint's generator (``load(ckpt)``; without
+    ``specs``, :func:`default_directions`), the deltas files (:func:`check_outputs`: one listing). What ``gani edit``
+    and the edit-dataset flow both do first."""
+    from gani_core.directions import parse_strengths
+
+    values = parse_strengths([str(s) for s in strengths])     # a float from a UI may be nan or inf
+    method, rows = select_rows(run_rows, list(image_ids), method, run.uri)
+    ckpt = checkpoint_of(rows)
+    out = EditFolder(out_uri or run.path("edits"))
+    storage.check_folder(out.uri, out_option)
+    G = load(ckpt)
+    chosen = tuple(specs) if specs else tuple(default_directions(G))
+    plan = parse_plan(G, ckpt.sha256, chosen, values, layers, raw, gif)
+    return PreparedEdit(method, rows, ckpt, G, out, chosen, plan, check_outputs(run, rows))
+
+
 def pending(stored: Mapping[Group, list[dict]], rows: Sequence[dict], plan: EditPlan) -> dict[str, list[str]]:
     """image_id -> the names of the directions whose edits are to be computed (those ``stored`` does not hold for
     this plan: the resume rule); images with nothing to compute are left out."""

@@ -22,7 +22,15 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass,
 import torch
 
 from gani_core import deltas as deltas_mod
-from gani_core.defaults import GANI_REG_WEIGHT, METHODS, PRECISIONS, PTI_REG_WEIGHT, Method  # torch-free, for help
+from gani_core.defaults import (  # torch-free, for help
+    ALIGNMENTS,
+    GANI_REG_WEIGHT,
+    METHODS,
+    PRECISIONS,
+    PTI_REG_WEIGHT,
+    Align,
+    Method,
+)
 from gani_core.editing import default_edit_strength, random_directions
 from gani_core.errors import InversionError
 from gani_core.measure import measure_images, preview_edit_label
@@ -51,6 +59,15 @@ class InvertConfig:
     edit_strength: float | None = None          # None: default_edit_strength(G)
     delta_encoding: str = "lowrank"             # deltas.encode_delta encoding
     delta_max_rel_error: float = 0.02           # per-layer relative error allowed by the encoding
+    align: Align | None = None                  # ffhq: each file's largest face aligned first (invert_files: files;
+                                                # invert_images takes its images as given)
+    identity: bool = False                      # the inputs are aligned faces: id_similarity measured (with align)
+
+    def __post_init__(self) -> None:
+        if self.align is not None and self.align not in ALIGNMENTS:
+            raise ValueError(f"align must be one of {ALIGNMENTS} or None, got {self.align!r}")
+        if self.align is not None and not self.identity:    # aligned inputs are faces: one configuration, one hash
+            object.__setattr__(self, "identity", True)
 
     def config_hash(self) -> str:
         """A short hash of everything that changes a result (keys reruns and resumes: gani_core.run_folder).
@@ -165,6 +182,8 @@ def method_config(
     tune_steps: int | None = None,
     seed: int = 0,
     precision: Precision = "fp32",
+    align: Align | None = None,
+    identity: bool = False,
     **tune_overrides: float | int | str,
 ) -> InvertConfig:
     """The default configuration of a method, with the step budgets and tuning options overridden.
@@ -175,6 +194,11 @@ def method_config(
     computes and names as such); a tuning option TuneConfig does not have; ``reg_weight`` negative or not finite;
     ``lr`` not positive and finite; and, for a method without a tuning stage (``has_tuning`` false), any tuning
     option given, rather than ignoring it.
+
+    ``align="ffhq"``: each input's largest face is aligned the FFHQ way at G's resolution before it is inverted
+    (gani_core.invert_files), and ``id_similarity`` measured; ``identity``: the inputs are aligned faces already
+    (`gani align`), so ``id_similarity`` is measured. Either raises FacesUnavailableError now, in one line saying
+    what to install, when dlib or its models are missing (the faces extra).
     """
     tune_cfg = _TUNING[method] if has_tuning(method) else None     # has_tuning refuses unknown methods
     if tune_cfg is None and (tune_steps is not None or tune_overrides):
@@ -188,7 +212,12 @@ def method_config(
         tune_cfg = replace(tune_cfg, precision=precision, **tune_overrides)
         if tune_steps is not None:
             tune_cfg = replace(tune_cfg, steps=tune_steps)
-    return InvertConfig(method=method, pivot=pivot, tune=tune_cfg, seed=seed)
+    cfg = InvertConfig(method=method, pivot=pivot, tune=tune_cfg, seed=seed, align=align, identity=identity)
+    if cfg.identity:
+        from gani_core.faces.models import require
+
+        require()
+    return cfg
 
 
 def _check_options(method: str, pivot_steps: int | None, tune_steps: int | None, precision: str,
@@ -233,6 +262,7 @@ class InversionResult:
     losses: list[float] = field(default_factory=list)
     edit_ratios: dict[str, float] = field(default_factory=dict)  # per factor: tuned / original edit response
     edit_label: str = "edit"                    # which edit previews[3] shows (measure.preview_edit_label)
+    id_note: str | None = None                  # why id_similarity is None where it was measured
 
     def row(self) -> dict:
         """The metrics.parquet row of this result (without the run-level columns): its ``names("result")`` metrics
@@ -248,7 +278,7 @@ class InversionResult:
             "pivot_steps": self.steps["pivot"], "tune_steps": tune_steps,
             "seconds_per_tune_step": self.seconds["tune"] / tune_steps if tune_steps else None,
             "delta_bytes": self.delta_bytes, "delta_lpips_change": self.delta_lpips_change,
-            "peak_memory_mb": self.peak_memory_mb,
+            "peak_memory_mb": self.peak_memory_mb, "id_note": self.id_note,
         }
 
 
@@ -401,7 +431,7 @@ def _measure(G: Generator, images: torch.Tensor, image_ids: list[str], cfg: Inve
     strength = cfg.edit_strength if cfg.edit_strength is not None else default_edit_strength(G)
     measured = measure_images(G, images, w_pivots, deltas, stored, directions=directions, strength=strength,
                               preview_offset=preview_edit(G, directions[0], strength),
-                              locality_count=cfg.locality_count, seed=cfg.seed)
+                              locality_count=cfg.locality_count, seed=cfg.seed, identity=cfg.identity)
     edit_label = preview_edit_label(G, strength, directions_given, cfg.seed)
     seconds = {**shared, "metrics": (time.perf_counter() - t_start) / len(tuned)}
     peak = _peak_memory_mb(device)
@@ -409,5 +439,6 @@ def _measure(G: Generator, images: torch.Tensor, image_ids: list[str], cfg: Inve
         image_id=image_id, method=cfg.method, w_pivot=w.cpu(), encoded=e, metrics=m.metrics,
         seconds={**seconds, "total": sum(seconds.values())}, steps=steps, peak_memory_mb=peak,
         delta_bytes=deltas_mod.delta_bytes(e), delta_lpips_change=m.delta_lpips_change, previews=m.previews,
-        losses=t.losses if t is not None else [], edit_ratios=m.edit_ratios, edit_label=edit_label)
+        losses=t.losses if t is not None else [], edit_ratios=m.edit_ratios, edit_label=edit_label,
+        id_note=m.id_note)
         for image_id, w, e, m, t in zip(image_ids, w_pivots, encoded, measured, tuned, strict=True)]

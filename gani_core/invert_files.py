@@ -2,9 +2,14 @@
 
 - :func:`invert_sources`: image files with one method, ``batch_size`` at a time through the batched engine
   (gani_core.invert.invert_images). Each image is read and decoded before it joins a batch: an unreadable one
-  fails alone, then. Each image's outputs and row are written as soon as its batch ends. An image whose
-  optimisation diverges fails with its reason; the rest of its batch goes on. A batch that runs out of device
-  memory is split in two and retried, losing nothing already finished. The Dask task calls it.
+  fails alone, then. With ``InvertConfig.align`` (ffhq) its largest face is aligned then, at the generator's
+  resolution (gani_core.faces): the aligned face is what is inverted, measured, shown in the preview's input
+  column and hashed (``image_sha256``; the file's own hash is ``source_sha256``), and the row records the
+  alignment (``align``, ``faces_seen``, ``face_box``, ``face_quad``); an image without a face fails alone
+  (``NoFaceError: ... no face found``), never centre-cropped instead. Each image's outputs and row are written
+  as soon as its batch ends. An image whose optimisation diverges fails with its reason; the rest of its batch
+  goes on. A batch that runs out of device memory is split in two and retried, losing nothing already finished.
+  The Dask task calls it.
 - :func:`run_in_process`: a whole run in this process (what ``gani invert`` does): keep the results the folder
   already holds for the same image, checkpoint and configuration, compute the rest, write the tables (which hold
   every valid result of the folder, the earlier runs' other methods and configurations included). It counts the
@@ -19,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,6 +40,9 @@ from gani_core.pivot import Progress, find_pivots
 from gani_core.run_folder import RunFolder, complete_row, failed_row, run_tables
 from gani_core.tuning import tune_batch
 
+if TYPE_CHECKING:
+    from gani_core.faces.align import Alignment
+
 log = logging.getLogger(__name__)
 
 # A batch's progress callback, made when the batch starts: (image ids, method) -> Progress.
@@ -43,8 +52,9 @@ OnBatch = Callable[[list[str], str], Progress | None]
 @dataclass
 class _Decoded:
     image: ImageSource
-    sha256: str
+    sha256: str                 # of the bytes inverted: the file's, or the aligned face's PNG
     pixels: torch.Tensor        # [3, R, R] in [0, 1]
+    columns: dict[str, Any] = field(default_factory=dict)     # the row's alignment columns (_alignment_columns)
 
 
 def invert_sources(
@@ -77,22 +87,55 @@ def invert_sources(
 
 def _batches(G: Generator, images: list[ImageSource], cfg: InvertConfig, ckpt: CheckpointRef, batch_size: int,
              unread: list[dict], device: str) -> Iterator[list[_Decoded]]:
-    """Decoded images, ``batch_size`` at a time; an image that cannot be read gets its failed row in ``unread``."""
+    """Decoded (and, with ``cfg.align``, aligned) images, ``batch_size`` at a time; an image that cannot be inverted
+    gets its failed row in ``unread``."""
     batch: list[_Decoded] = []
     for image in images:
-        sha = None
-        try:
-            data = read_image_bytes(image.source)
-            sha = hashlib.sha256(data).hexdigest()
-            batch.append(_Decoded(image, sha, load_image(data, resolution=G.img_resolution, name=image.source)))
-        except (GaniError, ValueError, OSError) as exc:
-            unread.append(failed_row(image.image_id, cfg, ckpt, f"{type(exc).__name__}: {exc}", sha, device,
-                                     image.source_path, image.stat))
+        decoded = _decode(image, cfg, G.img_resolution)
+        if isinstance(decoded, _Unusable):
+            unread.append({**failed_row(image.image_id, cfg, ckpt, decoded.error, decoded.sha256, device,
+                                        image.source_path, image.stat), **decoded.columns})
+            continue
+        batch.append(decoded)
         if len(batch) == batch_size:
             yield batch
             batch = []
     if batch:
         yield batch
+
+
+@dataclass
+class _Unusable:
+    error: str                  # the failed row's: ExceptionType: message
+    sha256: str | None          # its image_sha256: the file's when it was read (null with alignment: no face image)
+    columns: dict[str, Any]     # with alignment: its columns, as far as it went (_alignment_columns)
+
+
+def _decode(image: ImageSource, cfg: InvertConfig, resolution: int) -> _Decoded | _Unusable:
+    """``image`` read and decoded at ``resolution`` px: centre-cropped, or with ``cfg.align`` its largest face
+    aligned (no face: NoFaceError, with the faces seen in its columns); or why it cannot be inverted."""
+    sha, columns = None, {}
+    try:
+        data = read_image_bytes(image.source)
+        sha = hashlib.sha256(data).hexdigest()
+        if cfg.align is None:
+            return _Decoded(image, sha, load_image(data, resolution=resolution, name=image.source))
+        from gani_core.faces.align import align_file  # scipy and dlib: only for runs that align
+
+        columns = {"align": cfg.align, "source_sha256": sha}
+        alignment = align_file(data, resolution, name=image.source)
+        columns.update(_alignment_columns(alignment))
+        alignment.check(image.source)
+        return _Decoded(image, hashlib.sha256(alignment.png()).hexdigest(), alignment.tensor(), columns)
+    except (GaniError, ValueError, OSError) as exc:
+        return _Unusable(f"{type(exc).__name__}: {exc}", None if cfg.align else sha, columns)
+
+
+def _alignment_columns(alignment: Alignment) -> dict[str, Any]:
+    """What a row records of its input's alignment besides the recipe and the file's hash (run_folder.METRICS_SCHEMA):
+    the faces seen, the chosen face's box and quad (enough to align the file again; the 68 landmarks are left out)."""
+    found = alignment.record()
+    return {"faces_seen": found["faces_seen"], "face_box": found["box"], "face_quad": found["quad"]}
 
 
 def _invert_batch(G: Generator, batch: list[_Decoded], cfg: InvertConfig, folder: RunFolder, ckpt: CheckpointRef,
@@ -122,10 +165,10 @@ def _write_result(G: Generator, decoded: _Decoded, result: InversionResult | Inv
         folder.write_outputs(result, label)
         row = complete_row({**result.row(), "source": decoded.image.source_path,
                             "source_stat": decoded.image.stat, "image_sha256": decoded.sha256,
-                            "resolution": G.img_resolution}, cfg, ckpt, label, device)
+                            "resolution": G.img_resolution, **decoded.columns}, cfg, ckpt, label, device)
     except (GaniError, ValueError, OSError) as exc:
-        row = failed_row(image_id, cfg, ckpt, f"{type(exc).__name__}: {exc}", decoded.sha256, device,
-                         decoded.image.source_path, decoded.image.stat)
+        row = {**failed_row(image_id, cfg, ckpt, f"{type(exc).__name__}: {exc}", decoded.sha256, device,
+                            decoded.image.source_path, decoded.image.stat), **decoded.columns}
     return row
 
 

@@ -18,6 +18,11 @@ const noise, clamped to [-1, 1], LPIPS alex (docs/method.md, "Metrics"):
   step), with G_t (Δt_k) and with G_o (Δo_k); mean_k clip(1 - |Δt_k - Δo_k| / |Δo_k|, 0, 1)
   (editing.accuracy_of_changes). 1 = every edit moves its factor as before tuning. ``edit_ratios``: Δt_k / Δo_k.
 
+- ``id_similarity``, ``id_similarity_pivot`` (``identity``: the inputs are aligned faces, else None): the cosine
+  similarity of dlib's face descriptors of the input and of G_t(w_p), and of G_o(w_p) (gani_core.metrics'
+  identity_metrics; each image's descriptor computed once). Where one has no descriptor: None, the reason in
+  ``Measured.id_note``.
+
 A method without tuning leaves G unchanged: locality and edit_consistency 0, edit_accuracy 1 where it applies.
 
 Every latent a metric renders (the pivot, the preview's edit, the locality latents, the edited pivots of
@@ -39,7 +44,8 @@ from torch.func import vmap
 
 from gani_core.editing import LOCALITY_AROUND_PIVOT, accuracy_of_changes, factor_tools, locality_latents
 from gani_core.lpips import lpips_distance
-from gani_core.metrics import image_metrics, to_unit
+from gani_core.metric_registry import names
+from gani_core.metrics import identity_metrics, image_metrics, to_unit
 from gani_core.networks import Generator
 from gani_core.tuning import render_with
 
@@ -56,6 +62,7 @@ class Measured:
     delta_lpips_change: float               # LPIPS between renders with the stored and the in-memory deltas
     previews: torch.Tensor                  # [4, 3, R, R] in [0, 1] on the CPU: input, pivot, tuned, edit
     edit_ratios: dict[str, float] = field(default_factory=dict)   # per factor: tuned / original edit response
+    id_note: str | None = None              # why id_similarity (or id_similarity_pivot) is None where measured
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ def measure_images(
     preview_offset: torch.Tensor,
     locality_count: int,
     seed: int,
+    identity: bool = False,
 ) -> list[Measured]:
     """The metrics of K images [K, 3, R, R] in [0, 1] inverted to ``w_pivots`` [K, num_ws, w_dim].
 
@@ -89,7 +97,8 @@ def measure_images(
     metrics are of the stored ones); both empty for a method without tuning, whose generator is unchanged
     (locality and edit_consistency 0, edit_accuracy 1 where it applies). ``directions`` [D, w_dim] or
     [D, num_ws, w_dim] at ``strength`` for edit_consistency; ``preview_offset`` [w_dim] or [num_ws, w_dim] is the
-    previews' edit; ``locality_count`` and ``seed`` choose editing.locality_latents.
+    previews' edit; ``locality_count`` and ``seed`` choose editing.locality_latents. ``identity``: the images are
+    aligned faces, whose id_similarity and id_similarity_pivot are measured (else None).
     """
     device = w_pivots.device
     k = w_pivots.shape[0]
@@ -101,11 +110,13 @@ def measure_images(
     if not all(tuned_any):
         renders = render_original(G, torch.cat([pivots, edited], 1))           # [K, 2, 3, R, R]
         metrics = image_metrics(to_unit(renders[:, 0]), images)
+        faces = _identity(images, renders[:, 0], None, identity)
         tools = factor_tools(G)
         accuracy = 1.0 if tools is not None else None
         ratios = dict.fromkeys(tools[0].names, 1.0) if tools is not None else {}
-        return [Measured({**metrics[i], "locality": 0.0, "edit_consistency": 0.0, "edit_accuracy": accuracy},
-                         0.0, _previews(images[i], renders[i, 0], renders[i, 0], renders[i, 1]), dict(ratios))
+        return [Measured({**metrics[i], "locality": 0.0, "edit_consistency": 0.0, "edit_accuracy": accuracy,
+                          **faces[i][0]}, 0.0, _previews(images[i], renders[i, 0], renders[i, 0], renders[i, 1]),
+                         dict(ratios), faces[i][1])
                 for i in range(k)]
 
     layout, ws = _latents(G, torch.cat([pivots, edited], 1), directions, strength, locality_count, seed)
@@ -118,14 +129,26 @@ def measure_images(
     locality = distances[:, layout.locality].mean(1)
     gaps = distances[:, layout.edits] - distances[:, :1]
     accuracy = _edit_accuracy(G, original[:, layout.factors], tuned[:, layout.factors])
+    faces = _identity(images, original[:, 0], tuned[:, 0], identity)
     results = []
     for i in range(k):
         acc, ratios = accuracy[i] if accuracy is not None else (None, {})
         results.append(Measured(
             {**metrics[i], "locality": float(locality[i]), "edit_consistency": float(gaps[i].mean()),
-             "edit_accuracy": acc},
-            float(delta_change[i]), _previews(images[i], original[i, 0], tuned[i, 0], tuned[i, 1]), ratios))
+             "edit_accuracy": acc, **faces[i][0]},
+            float(delta_change[i]), _previews(images[i], original[i, 0], tuned[i, 0], tuned[i, 1]), ratios,
+            faces[i][1]))
     return results
+
+
+def _identity(images: torch.Tensor, pivots: torch.Tensor, tuned: torch.Tensor | None, measured: bool
+              ) -> list[tuple[dict[str, float | None], str | None]]:
+    """Each image's ``faces`` metrics and id_note from its input [K, 3, R, R] in [0, 1] and renders [K, 3, R, R]
+    (``tuned`` None: the pivot's is the tuned render); all None when not ``measured`` (the inputs are no faces)."""
+    if not measured:
+        return [(dict.fromkeys(names("faces")), None)] * images.shape[0]
+    rows = identity_metrics(images, to_unit(pivots), None if tuned is None else to_unit(tuned))
+    return [({n: row[n] for n in names("faces")}, row["id_note"]) for row in rows]
 
 
 def _latents(G: Generator, first: torch.Tensor, directions: torch.Tensor, strength: float,

@@ -12,6 +12,10 @@ Where each is computed (``computed``):
 - ``image``: an image pair, in gani_core/metrics.py (``image_metrics``): the input against the tuned render.
 - ``tuning``: the tuned generator against the original, in gani_core/measure.py (``measure_images``, batched
   for K images; K = 1 is the reference the tests compare with hand computations).
+- ``faces``: the identity of a face, in gani_core/measure.py (``measure_images``, batched per K images) with
+  gani_core.faces.identity's descriptors (gani_core/metrics.py, ``identity_metrics``), for runs whose inputs are
+  faces (``InvertConfig.identity``: aligned by the run, ``--align ffhq``, or before it, ``--identity``); null
+  otherwise, and null with the reason (the row's ``id_note``) where a face has no descriptor.
 - ``benchmark``: the domain benchmark only (gani_core/evaluation/drift.py), at its largest common budget.
 - ``cost``: what an inversion cost, recorded by gani_core/invert.py (seconds per image, stored bytes).
 
@@ -26,7 +30,7 @@ from typing import Literal
 import pyarrow as pa
 
 Better = Literal["lower", "higher"]
-Computed = Literal["image", "tuning", "benchmark", "cost"]
+Computed = Literal["image", "tuning", "faces", "benchmark", "cost"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,12 @@ _DEFS = (
               "tuning"),
     MetricDef("edit_accuracy", "how exactly factor edits still move their factor, 1 = as before tuning (needs a "
               "factor probe)", "higher", "tuning", headline=True),
+    MetricDef("id_similarity", "cosine similarity of dlib's ResNet face descriptors (128-d) of the input and the tuned "
+              "render; 1 = the same descriptor; faces only (--align ffhq, --identity); not comparable with published "
+              "ArcFace/CurricularFace IDs", "higher", "faces", headline=True, curve=False),
+    MetricDef("id_similarity_pivot", "id_similarity of the pivot's render through the original generator (before "
+              "tuning): the identity the inversion alone kept; id_similarity minus it is what tuning added",
+              "higher", "faces", curve=False),
     MetricDef("drift", "Frechet distance of AlexNet features between tuned and original samples (benchmark only)",
               "lower", "benchmark", headline=True, curve=False),
     MetricDef("seconds", "seconds of the inversion per image (batch stages shared evenly)", "lower", "cost",
@@ -78,22 +88,24 @@ _DEFS = (
 # Order matters: tables and schemas list metrics in this order.
 METRICS: dict[str, MetricDef] = {m.name: m for m in _DEFS}
 
-Group = Literal["image", "result", "run", "benchmark", "headline", "curve"]
+Group = Literal["image", "faces", "result", "run", "benchmark", "headline", "curve"]
 
 
 def names(group: Group) -> tuple[str, ...]:
     """The metric names of a group, in registry order:
 
     - ``image``: the image-pair metrics (gani_core.metrics.image_metrics);
-    - ``result``: the quality of one inversion, image and tuning metrics (a run's rows);
+    - ``faces``: the identity metrics of face runs (gani_core.metrics.identity_metrics; null in other runs);
+    - ``result``: the quality of one inversion, image, tuning and faces metrics (a run's rows);
     - ``run``: what a run's summary, its MLflow run and the nightly comparison report per method: result + cost;
-    - ``benchmark``: the domain benchmark's columns: result + drift + cost;
+    - ``benchmark``: the domain benchmark's columns: result + drift + cost (its faces metrics null: no faces);
     - ``headline``: the few shown where space is short (in ``benchmark``; intersect with a run's own group);
     - ``curve``: the benchmark metrics drawn against the budget.
     """
     select = {
         "image": lambda m: m.computed == "image",
-        "result": lambda m: m.computed in ("image", "tuning"),
+        "faces": lambda m: m.computed == "faces",
+        "result": lambda m: m.computed in ("image", "tuning", "faces"),
         "run": lambda m: m.computed != "benchmark",
         "benchmark": lambda m: True,
         "headline": lambda m: m.headline,

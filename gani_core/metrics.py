@@ -2,7 +2,8 @@
 
 All functions compare float RGB images in [0, 1], shape [N, 3, H, W], pairwise along N, and return one
 value per image, shape [N]. Renders get there through `to_unit`. `image_metrics` gives all five as rows, under the
-names of the registry's ``image`` group (gani_core.metric_registry).
+names of the registry's ``image`` group (gani_core.metric_registry). `identity_metrics` gives the ``faces`` group
+(id_similarity, id_similarity_pivot) of aligned faces, with dlib (gani_core.faces, imported when called).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -171,6 +173,38 @@ def image_metrics(a: torch.Tensor, b: torch.Tensor, device: str | torch.device |
     with torch.no_grad():
         columns = {name: _METRICS[name](a, b).cpu().tolist() for name in names("image")}
     return [{name: float(columns[name][i]) for name in names("image")} for i in range(a.shape[0])]
+
+
+def identity_metrics(inputs: torch.Tensor, pivots: torch.Tensor, tuned: torch.Tensor | None = None
+                     ) -> list[dict[str, float | str | None]]:
+    """The registry's ``faces`` metrics of K aligned faces, and ``id_note``: [0, 1] inputs, pivot renders and tuned
+    renders [K, 3, R, R] -> K rows.
+
+    ``id_similarity`` = cos(e(input), e(tuned)), ``id_similarity_pivot`` = cos(e(input), e(pivot)), e being dlib's
+    128-d face descriptor (gani_core.faces.identity.face_embedding, ``assume_aligned``: where the detector misses a
+    face, as on small renders, it is read at the aligned face's place). Each image's descriptor is computed once;
+    ``tuned`` None (a method that tunes nothing: its render is the pivot's) gives both the pivot's value.
+    ``id_note``: None, or why a value is null (which image has no descriptor, and the reason).
+    """
+    from gani_core.faces.identity import face_embedding
+
+    rows: list[dict[str, float | str | None]] = []
+    for k in range(inputs.shape[0]):
+        images = {"the input": inputs[k], "the pivot render": pivots[k],
+                  **({"the tuned render": tuned[k]} if tuned is not None else {})}
+        embedded = {name: face_embedding(image, assume_aligned=True) for name, image in images.items()}
+        source = embedded["the input"][0]
+        pivot = _cosine_or_none(source, embedded["the pivot render"][0])
+        final = pivot if tuned is None else _cosine_or_none(source, embedded["the tuned render"][0])
+        missing = [f"{name}: {why}" for name, (descriptor, why) in embedded.items() if descriptor is None]
+        rows.append({"id_similarity": final, "id_similarity_pivot": pivot, "id_note": "; ".join(missing) or None})
+    return rows
+
+
+def _cosine_or_none(u: np.ndarray | None, v: np.ndarray | None) -> float | None:
+    from gani_core.faces.identity import cosine_similarity
+
+    return None if u is None or v is None else cosine_similarity(u, v)
 
 
 def finite_or_none(value: object) -> object:

@@ -26,11 +26,13 @@ written (a run in progress or interrupted), :meth:`RunFolder.read_run` builds th
 Resume rule (:meth:`RunFolder.reusable_rows`): an image's row is kept when its image is the one it was computed
 from, its ``checkpoint_sha256`` equals this run's, its ``config_hash`` is one of this run's
 ``InvertConfig.resume_hashes()`` (today's, or the one gani wrote before issue 17's renames), and it is either ``ok``
-or failed because the image itself is unreadable (``ImageError``: the same bytes fail the same way). Other failures
-(a storage hiccup, a lost worker, an unreadable checkpoint) are computed again. The image is the same when the
-listing's fingerprint of the file (size and ETag or modification time: ``source_stat``) equals the row's, without
-reading it; otherwise (a row without one, a file touched or copied) when the file's bytes hash to the row's
-``image_sha256``.
+or failed because of the image itself (``ImageError``, unreadable, or ``NoFaceError``, no face to align: the same
+bytes fail the same way). Other failures (a storage hiccup, a lost worker, an unreadable checkpoint) are computed
+again. The image is the same when the listing's fingerprint of the file (size and ETag or modification time:
+``source_stat``) equals the row's, without reading it; otherwise (a row without one, a file touched or copied) when
+the file's bytes hash to the row's ``image_sha256`` (``source_sha256`` for a row of an aligned run, whose
+``image_sha256`` is the aligned face's). Alignment is part of the configuration (``InvertConfig.align``): a run with
+alignment never keeps a row made without it, nor the reverse.
 
 Every file is written atomically (gani_core.storage): a reader or a crash never sees half of one.
 """
@@ -71,18 +73,32 @@ METRICS_SCHEMA = pa.schema([
     ("image_id", pa.string()),
     ("source", pa.string()),        # the image's path relative to the input root (null in rows written before it)
     ("source_stat", pa.string()),   # the listing's fingerprint of the file (storage.fingerprint; null: unknown)
-    ("image_sha256", pa.string()), ("method", pa.string()),
+    ("image_sha256", pa.string()),  # of the image inverted: the file's bytes, or with `align` the aligned face's PNG
+    ("source_sha256", pa.string()), # with `align`: of the file's bytes (the resume rule's); null without
+    ("method", pa.string()),
     ("status", pa.string()), ("error", pa.string()),
     *[parquet_field(m) for m in names("result")],      # edit_accuracy: null without factor directions and a probe
+    ("id_note", pa.string()),       # why id_similarity is null in a run that measures it (InvertConfig.identity)
     parquet_field("seconds"), ("seconds_pivot", pa.float64()), ("seconds_tune", pa.float64()),
     ("seconds_metrics", pa.float64()), ("pivot_steps", pa.int64()), ("tune_steps", pa.int64()),
     ("seconds_per_tune_step", pa.float64()), parquet_field("delta_bytes"), ("delta_lpips_change", pa.float64()),
     ("peak_memory_mb", pa.float64()),
     ("checkpoint", pa.string()), ("checkpoint_sha256", pa.string()), ("generator_label", pa.string()),
     ("resolution", pa.int64()),     # px of the generator's images, at which the metrics were computed (ok rows)
+    # The alignment of the input (InvertConfig.align; null without): enough to make the aligned image again from the
+    # file (gani_core.faces.ffhq.warp_quad of the EXIF-rotated photo at `resolution`); the 68 landmarks are not kept
+    # (0.5-1 KB a row; `gani align`'s table has them).
+    ("align", pa.string()),         # the recipe: ffhq
+    ("faces_seen", pa.int64()),     # faces the detector found in the file (the largest confident one is aligned)
+    ("face_box", pa.list_(pa.float64())),                   # [4] its box: left, top, right, bottom, file pixels
+    ("face_quad", pa.list_(pa.list_(pa.float64()))),        # [4][2] its FFHQ quad, file pixels (ffhq.ffhq_quad)
     ("config_hash", pa.string()), ("seed", pa.int64()), ("device", pa.string()), ("gani_version", pa.string()),
     ("finished", pa.float64()),     # when the row was made (seconds since the epoch): the newest row of a result wins
 ])
+
+# The failures of an image itself, kept by the resume rule (the same bytes and configuration fail the same way): an
+# ImageError, and its NoFaceError (gani_core.faces: no face to align), as their rows' `error` begins.
+IMAGE_FAILURES = ("ImageError", "NoFaceError")
 
 # A part written this long before the table it is compared with still counts as written after it (clock skew between
 # the writers of a shared folder; reading a part twice is harmless: the newest row wins).
@@ -411,7 +427,8 @@ class RunFolder:
         def same_image(image_id: str, row: dict) -> bool:
             if listed_unchanged(image_id, row):
                 return True
-            return row.get("image_sha256") is not None and row.get("image_sha256") == digests[by_id[image_id].source]
+            expected = row.get("source_sha256") or row.get("image_sha256")     # an aligned row: of its file
+            return expected is not None and expected == digests[by_id[image_id].source]
 
         # The same name may now hold other bytes: a row counts only for the image it was computed from.
         return {key: row for key, row in rows.items() if same_image(key[0], row)}
@@ -459,6 +476,15 @@ class RunFolder:
         table = deltas_mod.read_deltas_parquet(self.deltas_uri(image_id, method))
         return deltas_mod.decode_deltas(deltas_mod.rows_from_table(table, image_id=image_id))
 
+    def read_result(self, image_id: str, method: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The decoded weight deltas of one result (by layer name) and its pivot latent ([num_ws, w_dim]; flattened
+        for a result of gani before issue 18), from one read of its deltas file: what :meth:`read_deltas` and
+        :meth:`read_pivot` give, for half the reads (one GET on S3, not two)."""
+        table = deltas_mod.read_deltas_parquet(self.deltas_uri(image_id, method))
+        deltas = deltas_mod.decode_deltas(deltas_mod.rows_from_table(table, image_id=image_id))
+        pivot = deltas_mod.pivot_from_metadata(table.schema.metadata)
+        return deltas, pivot if pivot is not None else self.read_pivot(image_id, method)  # before issue 18: its row
+
     def read_pivot(self, image_id: str, method: str) -> torch.Tensor:
         """The pivot latent of one result, [num_ws, w_dim] (flattened, [num_ws * w_dim], for a result of gani
         before issue 18, which kept it as text in its row)."""
@@ -472,7 +498,7 @@ class RunFolder:
 def _reusable(row: dict, checkpoint_sha256: str, config_hashes: Collection[str]) -> bool:
     if row.get("checkpoint_sha256") != checkpoint_sha256 or row.get("config_hash") not in config_hashes:
         return False
-    return row.get("status") == "ok" or str(row.get("error") or "").startswith("ImageError")
+    return row.get("status") == "ok" or str(row.get("error") or "").startswith(IMAGE_FAILURES)
 
 
 @dataclass

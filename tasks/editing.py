@@ -19,8 +19,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from gani_core.checkpoints.ref import CheckpointRef
-from gani_core.directions import parse_directions, parse_layers
-from gani_core.edit_runs import EditFolder, EditPlan, edit_images, gather_edits
+from gani_core.edit_runs import EditFolder, EditPlan, edit_images, gather_edits, parse_plan
 from gani_core.errors import GaniError
 from gani_core.invert import method_config
 from gani_core.invert_files import auto_batch_size
@@ -36,22 +35,6 @@ ROW_FIELDS = ("image_id", "method", "finished", "config_hash", "checkpoint_sha25
 
 class DirectionsDifferError(GaniError):
     """A worker parsed a direction into another offset than the flow did."""
-
-
-def default_directions(G: Generator) -> list[str]:
-    """The direction an edit takes when none is given: ``factor:hue`` on a generator carrying a hue factor (the
-    built-in one), else ``pca:0``, the principal direction of W every generator has."""
-    edits = G.factor_edits
-    return ["factor:hue"] if edits is not None and "hue" in edits.names else ["pca:0"]
-
-
-def parse_plan(G: Generator, checkpoint_sha256: str, directions: Sequence[str], strengths: Sequence[float],
-               layers: str | None = None, raw: bool = False, gif: bool = False) -> EditPlan:
-    """The plan of an edit request on ``G``, as ``gani edit`` parses it: each direction spec at the ``layers``
-    (gani_core.directions), the strengths without repeats. Raises a one-line DirectionsError (or GaniError, for two
-    directions of one name) for what cannot be used."""
-    parsed = parse_directions(list(directions), G, checkpoint_sha256, layers=parse_layers(layers, G.num_ws), raw=raw)
-    return EditPlan(tuple(parsed), tuple(dict.fromkeys(float(s) for s in strengths)), gif=gif)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 A worker process keeps its generator (:func:`worker_generator`) and LPIPS networks (gani_core.lpips caches
 them per process) for all the tasks it runs: the first task on a worker pays for loading, the rest do not.
-A checkpoint given as a URI (``s3://...``) is downloaded once per machine (gani_core.checkpoints.ref).
+A checkpoint given as a URI (``s3://...``) is downloaded once per machine (gani_core.checkpoints.ref). With
+``InvertConfig.align`` each image's face is aligned here, on the worker, as it is read (gani_core.invert_files), and
+with ``identity`` its id_similarity measured: dlib's models load once per process too (gani_core.faces.models).
 
 Before its first task, a worker process is prepared once (:func:`prepare_worker_process`): its torch thread count
 (``GANI_TORCH_THREADS``, which the flow's LocalCluster sets to the worker's share of the cores) and glibc's

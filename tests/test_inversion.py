@@ -30,6 +30,7 @@ from gani_core.invert import (
     scheme1_config_hash,
 )
 from gani_core.lpips import lpips_distance
+from gani_core.metric_registry import names
 from gani_core.metrics import image_metrics
 from gani_core.pivot import PivotConfig
 from gani_core.run_folder import METRICS_SCHEMA
@@ -40,7 +41,8 @@ from .conftest import EXAMPLES
 PIVOT_STEPS, TUNE_STEPS = 10, 10
 # The columns a run adds to InversionResult.row() (the image's hash, run_folder.complete_row): not the result's.
 RUN_COLUMNS = {"image_sha256", "source", "source_stat", "finished", "checkpoint", "checkpoint_sha256",
-               "generator_label", "resolution", "config_hash", "seed", "device", "gani_version"}
+               "generator_label", "resolution", "config_hash", "seed", "device", "gani_version",
+               "source_sha256", "align", "faces_seen", "face_box", "face_quad"}   # the file's alignment (invert_files)
 TIMING_COLUMNS = {"seconds", "seconds_pivot", "seconds_tune", "seconds_metrics", "seconds_per_tune_step",
                   "peak_memory_mb"}
 
@@ -204,9 +206,9 @@ def test_row_has_every_column_of_the_schema_with_its_type(G: Generator, gani: In
     for name, value in row.items():
         if value is not None:
             assert type(value) is python_type[METRICS_SCHEMA.field(name).type], name
-    # builtin-random has no factor edit directions: edit_accuracy does not apply.
+    # builtin-random has no factor edit directions: edit_accuracy does not apply; no faces: no id_similarity.
     nulls = {name for name, value in row.items() if value is None}
-    assert nulls == {"error", "edit_accuracy"}
+    assert nulls == {"error", "edit_accuracy", *names("faces"), "id_note"}
     assert (row["image_id"], row["method"], row["status"]) == ("astronaut", "gani", "ok")
     assert (row["pivot_steps"], row["tune_steps"]) == (PIVOT_STEPS, TUNE_STEPS)
     assert row["seconds_per_tune_step"] == pytest.approx(row["seconds_tune"] / TUNE_STEPS)

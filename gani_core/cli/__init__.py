@@ -1,12 +1,16 @@
 """The ``gani`` command line: invert images into a generator without an orchestrator, and the tools around it.
 
-    gani invert IMAGES... --out RUN     invert images with gani and the baselines into a run folder (resumes)
+    gani invert IMAGES... --out RUN     invert images with gani and the baselines into a run folder (resumes);
+                                        --align ffhq aligns faces first, --identity measures id_similarity
+    gani align IMAGES... --out DIR      align faces the FFHQ way (dlib's 68 landmarks): NAME.png each and
+                                        alignment.parquet (resumes)
     gani show RUN                       a run's table and per-method means
     gani export RUN IMAGE_ID --out F    one image's tuned generator as a gani .safetensors checkpoint
     gani edit RUN --direction D --strengths S...
                                         a run's images edited along latent directions, tuned and original
                                         generators side by side: strips, GIFs, edits.parquet (resumes)
-    gani metrics A B                    mse, psnr, ms_ssim, lpips, lpips_vgg of two images
+    gani metrics A B                    mse, psnr, ms_ssim, lpips, lpips_vgg of two images (and id_similarity of
+                                        two faces)
     gani info CHECKPOINT                what a checkpoint holds, as JSON
     gani render CHECKPOINT --out F      a grid of seeded samples
     gani shapes OUT                     images of the built-in generator's domain (or, --kind, out of it) with

@@ -14,16 +14,13 @@ import sys
 from tqdm import tqdm
 
 from gani_core.checkpoints.ref import CheckpointRef
-from gani_core.cli.common import Interrupted, check_output_folder, resolve_device
-from gani_core.directions import parse_directions, parse_layers, parse_strengths
+from gani_core.cli.common import Interrupted, resolve_device
 from gani_core.edit_runs import (
     EditFolder,
     EditPlan,
     EditResult,
-    check_outputs,
-    checkpoint_of,
+    prepare_edit,
     run_edits,
-    select_rows,
     strips_on_disk,
 )
 from gani_core.invert import method_config
@@ -38,17 +35,10 @@ def run(args: argparse.Namespace) -> int:
     stored = folder.read_run()
     if stored.incomplete_note:
         print(stored.incomplete_note, file=sys.stderr)
-    method, rows = select_rows(stored.rows, args.image_ids, args.method, args.run)
-    ckpt = checkpoint_of(rows)
-    out = EditFolder(args.out or folder.path("edits"))
-    check_output_folder(out.uri)
-    strengths = parse_strengths(args.strengths)
     device = resolve_device(args.device)
-    G = ckpt.load(device)
-    directions = parse_directions(args.direction, G, ckpt.sha256, layers=parse_layers(args.layers, G.num_ws),
-                                  raw=args.raw)
-    plan = EditPlan(tuple(directions), tuple(dict.fromkeys(strengths)), gif=args.gif)     # a repeat adds nothing
-    missing = check_outputs(folder, rows)
+    p = prepare_edit(folder, stored.rows, args.direction, args.strengths, lambda ckpt: ckpt.load(device),
+                     args.method, args.image_ids, args.layers, args.raw, args.gif, args.out)
+    method, rows, ckpt, G, out, plan, missing = p.method, p.rows, p.ckpt, p.G, p.out, p.plan, p.missing
     batch_size = auto_batch_size(G, method_config(method)) if args.batch_size == "auto" else args.batch_size
     print(_header(rows, method, plan, G, ckpt, device, batch_size, out), file=sys.stderr)
     bar = _Bar(f"edit [{method}]", disabled=args.quiet)

@@ -1,8 +1,10 @@
 """``gani invert``: images inverted with one or more methods into a run folder, in this process, with progress bars.
 
-What it says: a header (images, methods, generator, device, batch size, folder), a progress bar per batch, the
-run's notes once (MS-SSIM with fewer scales at small resolutions), the rows, and a last line with what it wrote,
-kept and replaced. Exit code 1 when any of its rows failed. Ctrl-C: one line saying how many results are kept.
+What it says: a header (images, methods, generator, whether faces are aligned, device, batch size, folder), a progress
+bar per batch, the run's notes once (MS-SSIM with fewer scales at small resolutions), the rows, and a last line with
+what it wrote, kept and replaced. Exit code 1 when any of its rows failed (an image without a face, with --align).
+Ctrl-C: one line saying how many results are kept. --align and --identity without dlib: one line saying what to
+install (exit code 2), before the generator loads.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
     batch_size = auto_batch_size(G, next(iter(configs.values()))) if args.batch_size == "auto" else args.batch_size
     label = G.label or ckpt.label
     size = "" if f"{G.img_resolution} px" in label else f" ({G.img_resolution} px)"
-    print(f"gani invert: {len(images)} image(s) x {', '.join(args.method)} with {label}{size} on {device}, "
+    faces = f", faces aligned ({args.align})" if args.align else ""
+    faces = faces or (", aligned faces (id_similarity)" if args.identity else "")
+    print(f"gani invert: {len(images)} image(s) x {', '.join(args.method)} with {label}{size}{faces} on {device}, "
           f"{batch_size} image(s) per batch, into {folder.uri}", file=sys.stderr)
     if args.precision == "bf16" and torch.device(device).type == "cpu":
         note("--precision bf16 on a CPU runs under bf16 autocast, usually slower than fp32 there; it is for GPUs")
@@ -65,7 +69,8 @@ def _configs(args: argparse.Namespace) -> dict[str, InvertConfig]:
     if args.tune_lr is not None:
         overrides["lr"] = args.tune_lr
     return {m: method_config(m, args.pivot_steps, args.tune_steps if has_tuning(m) else None, seed=args.seed,
-                             precision=args.precision, **(overrides if has_tuning(m) else {}))
+                             precision=args.precision, align=args.align, identity=args.identity,
+                             **(overrides if has_tuning(m) else {}))
             for m in args.method}
 
 
@@ -135,9 +140,12 @@ def _report(result: RunResult, folder: RunFolder) -> int:
     print_rows(result.rows)
     ok = sum(r["status"] == "ok" for r in result.rows)
     failed = len(result.rows) - ok
-    kept_failed = sum(r["status"] != "ok" for r in result.rows if (r["image_id"], r["method"]) in result.kept)
-    # A failure is kept only when the image itself cannot be read: the same bytes would fail the same way.
-    unreadable = f", {kept_failed} of them an image that cannot be read" if kept_failed else ""
+    kept_failed = [r for r in result.rows if r["status"] != "ok" and (r["image_id"], r["method"]) in result.kept]
+    # A failure is kept only when the image itself cannot be read, or has no face to align: the same bytes would
+    # fail the same way.
+    no_face = sum(str(r.get("error")).startswith("NoFaceError") for r in kept_failed)
+    unreadable = "".join(f", {n} of them {what}" for n, what in (
+        (len(kept_failed) - no_face, "an image that cannot be read"), (no_face, "an image without a face")) if n)
     kept = f", {len(result.kept)} kept from an earlier run{unreadable}" if result.kept else ""
     replaced = sum(result.replaced.values())
     by_method = ", ".join(f"{m} {n}" for m, n in result.replaced.items())

@@ -178,6 +178,15 @@ def _add_invert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="fp32", choices=defaults.PRECISIONS,
                    help="bf16: mixed precision (autocast) for the optimisation, for GPUs; on a CPU it runs, "
                         "slower (default: fp32)")
+    p.add_argument("--align", default=None, choices=defaults.ALIGNMENTS,
+                   help="ffhq: align each image's largest face the FFHQ way (dlib's 68 landmarks) at the "
+                        "generator's resolution before inverting it; the aligned face is what is inverted, measured "
+                        "and previewed, the row records the alignment; an image without a face fails (no face "
+                        "found); measures id_similarity (default: none, centre crop). Needs the faces extra")
+    p.add_argument("--identity", action="store_true",
+                   help="the images are FFHQ-aligned faces already (gani align's): measure id_similarity, dlib's "
+                        "face-descriptor cosine of input and render (not comparable with published ArcFace IDs). "
+                        "Needs the faces extra")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(check=_check_invert)
 
@@ -267,11 +276,14 @@ def _add_edit(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_metrics(sub: argparse._SubParsersAction) -> None:
-    p = _command(sub, "metrics", "mse, psnr, ms_ssim, lpips, lpips_vgg of two images",
-                 "Compare two images of equal size with the metrics a run reports (docs/method.md, \"Metrics\").",
-                 "metrics")
+    p = _command(sub, "metrics", "mse, psnr, ms_ssim, lpips, lpips_vgg (and id_similarity) of two images",
+                 "Compare two images of equal size with the metrics a run reports (docs/method.md, \"Metrics\"),\n"
+                 "and id_similarity when both hold a face (with the faces extra).", "metrics")
     p.add_argument("a", metavar="A", help="first image")
     p.add_argument("b", metavar="B", help="second image")
+    p.add_argument("--aligned", action="store_true",
+                   help="both are FFHQ-aligned faces (gani align's, or a run's renders): id_similarity reads the "
+                        "face at its aligned place where the detector misses it (small images)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default="cpu", help="torch device for LPIPS (default: cpu)")
 

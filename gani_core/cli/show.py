@@ -29,24 +29,28 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {method}'s {len(configs)} configurations differ in: {differences(list(configs.values()))}")
     print()
     print("means over ok images:")
-    print("  ".join(["method".ljust(8), "config".ljust(CONFIG_HASH_SHOWN), *(n.rjust(16) for n in names("run"))]))
+    widths = {n: max(16, len(n)) for n in names("run")}
+    print("  ".join(["method".ljust(8), "config".ljust(CONFIG_HASH_SHOWN), *(n.rjust(w) for n, w in widths.items())]))
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in stored.rows:
         groups.setdefault((r["method"], (r.get("config_hash") or "-")[:CONFIG_HASH_SHOWN]), []).append(r)
     for (method, config_hash), rows in groups.items():
         means = {m: s["mean"] for m, s in summarise(rows, names("run")).items()}
-        cells = [METRICS[n].format(means.get(n)).rjust(16) for n in names("run")]
+        cells = [METRICS[n].format(means.get(n)).rjust(w) for n, w in widths.items()]
         print("  ".join([method.ljust(8), config_hash.ljust(CONFIG_HASH_SHOWN), *cells]))
     return 0
 
 
 def describe_config(config: dict | None) -> str:
-    """A stored configuration (configs/HASH.json, summary.json) in a few words: its step budgets."""
+    """A stored configuration (configs/HASH.json, summary.json) in a few words: its step budgets, and what it did
+    to faces (aligned, or id_similarity of aligned inputs)."""
     if not config:
         return "configuration not stored (written before configs/ existed)"
     tune = config.get("tune")
     steps = f"pivot {config['pivot']['steps']} steps, " + (f"tune {tune['steps']} steps" if tune else "no tuning")
-    return f"{steps}, seed {config.get('seed')}"
+    faces = f", faces aligned ({config['align']})" if config.get("align") else ""
+    faces = faces or (", aligned faces (id_similarity)" if config.get("identity") else "")
+    return f"{steps}, seed {config.get('seed')}{faces}"
 
 
 def differences(configs: list[dict | None]) -> str:
