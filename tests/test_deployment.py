@@ -98,9 +98,9 @@ def test_deployment_run_through_server_and_process_worker(server: Server, photo_
     _prefect(server, "deploy", "--all", "--no-prompt", timeout=300)
 
     found = _api(server, "/deployments/filter", {})
-    assert sorted(d["name"] for d in found) == ["default", "default", "nightly"]    # invert-, edit-dataset/default
+    assert sorted(d["name"] for d in found) == ["default", "default", "default", "nightly"]    # invert-, edit-, align-dataset
     deployments = {d["entrypoint"].split(":")[-1]: d for d in found}                # by flow function
-    assert set(deployments) == {"invert_dataset", "edit_dataset", "nightly_benchmark"}
+    assert set(deployments) == {"invert_dataset", "edit_dataset", "align_dataset", "nightly_benchmark"}
     nightly = deployments["nightly_benchmark"]
     assert [s["schedule"].get("cron") for s in nightly["schedules"]] == ["0 2 * * *"]
     assert nightly["schedules"][0]["schedule"]["timezone"] == "UTC"
@@ -108,6 +108,7 @@ def test_deployment_run_through_server_and_process_worker(server: Server, photo_
     assert nightly["parameters"]["suite"] == "cpu-night"
     assert deployments["invert_dataset"]["work_pool_name"] == POOL
     assert deployments["edit_dataset"]["work_pool_name"] == POOL
+    assert deployments["align_dataset"]["work_pool_name"] == POOL
 
     run_log, worker_log = tmp_path / "deployment-run.log", tmp_path / "worker.log"
     params = {
