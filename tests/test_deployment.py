@@ -98,7 +98,8 @@ def test_deployment_run_through_server_and_process_worker(server: Server, photo_
     _prefect(server, "deploy", "--all", "--no-prompt", timeout=300)
 
     found = _api(server, "/deployments/filter", {})
-    assert sorted(d["name"] for d in found) == ["default", "default", "default", "nightly"]    # invert-, edit-, align-dataset
+    # invert-, edit- and align-dataset/default, nightly-benchmark/nightly
+    assert sorted(d["name"] for d in found) == ["default", "default", "default", "nightly"]
     deployments = {d["entrypoint"].split(":")[-1]: d for d in found}                # by flow function
     assert set(deployments) == {"invert_dataset", "edit_dataset", "align_dataset", "nightly_benchmark"}
     nightly = deployments["nightly_benchmark"]
