@@ -5,14 +5,14 @@
 
 Steps: refuse bad input in one line before anything starts (:func:`check_inputs`: no dlib, an output that is a file,
 an input that is not there); list the images; read the folder's ``alignment.parquet`` once and keep, reading no
-input, the rows whose input the listing shows unchanged at the same resolution and recipe (:func:`unchanged`); fan
-the rest out on Dask, ``images_per_task`` per task, through the fan-out every flow shares (flows.window: a window of
-tasks submitted, progress in the log every 5 % or 30 s); write ``alignment.parquet`` (at the end, and every
-gani_core.faces.files.TABLE_WRITE_SECONDS while tasks finish, so that an interrupted run keeps what it aligned);
-attach a summary to the flow run. Its final state is invert-dataset's (flows.reports.final_state), an image without
-an aligned output counting as failed. The aligned folder is then the input of invert-dataset with
-``inversion.identity`` (or of ``gani invert --identity``). ``python -m flows.align_dataset --help`` runs it from a
-shell (flows/cli.py).
+input, the rows whose input the listing shows unchanged at the same resolution and recipe
+(gani_core.faces.files.kept_without_reading); fan the rest out on Dask, ``images_per_task`` per task, through the
+fan-out every flow shares (flows.window: a window of tasks submitted, progress in the log every 5 % or 30 s); write
+``alignment.parquet`` (at the end, and every gani_core.faces.files.TABLE_WRITE_SECONDS while tasks finish, so that
+an interrupted run keeps what it aligned); attach a summary to the flow run. Its final state is invert-dataset's
+(flows.reports.final_state), an image without an aligned output counting as failed. The aligned folder is then the
+input of invert-dataset with ``inversion.identity`` (or of ``gani invert --identity``).
+``python -m flows.align_dataset --help`` runs it from a shell (flows/cli.py).
 """
 
 from __future__ import annotations
@@ -106,9 +106,13 @@ def align_dataset(
 
 def plan(images: list[ImageSource], stored: dict[str, dict], resolution: int, per_task: int
          ) -> tuple[dict[str, dict], Batches[AlignBatch]]:
-    """The rows kept without reading their images (:func:`unchanged`), by image id, and the batches of the others,
-    ``per_task`` images each with their stored rows."""
-    kept = {image.image_id: stored[image.image_id] for image in images if unchanged(stored, image, resolution)}
+    """The rows kept without reading their images (gani_core.faces.files.kept_without_reading), by image id, and the
+    batches of the others, ``per_task`` images each with their stored rows (a task keeps a row whose image's bytes
+    are the same)."""
+    from gani_core.faces.files import kept_without_reading
+
+    kept = {image.image_id: stored[image.image_id] for image in images
+            if kept_without_reading(stored.get(image.image_id), image, resolution)}
     todo = [image for image in images if image.image_id not in kept]
     batches = [todo[i : i + per_task] for i in range(0, len(todo), per_task)]
     return kept, Batches([(batch, {i.image_id: stored[i.image_id] for i in batch if i.image_id in stored})
@@ -124,18 +128,6 @@ def run_summary(rows: list[dict], kept: int, computed: int, output_uri: str, res
     return {"images": len(rows), "ok": ok, "no_face": sum(r["status"] == "no_face" for r in rows),
             "failed": len(rows) - ok, "skipped": kept, "computed": computed, "resolution": resolution,
             "output": output_uri, "written": {TABLE: storage.join(output_uri, TABLE)}, "wall_seconds": wall_seconds}
-
-
-def unchanged(stored: dict[str, dict], image: ImageSource, resolution: int) -> bool:
-    """Whether ``image``'s stored row is kept without reading the image: the listing's fingerprint is the one the row
-    recorded, at the same resolution and recipe, and the row had read the image (gani_core.faces.files' resume rule,
-    its first case; an image whose fingerprint differs goes to a task with its row, which keeps it when its bytes are
-    the same)."""
-    from gani_core.faces.files import RECIPE
-
-    row = stored.get(image.image_id)
-    return (row is not None and image.stat is not None and row["source_stat"] == image.stat
-            and row["resolution"] == resolution and row["recipe"] == RECIPE and row["image_sha256"] is not None)
 
 
 def results(rows: list[dict]) -> list[dict]:

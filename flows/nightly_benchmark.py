@@ -5,8 +5,9 @@ Each night's results go to ``OUTPUT/DATE/`` (the invert-dataset layout, one row 
 generator carrying it, else ``pca:0``, at :data:`EDIT_STRENGTHS`; the edit-dataset flow's body on the flow's
 ``cluster``, into ``OUTPUT/DATE/edits/``), so that the night says how well edits survive each method's tuning. MLflow
 gets a parent run ``nightly-DATE`` in the experiment ``nightly-benchmark`` with one child run per method (the same
-metric names as invert-dataset runs, plus the edit's means: ``lpips_to_original_edit_mean``, and
-``factor_change_mean`` / ``factor_change_original_mean`` where the generator has a factor probe), and the flow run
+metric names as invert-dataset runs, plus the edit's means, gani_core.metric_registry's ``edit`` group:
+``lpips_to_original_edit_mean``, ``factor_change_mean`` / ``factor_change_original_mean`` where the generator has a
+factor probe, ``id_similarity_edit_mean`` where the benchmark images are faces the run measured), and the flow run
 gets a markdown artifact with each method's means and the GANI/PTI ratios. ``python -m flows.nightly_benchmark``
 runs it once.
 """
@@ -39,7 +40,7 @@ COUNTS = ("images", "ok", "failed")
 # The edit of each method's results: gani_core.edit_runs.default_directions (factor:hue on a generator carrying it, else
 # pca:0), at these strengths.
 EDIT_STRENGTHS = [-2.0, 2.0]
-MEANS = (*mlflow_runs.RUN_METRICS, *mlflow_runs.EDIT_METRICS)  # the comparison's columns, each as NAME_mean
+MEANS = (*mlflow_runs.RUN_METRICS, *mlflow_runs.EDIT_METRICS)  # the comparison's columns (registry), each NAME_mean
 # The experiment's saved runs-table view: the parent's GANI/PTI ratios of the headline means first (its own row
 # shows the comparison, ``gani_pti_lpips_mean``: GANI's mean lpips over PTI's), then each child's method and means.
 RUNS_VIEW_COLUMNS = view_columns(metrics=[f"gani_pti_{n}_mean" for n in mlflow_runs.HEADLINE_METRICS])
@@ -75,7 +76,8 @@ def _markdown(day: str, table: pa.Table, out: str, parent_run_id: str) -> str:
               "results (`edits/edits.parquet`): `lpips_to_original_edit` is LPIPS between the tuned and the "
               "original generator's edit of the same latent (0: the edit survives tuning unchanged); "
               "`factor_change` (`_original`) the change of the edited factor the probe reads on the tuned "
-              "(original) generator's edit, in the edit's direction."]
+              "(original) generator's edit, in the edit's direction; `id_similarity_edit` (faces) the identity the "
+              "edit keeps: the tuned edit's face descriptor against the unedited tuned render's."]
     return "\n".join(lines)
 
 
@@ -176,7 +178,7 @@ def nightly_edits(folder: RunFolder, rows: list[dict], methods: list[str], batch
                   cluster: ClusterSettings) -> tuple[dict[str, dict[str, float]], str | None]:
     """One edit per method of the night's results (the default direction at :data:`EDIT_STRENGTHS`, into
     ``folder``/edits, resumed as the edit-dataset flow resumes), all on one Dask cluster: each method's edit means
-    (``lpips_to_original_edit_mean``, ``factor_change_mean``, ``factor_change_original_mean``:
+    (``NAME_mean`` for the registry's ``edit`` group, ``lpips_to_original_edit_mean``, ...:
     tasks.mlflow_runs.edit_summary), and edits.parquet's URI (None when no method could be edited). A method without
     a successful result (or an edit refused) gets no edit, with a warning: the benchmark goes on."""
     logger = get_run_logger()

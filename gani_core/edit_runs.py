@@ -8,25 +8,32 @@ tuned generator and through the original one, side by side, with a table of how 
     OUT/rows/part-KEY.parquet               the rows of one batch of images, written after their strips
     OUT/edits.parquet                       every row in OUT (EDITS_SCHEMA), gathered from the parts (gather_edits)
 
-OUT is ``RUN/edits`` by default. A row is one image x method x direction x strength: ``lpips_to_original_edit`` is
+OUT is ``RUN/edits`` by default. A row is one image x method x direction x strength, with the metrics of the
+registry's ``edit`` group (gani_core.metric_registry: each defined there once): ``lpips_to_original_edit`` is
 LPIPS (alex) between the tuned generator's render of ``w_pivot + s * offset`` and the original generator's render of
 the same latent: 0 where the tuned generator edits as the original does (always, for w and wplus, which tune nothing);
 ``factor_change`` (``factor_change_original``) is, where the generator carries a factor probe and the direction is one
 of its factors (``factor:NAME``), the change of that factor the probe reads between strength 0 and ``s`` on the
-tuned (original) render, in the probe's normalised units; null otherwise.
+tuned (original) render, in the probe's normalised units; null otherwise. ``id_similarity_edit`` is the identity the
+edit keeps: the cosine similarity of dlib's face descriptors (gani_core.metrics.aligned_face_descriptor) of the tuned
+render at ``s`` and at 0, for an image whose run measured identity (its row's ``id_similarity`` is not null: inverted
+with ``--align ffhq`` or ``--identity``); null otherwise, where a render has no descriptor, and where dlib is not
+installed here. Strength 0 is rendered, once per image x direction, where a factor change or the identity needs it.
 
 The edit of image k at strength s renders ``w_k + s * offset`` with ``W + ΔW_k``: the K images of a batch render all
 the strengths of a direction together (measure.render_tuned: one vmapped call on a GPU, one image at a time on a
 CPU, where that is faster), without copying the generator; the original generator renders them in plain batches, and
-LPIPS compares every pair of the batch in one call. An edit equals rendering the same latent through
-``deltas.apply_deltas(G, ΔW_k)`` to float rounding (tests/test_edit.py).
+LPIPS compares every pair of the batch in one call; the identity takes one face descriptor per tuned render. An
+edit equals rendering the same latent through ``deltas.apply_deltas(G, ΔW_k)`` to float rounding
+(tests/test_edit.py).
 
 Resume rule: the rows of an image x method x direction are kept when they are ok and carry this request's
 ``edit_key``: the image's row (``finished``, ``config_hash``, ``checkpoint_sha256``), the direction (its spec, name,
 unit and a digest of its offset: another file, ``--layers`` or ``--raw`` is another offset) and the strengths; with
-``gif``, when a GIF was made too. Everything else is computed again and replaces them (the newest rows of an image x
-method x direction win, as a group). An image whose pivot or deltas cannot be read fails alone, with one failed row per
-direction x strength; the others of its batch complete.
+``gif``, when a GIF was made too (rows written before a metric existed are kept: a missing column reads as null).
+Everything else is computed again and replaces them (the newest rows of an image x method x direction win, as a
+group). An image whose pivot or deltas cannot be read fails alone, with one failed row per direction x strength; the
+others of its batch complete.
 
 Entry points (the CLI's ``gani edit``, and a Prefect task):
 
@@ -69,8 +76,8 @@ from gani_core.editing import factor_tools
 from gani_core.errors import GaniError
 from gani_core.factors import FactorProbe
 from gani_core.measure import lpips_pairs, render_original, render_tuned
-from gani_core.metric_registry import check_names
-from gani_core.metrics import finite_or_none, to_unit
+from gani_core.metric_registry import check_names, names, parquet_field
+from gani_core.metrics import aligned_face_descriptor, cosine_or_none, finite_or_none, to_unit
 from gani_core.networks import Generator
 from gani_core.render import PNG_COMPRESS_LEVEL, grid_png
 from gani_core.run_folder import CLOCK_MARGIN, PREVIEW_CELL_MAX, PREVIEW_CELL_MIN, RunFolder, result_key
@@ -84,9 +91,7 @@ EDITS_SCHEMA = pa.schema([
     ("spec", pa.string()),                      # the direction as given (--direction)
     ("strength", pa.float64()),                 # in ``unit``s (failed rows too: one per strength)
     ("unit", pa.string()),                      # "step" | "sigma" | "W unit" | "raw"
-    ("lpips_to_original_edit", pa.float64()),   # LPIPS(tuned edit, original edit) at this strength
-    ("factor_change", pa.float64()),            # the probe's factor change from strength 0, tuned render (or null)
-    ("factor_change_original", pa.float64()),   # the same on the original generator's render (or null)
+    *[parquet_field(n) for n in names("edit")],     # the registry's edit metrics at this strength (module docstring)
     ("status", pa.string()), ("error", pa.string()),
     ("strip", pa.string()),                     # strips/IMAGE.METHOD.DIRECTION.png, relative to OUT (ok rows)
     ("gif", pa.string()),                       # gifs/IMAGE.METHOD.DIRECTION.gif, or null without one
@@ -462,20 +467,24 @@ def _edit_direction(G: Generator, out: EditFolder, images: list[_Loaded], deltas
     """The K images' edits along ``direction`` at every strength, rendered together (``deltas``: theirs, stacked);
     their strips and rows."""
     factor = _factor_index(direction, probe)
+    faces = _identity_measured(images)
     strengths = list(plan.strengths)
-    if factor is not None and 0.0 not in strengths:
-        strengths.append(0.0)       # rendered for the factor change, not shown
+    if (factor is not None or any(faces)) and 0.0 not in strengths:
+        strengths.append(0.0)       # rendered for the factor change and the identity, not shown
     original, tuned = render_edits(G, torch.stack([x.pivot for x in images]), deltas, direction.offset, strengths)
     shown = len(plan.strengths)
-    lpips = lpips_pairs(tuned[:, :shown], original[:, :shown])                           # [K, S]
-    changes = (_factor_changes(probe, tuned, factor, strengths.index(0.0)),
-               _factor_changes(probe, original, factor, strengths.index(0.0))) if factor is not None else None
+    zero = strengths.index(0.0) if 0.0 in strengths else None
+    measured = {"lpips_to_original_edit": lpips_pairs(tuned[:, :shown], original[:, :shown]).double().numpy(),
+                "id_similarity_edit": _identity_kept(tuned, zero, faces)[:, :shown]}
+    if factor is not None:
+        measured["factor_change"] = _factor_changes(probe, tuned, factor, zero)[:, :shown].double().numpy()
+        measured["factor_change_original"] = _factor_changes(probe, original, factor, zero)[:, :shown].double().numpy()
+    check_names(measured, names("edit"), "edit metrics")
     rows = []
     for k, x in enumerate(images):
         try:
             files = _write_outputs(out, x, direction, plan, G.label, original[k, :shown], tuned[k, :shown])
-            rows += [_row(x.row, direction, plan, strength, float(lpips[k, i]),
-                          None if changes is None else (float(changes[0][k, i]), float(changes[1][k, i])), files)
+            rows += [_row(x.row, direction, plan, strength, {n: float(v[k, i]) for n, v in measured.items()}, files)
                      for i, strength in enumerate(plan.strengths)]
         except (GaniError, ValueError, OSError) as exc:
             rows += failed_rows(x.row, [direction], plan, f"{type(exc).__name__}: {exc}")
@@ -523,12 +532,36 @@ def _factor_changes(probe: FactorProbe, renders: torch.Tensor, factor: int, zero
     return (read - read[:, zero : zero + 1]).cpu()
 
 
-def _row(row: dict, direction: EditDirection, plan: EditPlan, strength: float, lpips: float,
-         changes: tuple[float, float] | None, files: dict[str, str | None]) -> dict:
+def _identity_measured(images: Sequence[_Loaded]) -> list[bool]:
+    """Which images get ``id_similarity_edit``: those whose run measured identity (their row's ``id_similarity`` is
+    not null), where dlib is installed (else none: never an error)."""
+    from gani_core.faces.models import available
+
+    wanted = [x.row.get("id_similarity") is not None for x in images]
+    return wanted if any(wanted) and available() else [False] * len(images)
+
+
+def _identity_kept(tuned: torch.Tensor, zero: int | None, faces: Sequence[bool]) -> np.ndarray:
+    """``id_similarity_edit`` of K images from their tuned renders [K, S, 3, R, R] (about [-1, 1]): [K, S] float64,
+    the cosine similarity of each render's face descriptor and that of the render at strength index ``zero`` (one
+    descriptor per render); NaN (null) for an image not in ``faces`` and where a render has no descriptor."""
+    kept = np.full(tuned.shape[:2], np.nan)
+    for k, face in enumerate(faces):
+        if not face:
+            continue
+        descriptors = [aligned_face_descriptor(render)[0] for render in to_unit(tuned[k]).cpu()]
+        similarity = [cosine_or_none(d, descriptors[zero]) for d in descriptors]
+        kept[k] = [np.nan if v is None else v for v in similarity]
+    return kept
+
+
+def _row(row: dict, direction: EditDirection, plan: EditPlan, strength: float, metrics: Mapping[str, float],
+         files: dict[str, str | None]) -> dict:
+    """The ok row of one image x direction x strength: its ``metrics`` (the registry's edit group; NaN or a name
+    missing: null)."""
     fields = {
         "image_id": row["image_id"], "method": row["method"], "direction": direction.name, "spec": direction.spec,
-        "strength": float(strength), "unit": direction.unit, "lpips_to_original_edit": lpips,
-        "factor_change": changes[0] if changes else None, "factor_change_original": changes[1] if changes else None,
+        "strength": float(strength), "unit": direction.unit, **{n: metrics.get(n) for n in names("edit")},
         "status": "ok", "error": None, **files, "edit_key": plan.edit_key(row, direction),
         "checkpoint_sha256": row.get("checkpoint_sha256"), "config_hash": row.get("config_hash"),
     }

@@ -1,10 +1,12 @@
 """Every metric gani reports, defined once: its name, what it measures, which way is better, where it is
 computed, how it is summarised and how it is shown. Every list of metric names elsewhere (the run folder's
 Parquet schema and summary, the domain benchmark's columns and curves, MLflow's metrics and saved runs view,
-the CLI's tables) is derived here; a metric added here appears in all of them.
+the CLI's tables, edits.parquet's metric columns and the edit means of MLflow and the nightly comparison) is
+derived here; a metric added here appears in all of them.
 
     from gani_core.metric_registry import METRICS, names
     names("result")          # the quality columns of a run's rows: mse, psnr, ms_ssim, lpips, lpips_vgg, ...
+    names("edit")            # edits.parquet's: lpips_to_original_edit, factor_change, ...
     METRICS["lpips"].better  # "lower"
 
 Where each is computed (``computed``):
@@ -16,6 +18,12 @@ Where each is computed (``computed``):
   gani_core.faces.identity's descriptors (gani_core/metrics.py, ``identity_metrics``), for runs whose inputs are
   faces (``InvertConfig.identity``: aligned by the run, ``--align ffhq``, or before it, ``--identity``); null
   otherwise, and null with the reason (the row's ``id_note``) where a face has no descriptor.
+- ``edit``: an edit of a tuned result, one value per image x direction x strength (edits.parquet's rows), in
+  gani_core/edit_runs.py (``gani edit``, the edit-dataset flow, the nightly's edits). Never in a run's rows, its
+  summary, the domain benchmark or the ``headline`` and ``curve`` groups: an edit is a table of its own. The mean of
+  an edit (tasks/mlflow_runs.py, ``edit_summary``) is over the strengths ``over_strengths`` names: ``every`` one;
+  ``nonzero``, those other than 0 (where the value is fixed: 1 for the identity the edit keeps); ``signed``, those
+  other than 0 with the value times the sign of the strength (a change along the edit: higher is more of it).
 - ``benchmark``: the domain benchmark only (gani_core/evaluation/drift.py), at its largest common budget.
 - ``cost``: what an inversion cost, recorded by gani_core/invert.py (seconds per image, stored bytes).
 
@@ -30,7 +38,8 @@ from typing import Literal
 import pyarrow as pa
 
 Better = Literal["lower", "higher"]
-Computed = Literal["image", "tuning", "faces", "benchmark", "cost"]
+Computed = Literal["image", "tuning", "faces", "edit", "benchmark", "cost"]
+OverStrengths = Literal["every", "nonzero", "signed"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,7 @@ class MetricDef:
     fmt: str = ".4g"        # how tables show a value
     headline: bool = False  # shown where only a few fit: MLflow's runs view, its image table, the report's table
     curve: bool = True      # drawn against the tuning budget in the domain benchmark (else: its largest budget)
+    over_strengths: OverStrengths = "every"     # an edit metric's mean: over which strengths (module docstring)
 
     def format(self, value: float | int | None) -> str:
         """``value`` as tables show it; ``-`` for a missing one (n/a, failed, non-finite). A mean of an integer
@@ -77,6 +87,20 @@ _DEFS = (
     MetricDef("id_similarity_pivot", "id_similarity of the pivot's render through the original generator (before "
               "tuning): the identity the inversion alone kept; id_similarity minus it is what tuning added",
               "higher", "faces", curve=False),
+    MetricDef("lpips_to_original_edit", "LPIPS (AlexNet) between the tuned generator's edit (the pivot + strength x "
+              "direction) and the original generator's edit of the same latent; 0 = the edit survives tuning unchanged "
+              "(always, for w and wplus); it includes what tuning changed at the pivot (compare with strength 0)",
+              "lower", "edit", curve=False),
+    MetricDef("factor_change", "the change of the edited factor the generator's factor probe reads on the tuned "
+              "render, from strength 0 to the strength, in the probe's units (factor:NAME directions on a generator "
+              "with a probe; else null); signed: higher in the edit's direction (its mean: times the strength's sign)",
+              "higher", "edit", curve=False, over_strengths="signed"),
+    MetricDef("factor_change_original", "factor_change on the original generator's render (the edit before tuning); "
+              "factor_change over it: how much of the edit the tuning kept", "higher", "edit", curve=False,
+              over_strengths="signed"),
+    MetricDef("id_similarity_edit", "the identity an edit keeps: cosine similarity of dlib's face descriptors of the "
+              "tuned generator's edit and its unedited render (strength 0); 1 = the same descriptor; faces only (runs "
+              "that measured id_similarity), else null", "higher", "edit", curve=False, over_strengths="nonzero"),
     MetricDef("drift", "Frechet distance of AlexNet features between tuned and original samples (benchmark only)",
               "lower", "benchmark", headline=True, curve=False),
     MetricDef("seconds", "seconds of the inversion per image (batch stages shared evenly)", "lower", "cost",
@@ -88,7 +112,7 @@ _DEFS = (
 # Order matters: tables and schemas list metrics in this order.
 METRICS: dict[str, MetricDef] = {m.name: m for m in _DEFS}
 
-Group = Literal["image", "faces", "result", "run", "benchmark", "headline", "curve"]
+Group = Literal["image", "faces", "result", "run", "benchmark", "headline", "curve", "edit"]
 
 
 def names(group: Group) -> tuple[str, ...]:
@@ -98,20 +122,26 @@ def names(group: Group) -> tuple[str, ...]:
     - ``faces``: the identity metrics of face runs (gani_core.metrics.identity_metrics; null in other runs);
     - ``result``: the quality of one inversion, image, tuning and faces metrics (a run's rows);
     - ``run``: what a run's summary, its MLflow run and the nightly comparison report per method: result + cost;
-    - ``benchmark``: the domain benchmark's columns: result + drift + cost (its faces metrics null: no faces);
-    - ``headline``: the few shown where space is short (in ``benchmark``; intersect with a run's own group);
-    - ``curve``: the benchmark metrics drawn against the budget.
+    - ``benchmark``: the domain benchmark's columns: image + tuning + drift + cost (no faces in its domain);
+    - ``headline``: the few shown where space is short (not all in ``benchmark``: intersect with the group at hand);
+    - ``curve``: the benchmark metrics drawn against the budget;
+    - ``edit``: an edit's metrics (edits.parquet's columns; the edit means of MLflow and the nightly comparison).
     """
     select = {
         "image": lambda m: m.computed == "image",
         "faces": lambda m: m.computed == "faces",
         "result": lambda m: m.computed in ("image", "tuning", "faces"),
-        "run": lambda m: m.computed != "benchmark",
-        "benchmark": lambda m: True,
+        "run": lambda m: m.computed not in ("benchmark", "edit"),
+        "benchmark": _in_benchmark,
         "headline": lambda m: m.headline,
-        "curve": lambda m: m.curve,
+        "curve": lambda m: m.curve and _in_benchmark(m),
+        "edit": lambda m: m.computed == "edit",
     }[group]
     return tuple(m.name for m in _DEFS if select(m))
+
+
+def _in_benchmark(m: MetricDef) -> bool:
+    return m.computed not in ("faces", "edit")
 
 
 def parquet_field(name: str) -> tuple[str, pa.DataType]:

@@ -3,7 +3,8 @@
 All functions compare float RGB images in [0, 1], shape [N, 3, H, W], pairwise along N, and return one
 value per image, shape [N]. Renders get there through `to_unit`. `image_metrics` gives all five as rows, under the
 names of the registry's ``image`` group (gani_core.metric_registry). `identity_metrics` gives the ``faces`` group
-(id_similarity, id_similarity_pivot) of aligned faces, with dlib (gani_core.faces, imported when called).
+(id_similarity, id_similarity_pivot) of aligned faces, with dlib (gani_core.faces, imported when called), from its two
+pieces `aligned_face_descriptor` and `cosine_or_none`, which gani_core.edit_runs uses too (id_similarity_edit).
 """
 
 from __future__ import annotations
@@ -186,25 +187,35 @@ def identity_metrics(inputs: torch.Tensor, pivots: torch.Tensor, tuned: torch.Te
     ``tuned`` None (a method that tunes nothing: its render is the pivot's) gives both the pivot's value.
     ``id_note``: None, or why a value is null (which image has no descriptor, and the reason).
     """
-    from gani_core.faces.identity import face_embedding
-
     rows: list[dict[str, float | str | None]] = []
     for k in range(inputs.shape[0]):
         images = {"the input": inputs[k], "the pivot render": pivots[k],
                   **({"the tuned render": tuned[k]} if tuned is not None else {})}
-        embedded = {name: face_embedding(image, assume_aligned=True) for name, image in images.items()}
+        embedded = {name: aligned_face_descriptor(image) for name, image in images.items()}
         source = embedded["the input"][0]
-        pivot = _cosine_or_none(source, embedded["the pivot render"][0])
-        final = pivot if tuned is None else _cosine_or_none(source, embedded["the tuned render"][0])
+        pivot = cosine_or_none(source, embedded["the pivot render"][0])
+        final = pivot if tuned is None else cosine_or_none(source, embedded["the tuned render"][0])
         missing = [f"{name}: {why}" for name, (descriptor, why) in embedded.items() if descriptor is None]
         rows.append({"id_similarity": final, "id_similarity_pivot": pivot, "id_note": "; ".join(missing) or None})
     return rows
 
 
-def _cosine_or_none(u: np.ndarray | None, v: np.ndarray | None) -> float | None:
+def aligned_face_descriptor(image: torch.Tensor) -> tuple[np.ndarray | None, str | None]:
+    """dlib's 128-d face descriptor of an aligned face [3, R, R] in [0, 1] (any device), [128] float32, and None; or
+    None and why there is none. ``assume_aligned`` (gani_core.faces.identity.face_embedding): where the detector
+    misses the face, as on small renders, it is read at the aligned face's place. FacesUnavailableError without
+    dlib."""
+    from gani_core.faces.identity import face_embedding
+
+    return face_embedding(image, assume_aligned=True)
+
+
+def cosine_or_none(u: np.ndarray | None, v: np.ndarray | None) -> float | None:
+    """The cosine similarity of two face descriptors [128] (gani_core.faces.identity), in [-1, 1] (a descriptor
+    against itself gives 1.0000000000000002 before the clip); None where one is missing."""
     from gani_core.faces.identity import cosine_similarity
 
-    return None if u is None or v is None else cosine_similarity(u, v)
+    return None if u is None or v is None else min(1.0, max(-1.0, cosine_similarity(u, v)))
 
 
 def finite_or_none(value: object) -> object:

@@ -28,9 +28,9 @@ from gani_core.run_folder import RunFolder
 from tasks.inversion import prepare_worker_process, worker_device, worker_generator
 from tasks.storage import storage_retries_logged
 
-# The fields of a run's row an edit reads (its files, and the resume rule's edit_key): what a task is sent, not the
-# whole row.
-ROW_FIELDS = ("image_id", "method", "finished", "config_hash", "checkpoint_sha256")
+# The fields of a run's row an edit reads (its files, the resume rule's edit_key, and whether the run measured identity:
+# id_similarity, for id_similarity_edit): what a task is sent, not the whole row.
+ROW_FIELDS = ("image_id", "method", "finished", "config_hash", "checkpoint_sha256", "id_similarity")
 
 
 class DirectionsDifferError(GaniError):

@@ -6,10 +6,11 @@ gani_core.metric_registry's ``run`` group (:data:`RUN_METRICS`: the image and tu
 ``delta_bytes``) over the images that succeeded (a metric no image has, edit_accuracy without a factor probe, is
 left out), plus ``images``, ``ok``, ``failed``, ``skipped`` and ``seconds_per_image`` (wall time of the images
 computed in this flow run, per image). An edit-dataset run logs its edits' means instead (:func:`edit_metrics`:
-``lpips_to_original_edit_mean``, ``factor_change_mean``, and each per direction and strength), which the
-nightly-benchmark's child runs add to theirs (:func:`edit_summary`). The domain benchmark's child runs log theirs
-in tasks/evaluation.py. The client is explicit (``MlflowClient``): no global MLflow state is touched, so flows in
-one process never see each other's active runs.
+``{metric}_mean`` for each metric of the registry's ``edit`` group, :data:`EDIT_METRICS`:
+``lpips_to_original_edit_mean``, ``factor_change_mean``, ..., and each per direction and strength), which the
+nightly-benchmark's child runs add to theirs (:func:`edit_summary`). The domain benchmark's child runs log theirs in
+tasks/evaluation.py. The client is explicit (``MlflowClient``): no global MLflow state is touched, so flows in one
+process never see each other's active runs.
 
 A flow opens its run with :func:`tracked_run`; the runs a killed flow left behind are tasks/stale_runs.py's, the
 saved runs-table view tasks/mlflow_view.py's.
@@ -341,24 +342,36 @@ def log_table_with_images(uri: str, run_id: str, rows: list[dict], table: ImageT
 # ------------------------------------------------------------------------------------------------------------------
 # An edit request's rows (edits.parquet: gani_core.edit_runs), in an edit-dataset run and the nightly's child runs
 
-EDIT_METRICS = ("lpips_to_original_edit", "factor_change", "factor_change_original")   # edits.parquet, summarised
+# edits.parquet's metrics (gani_core.metric_registry's ``edit`` group), summarised; the edit table ranks its rows by
+# EDIT_TABLE_RANK (lower is better), as the image table ranks by IMAGE_TABLE_RANK.
+EDIT_METRICS = metric_registry.names("edit")
+EDIT_TABLE_RANK = "lpips_to_original_edit"
 EDIT_VIEW_COLUMNS = view_columns(tags=("method", "directions"),
                                  metrics=(*(f"{n}_mean" for n in EDIT_METRICS), "ok", "failed"))
 
 
 def edit_summary(rows: Iterable[dict]) -> dict[str, float]:
-    """The means of the ok rows of an edit (:data:`EDIT_METRICS`): ``lpips_to_original_edit`` over every strength;
-    ``factor_change`` and ``factor_change_original`` (where the probe read a factor) times the sign of the strength,
-    over the strengths other than 0: the mean change of the factor in the direction of the edit on the tuned and on
-    the original generator's renders (their ratio is how much of the edit the tuning kept). A name no row has a
-    finite value for is left out."""
+    """The means of the ok rows of an edit, each of :data:`EDIT_METRICS` over the strengths its registry entry's
+    ``over_strengths`` names: ``lpips_to_original_edit`` over every strength; ``factor_change`` and
+    ``factor_change_original`` (where the probe read a factor) times the sign of the strength, over the strengths
+    other than 0: the mean change of the factor in the direction of the edit on the tuned and on the original
+    generator's renders (their ratio is how much of the edit the tuning kept); ``id_similarity_edit`` (face runs)
+    over the strengths other than 0 (at 0 it is 1). A name no row has a finite value for is left out (a row written
+    before a metric existed has none)."""
     ok = [r for r in rows if r["status"] == "ok"]
-    values = {"lpips_to_original_edit": [r["lpips_to_original_edit"] for r in ok]}
-    for name in EDIT_METRICS[1:]:
-        values[name] = [math.copysign(1.0, r["strength"]) * r[name] for r in ok
-                        if r["strength"] != 0 and _finite(r.get(name))]
-    means = {name: _mean(found) for name, found in values.items()}
+    means = {name: _mean(_summarised(ok, name)) for name in EDIT_METRICS}
     return {name: mean for name, mean in means.items() if mean is not None}
+
+
+def _summarised(rows: list[dict], name: str) -> list[object]:
+    """The values of ``name`` in ``rows`` that an edit's mean is over (gani_core.metric_registry: over_strengths)."""
+    over = metric_registry.METRICS[name].over_strengths
+    if over == "every":
+        return [r.get(name) for r in rows]
+    moved = [r for r in rows if r["strength"] != 0 and _finite(r.get(name))]
+    if over == "signed":
+        return [math.copysign(1.0, r["strength"]) * r[name] for r in moved]
+    return [r[name] for r in moved]
 
 
 def _mean(values: Iterable[object]) -> float | None:
@@ -377,8 +390,8 @@ def edit_metrics(rows: list[dict], skipped: int = 0, computed: int = 0,
     """An edit-dataset run's metrics over its request's ``rows`` (kept and new): counts of images (``images``,
     ``ok``, ``failed``: an image failed when one of its rows did; ``skipped``: images whose edits were kept from an
     earlier run), ``{name}_mean`` (:func:`edit_summary`), each of :data:`EDIT_METRICS`' mean over the images per
-    direction and strength (:func:`edit_metric_name`: directions x strengths x 3 metrics at most, whatever the
-    number of images), and ``seconds_per_image`` (of the ``computed`` images)."""
+    direction and strength (:func:`edit_metric_name`: directions x strengths x len(EDIT_METRICS) at most, whatever
+    the number of images), and ``seconds_per_image`` (of the ``computed`` images)."""
     failed = {r["image_id"] for r in rows if r["status"] != "ok"}
     images = {r["image_id"] for r in rows}
     metrics: dict[str, float] = {"images": len(images), "ok": len(images - failed), "failed": len(failed),
@@ -412,12 +425,15 @@ def edit_table_rows(rows: Iterable[dict]) -> list[dict]:
 def log_edit_table(uri: str, run_id: str, rows: list[dict], out: EditFolder, computed: int | None = None) -> bool:
     """The edit run's table in MLflow (:data:`IMAGE_TABLE`), as :func:`log_image_table` logs an inversion's: one
     row per image x method x direction (:func:`edit_table_rows`), the worst and the best by their mean
-    ``lpips_to_original_edit`` and the first ones, at most IMAGE_TABLE_MAX, each with its strip (the input, the
-    original and the tuned generator's edits); every row is in edits.parquet. ``computed`` 0: no table, a pointer
-    to the latest one of ``out``."""
-    table = ImageTable(EDIT_METRICS[0], ("image_id", "method", "direction", "shown", *EDIT_METRICS),
+    :data:`EDIT_TABLE_RANK` and the first ones, at most IMAGE_TABLE_MAX, each with its strip (the input, the
+    original and the tuned generator's edits) and the means of :data:`EDIT_METRICS` that some row has (no
+    ``factor_change`` without a factor probe, no ``id_similarity_edit`` outside face runs); every row is in
+    edits.parquet. ``computed`` 0: no table, a pointer to the latest one of ``out``."""
+    groups = edit_table_rows(rows)
+    shown = tuple(n for n in EDIT_METRICS if any(_finite(g.get(n)) for g in groups))
+    table = ImageTable(EDIT_TABLE_RANK, ("image_id", "method", "direction", "shown", *shown),
                        lambda row: out.path(row["strip"]), _whole_image, "edits.parquet")
-    return log_table_with_images(uri, run_id, edit_table_rows(rows), table, out.uri, computed)
+    return log_table_with_images(uri, run_id, groups, table, out.uri, computed)
 
 
 def _whole_image(png: bytes) -> dict[str, object]:

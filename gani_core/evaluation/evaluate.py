@@ -151,7 +151,7 @@ def _rows(ids: list[str], method: str, budget: int, results: list[InversionResul
         m = result.metrics
         row = {"image_id": result.image_id, "method": method, "budget": budget, "status": "ok", "error": None,
                "seconds": result.seconds["pivot"] + result.seconds["tune"],
-               **{name: m.get(name) for name in names("result")},
+               **{name: m.get(name) for name in names("result") if name in names("benchmark")},     # no faces
                "drift": None, "delta_bytes": result.delta_bytes}
         if drift is not None:
             G_tuned = apply_deltas(drift.G, decode_deltas(result.encoded)) if result.encoded else drift.G

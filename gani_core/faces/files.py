@@ -9,10 +9,11 @@ What the folder holds, and the contract of each file:
 
 A row is reused (the image is not aligned again) when its input's bytes are the same (the listing's fingerprint,
 else the bytes' sha256), at the same resolution and RECIPE, and, when ok, its ``NAME.png`` is there: the result
-would be the same. Unreadable inputs are tried again. ``align_sources`` aligns a list of images and returns their
-rows (a flow's task; no table write, so tasks on many workers never write the same object); ``align_to_folder`` is
-the whole job in one process (`gani align`): read the table, align, write the table (also every
-TABLE_WRITE_SECONDS, and when interrupted).
+would be the same. The first case, which reads no input, is ``kept_without_reading`` (the align-dataset flow keeps
+those rows in the flow, before any task). Unreadable inputs are tried again. ``align_sources`` aligns a list of
+images and returns their rows (a flow's task; no table write, so tasks on many workers never write the same object);
+``align_to_folder`` is the whole job in one process (`gani align`): read the table, align, write the table (also
+every TABLE_WRITE_SECONDS, and when interrupted).
 """
 
 from __future__ import annotations
@@ -131,6 +132,14 @@ def align_to_folder(images: list[ImageSource], out_uri: str, resolution: int,
     return done
 
 
+def kept_without_reading(row: dict | None, image: ImageSource, resolution: int) -> bool:
+    """Whether ``row``, the reusable stored row of ``image`` (:func:`reusable_rows`; None: none), is kept without
+    reading the image: made at ``resolution`` with RECIPE from bytes it read, and the listing's fingerprint of the
+    image is the one it recorded."""
+    return (row is not None and _same_settings(row, resolution) and image.stat is not None
+            and row["source_stat"] == image.stat)
+
+
 def _same_settings(row: dict, resolution: int) -> bool:
     return row["resolution"] == resolution and row["recipe"] == RECIPE and row["image_sha256"] is not None
 
@@ -138,10 +147,10 @@ def _same_settings(row: dict, resolution: int) -> bool:
 def _align_one(image: ImageSource, out_uri: str, resolution: int, prior: dict | None) -> tuple[dict, bool]:
     """The row of one image and whether it is ``prior``'s: reused (same settings) when the listing says the input is
     unchanged (no read) or its bytes are the same, else aligned now."""
+    if kept_without_reading(prior, image, resolution):
+        return prior, True
     if prior is not None and not _same_settings(prior, resolution):
         prior = None
-    if prior is not None and image.stat is not None and image.stat == prior["source_stat"]:
-        return prior, True
     base = {"image_id": image.image_id, "source": image.source_path, "source_stat": image.stat,
             "resolution": resolution, "recipe": RECIPE}
     try:
