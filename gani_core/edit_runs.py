@@ -75,6 +75,7 @@ from gani_core.defaults import TUNING_METHODS
 from gani_core.editing import factor_tools
 from gani_core.errors import GaniError
 from gani_core.factors import FactorProbe
+from gani_core.invert_files import halved_on_oom
 from gani_core.measure import lpips_pairs, render_original, render_tuned
 from gani_core.metric_registry import check_names, names, parquet_field
 from gani_core.metrics import aligned_face_descriptor, cosine_or_none, finite_or_none, to_unit
@@ -380,27 +381,13 @@ def edit_images(G: Generator, run: RunFolder, out: EditFolder, rows: Sequence[di
     probe = copy.deepcopy(tools[1]).to(G.mapping.w_avg.device) if tools is not None else None
     new: list[dict] = []
     for batch in batches(work, batch_size):
-        done = _edit_batch(G, run, out, batch, plan, names, probe, set(missing))
+        done = halved_on_oom(G, batch, lambda part: _edit_loaded(G, run, out, part, plan, names, probe,
+                                                                  set(missing)))
         out.write_part(done)        # last: a row in a part means its strip is whole
         new += done
         if on_batch is not None:
             on_batch(len(batch))
     return new
-
-
-def _edit_batch(G: Generator, run: RunFolder, out: EditFolder, batch: list[dict], plan: EditPlan,
-                names: Mapping[str, list[str]], probe: FactorProbe | None, missing: set[str]) -> list[dict]:
-    """One batch's rows; a batch that runs out of device memory is split in two and done again."""
-    try:
-        return _edit_loaded(G, run, out, batch, plan, names, probe, missing)
-    except torch.OutOfMemoryError:
-        if len(batch) == 1:
-            raise
-        if G.mapping.w_avg.device.type == "cuda":
-            torch.cuda.empty_cache()
-        half = len(batch) // 2
-        return [*_edit_batch(G, run, out, batch[:half], plan, names, probe, missing),
-                *_edit_batch(G, run, out, batch[half:], plan, names, probe, missing)]
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from gani_core.faces.align import Alignment
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A batch's progress callback, made when the batch starts: (image ids, method) -> Progress.
 OnBatch = Callable[[list[str], str], Progress | None]
@@ -140,19 +141,28 @@ def _alignment_columns(alignment: Alignment) -> dict[str, Any]:
 
 def _invert_batch(G: Generator, batch: list[_Decoded], cfg: InvertConfig, folder: RunFolder, ckpt: CheckpointRef,
                   on_batch: OnBatch | None, directions: torch.Tensor | None, device: str) -> list[dict]:
-    ids = [d.image.image_id for d in batch]
-    try:
+    def invert(part: list[_Decoded]) -> list[dict]:
+        ids = [d.image.image_id for d in part]
         progress = on_batch(ids, cfg.method) if on_batch else None
-        results = invert_images(G, torch.stack([d.pixels for d in batch]), ids, cfg, directions, progress)
+        results = invert_images(G, torch.stack([d.pixels for d in part]), ids, cfg, directions, progress)
+        return [_write_result(G, d, result, cfg, folder, ckpt, device) for d, result in zip(part, results, strict=True)]
+
+    return halved_on_oom(G, batch, invert)
+
+
+def halved_on_oom(G: Generator, batch: list[T], work: Callable[[list[T]], list[dict]]) -> list[dict]:
+    """``work(batch)``; when it runs out of device memory, the batch split in two and each half done the same way
+    (a batch of one that does not fit raises). Nothing already finished is lost: ``work`` writes a result's files as
+    its batch ends."""
+    try:
+        return work(batch)
     except torch.OutOfMemoryError:
         if len(batch) == 1:
             raise
         if G.mapping.w_avg.device.type == "cuda":
             torch.cuda.empty_cache()
         half = len(batch) // 2
-        return [*_invert_batch(G, batch[:half], cfg, folder, ckpt, on_batch, directions, device),
-                *_invert_batch(G, batch[half:], cfg, folder, ckpt, on_batch, directions, device)]
-    return [_write_result(G, d, result, cfg, folder, ckpt, device) for d, result in zip(batch, results, strict=True)]
+        return [*halved_on_oom(G, batch[:half], work), *halved_on_oom(G, batch[half:], work)]
 
 
 def _write_result(G: Generator, decoded: _Decoded, result: InversionResult | InversionError, cfg: InvertConfig,

@@ -71,6 +71,40 @@ def g32_file(g32: Generator, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def factor_checkpoint(g32: Generator, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``g32`` carrying two factor directions and a (seeded, untrained) factor probe that reads them, saved."""
+    import copy
+
+    from gani_core.factors import FactorEdits, FactorProbe
+
+    G = copy.deepcopy(g32)
+    directions = torch.randn([2, G.w_dim], generator=torch.Generator().manual_seed(1))
+    G.factor_edits = FactorEdits(("hue", "size"), directions / directions.norm(dim=1, keepdim=True),
+                                 torch.tensor([1.5, 1.0]), torch.tensor([0.9, 0.8]))
+    torch.manual_seed(2)
+    G.factor_probe = FactorProbe(("hue", "size"), resolution=32).eval().requires_grad_(False)
+    return save_generator(G, tmp_path_factory.mktemp("factor-generator") / "g32-factors.safetensors")
+
+
+@pytest.fixture
+def no_dlib(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """dlib made unimportable in this process, the loaded models forgotten (and again afterwards)."""
+    import sys
+
+    from gani_core.faces import models
+
+    cached = (models.dlib, models._models_dir, models.face_detector, models.landmark_predictor,
+              models.face_recognizer)
+    for function in cached:
+        function.cache_clear()
+    monkeypatch.setitem(sys.modules, "dlib", None)
+    yield
+    monkeypatch.undo()
+    for function in cached:
+        function.cache_clear()
+
+
+@pytest.fixture(scope="session")
 def photo_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding astronaut.jpg and coffee.jpg, copied from EXAMPLES."""
     return photo_folder(tmp_path_factory.mktemp("photo-pair"))

@@ -4,7 +4,6 @@ original one: strips, GIFs and edits.parquet; exact renders, batches, resuming, 
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import shutil
 from dataclasses import dataclass
@@ -17,13 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from gani_core import Generator, load_generator, save_generator
+from gani_core import Generator, load_generator
 from gani_core import edit_runs as edit_runs_mod
 from gani_core.cli import main
 from gani_core.deltas import apply_deltas
 from gani_core.directions import parse_directions
 from gani_core.edit_runs import EDITS_SCHEMA, render_edits, stack_deltas
-from gani_core.factors import FactorEdits, FactorProbe
 from gani_core.run_folder import RunFolder
 
 from .conftest import BROKEN_PNG, EXAMPLES, S3_BUCKET
@@ -55,18 +53,6 @@ def _run(argv: list[str]) -> Said:
 
 def _rows(path: Path) -> list[dict]:
     return pq.read_table(path).to_pylist()
-
-
-@pytest.fixture(scope="module")
-def factor_checkpoint(g32: Generator, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``g32`` carrying two factor directions and a (seeded, untrained) factor probe that reads them, saved."""
-    G = copy.deepcopy(g32)
-    directions = torch.randn([2, G.w_dim], generator=torch.Generator().manual_seed(1))
-    G.factor_edits = FactorEdits(("hue", "size"), directions / directions.norm(dim=1, keepdim=True),
-                                 torch.tensor([1.5, 1.0]), torch.tensor([0.9, 0.8]))
-    torch.manual_seed(2)
-    G.factor_probe = FactorProbe(("hue", "size"), resolution=32).eval().requires_grad_(False)
-    return save_generator(G, tmp_path_factory.mktemp("factor-generator") / "g32-factors.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -329,7 +315,7 @@ def test_ctrl_c_says_how_many_strips_are_kept_and_a_rerun_continues(run: Path, s
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "edits"
     calls = []
-    edit_batch = edit_runs_mod._edit_batch
+    edit_batch = edit_runs_mod._edit_loaded
 
     def interrupted_second(*args: object, **kwargs: object) -> list[dict]:
         calls.append(1)
@@ -337,7 +323,7 @@ def test_ctrl_c_says_how_many_strips_are_kept_and_a_rerun_continues(run: Path, s
             raise KeyboardInterrupt
         return edit_batch(*args, **kwargs)
 
-    monkeypatch.setattr(edit_runs_mod, "_edit_batch", interrupted_second)
+    monkeypatch.setattr(edit_runs_mod, "_edit_loaded", interrupted_second)
     said = _edit(run, out, smile, ["-1", "1"], "--batch-size", "1")
     assert said.code == 130
     assert said.err.strip().splitlines()[-1] == (f"gani edit: interrupted: 1 strip(s) kept in {out}; rerun the same "

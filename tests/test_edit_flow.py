@@ -9,7 +9,6 @@ steps) into a 32 px generator carrying factor directions and a factor probe, so 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import io
 import json
@@ -35,11 +34,10 @@ from flows.edit_dataset import (
 )
 from flows.parameters import ClusterSettings
 from flows.window import Batches
-from gani_core import Generator, save_generator, storage
+from gani_core import storage
 from gani_core.cli import main as gani
 from gani_core.edit_runs import EDITS_SCHEMA, EditFolder
 from gani_core.errors import GaniError
-from gani_core.factors import FactorEdits, FactorProbe
 from gani_core.run_folder import RunFolder
 from tasks import mlflow_runs
 from tasks.editing import DirectionsDifferError, task_rows
@@ -61,18 +59,6 @@ def _quiet(argv: list[str]) -> int:
     """``gani`` in this process, what it prints swallowed (module fixtures have no capsys)."""
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         return gani(argv)
-
-
-@pytest.fixture(scope="module")
-def factor_checkpoint(g32: Generator, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``g32`` carrying two factor directions and a (seeded, untrained) factor probe that reads them, saved."""
-    G = copy.deepcopy(g32)
-    directions = torch.randn([2, G.w_dim], generator=torch.Generator().manual_seed(1))
-    G.factor_edits = FactorEdits(("hue", "size"), directions / directions.norm(dim=1, keepdim=True),
-                                 torch.tensor([1.5, 1.0]), torch.tensor([0.9, 0.8]))
-    torch.manual_seed(2)
-    G.factor_probe = FactorProbe(("hue", "size"), resolution=32).eval().requires_grad_(False)
-    return save_generator(G, tmp_path_factory.mktemp("factor-generator") / "g32-factors.safetensors")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import contextlib
 import io
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -122,20 +121,6 @@ def test_the_edit_means_leave_strength_0_out_of_id_similarity_edit(face_run: Pat
     means = mlflow_runs.edit_metrics(rows)
     assert means["id_similarity_edit_mean"] == pytest.approx(sum(moved) / len(moved))
     assert means["id_similarity_edit.pca-0.s0"] == pytest.approx(_edits(face_run / "edits")[0.0]["id_similarity_edit"])
-
-
-@pytest.fixture
-def no_dlib(monkeypatch: pytest.MonkeyPatch):
-    """dlib made unimportable in this process, the loaded models forgotten (and again afterwards)."""
-    cached = (models.dlib, models._models_dir, models.face_detector, models.landmark_predictor,
-              models.face_recognizer)
-    for function in cached:
-        function.cache_clear()
-    monkeypatch.setitem(sys.modules, "dlib", None)
-    yield
-    monkeypatch.undo()
-    for function in cached:
-        function.cache_clear()
 
 
 @needs_dlib

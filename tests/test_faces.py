@@ -401,19 +401,6 @@ def test_gani_align_without_dlib_says_what_to_install_in_one_line(tmp_path: Path
                                    f"{models.INSTALL_HINT}"]
 
 
-@pytest.fixture
-def no_dlib(monkeypatch: pytest.MonkeyPatch):
-    """dlib made unimportable in this process, the loaded models forgotten (and again afterwards)."""
-    cached = (models.dlib, models.face_detector, models.landmark_predictor, models.face_recognizer)
-    for function in cached:
-        function.cache_clear()
-    monkeypatch.setitem(sys.modules, "dlib", None)
-    yield
-    monkeypatch.undo()
-    for function in cached:
-        function.cache_clear()
-
-
 def test_every_faces_entry_point_without_dlib_raises_one_line_saying_what_to_install(no_dlib: None) -> None:
     for call in (lambda: faces.align_face(_astronaut(), 64), lambda: faces.face_embedding(_astronaut()),
                  lambda: faces.id_similarity(_astronaut(), _astronaut()), faces.require):

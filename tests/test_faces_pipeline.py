@@ -14,7 +14,6 @@ import json
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -245,20 +244,6 @@ def test_id_similarity_is_its_formula_for_each_image_of_a_batch(g32) -> None:
         assert m.metrics["id_similarity_pivot"] == pytest.approx(expected, abs=1e-4)
         assert m.metrics["id_similarity"] == m.metrics["id_similarity_pivot"] and m.id_note is None
     assert measured[0].metrics["id_similarity"] != pytest.approx(measured[1].metrics["id_similarity"], abs=1e-6)
-
-
-@pytest.fixture
-def no_dlib(monkeypatch: pytest.MonkeyPatch):
-    """dlib made unimportable in this process, the loaded models forgotten (and again afterwards)."""
-    cached = (models.dlib, models._models_dir, models.face_detector, models.landmark_predictor,
-              models.face_recognizer)
-    for function in cached:
-        function.cache_clear()
-    monkeypatch.setitem(sys.modules, "dlib", None)
-    yield
-    monkeypatch.undo()
-    for function in cached:
-        function.cache_clear()
 
 
 @pytest.mark.parametrize("flag", [["--align", "ffhq"], ["--identity"]])
