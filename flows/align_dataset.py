@@ -127,7 +127,8 @@ def run_summary(rows: list[dict], kept: int, computed: int, output_uri: str, res
     ok = sum(r["status"] == "ok" for r in rows)
     return {"images": len(rows), "ok": ok, "no_face": sum(r["status"] == "no_face" for r in rows),
             "failed": len(rows) - ok, "skipped": kept, "computed": computed, "resolution": resolution,
-            "output": output_uri, "written": {TABLE: storage.join(output_uri, TABLE)}, "wall_seconds": wall_seconds}
+            "output": output_uri, "written": {TABLE: storage.join(output_uri, TABLE)}, "wall_seconds": wall_seconds,
+            "aligned_faces": ok}
 
 
 def results(rows: list[dict]) -> list[dict]:

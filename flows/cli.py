@@ -175,9 +175,14 @@ def print_summary(flow: Flow, summary: dict) -> None:
     counts = ("images", "ok", "failed", "skipped", "computed") if images else ("rows", "failed", "ok")
     print(json.dumps({k: summary[k] for k in counts if k in summary}))
     print("written: " + ", ".join(summary.get("written", {}).values()))
-    if images and summary.get("ok"):
+    if summary.get("aligned_faces"):        # align-dataset: faces to invert, no previews, no MLflow run
+        print(f"aligned faces under {summary['output']}; invert them with: .venv/bin/gani invert "
+              f"{summary['output']} --identity --checkpoint CHECKPOINT --out RUN")
+    elif images and summary.get("ok"):
         print(f"previews under {storage.join(summary['output'], 'previews')}; see them with: "
               f".venv/bin/gani show {summary['output']}")
+    if "mlflow_run_id" not in summary:
+        return
     print(f"MLflow run {summary['mlflow_run_id']}: open the UI with .venv/bin/mlflow ui --backend-store-uri "
           f"{summary['mlflow_tracking_uri']} --host 127.0.0.1 --port 5000 --workers 1")
     # MLflow 3 opens experiments in its GenAI view unless asked for the runs table (its "Model training" view).

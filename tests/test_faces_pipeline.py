@@ -320,7 +320,7 @@ def test_invert_dataset_aligns_on_the_worker_and_logs_id_similarity(
 @needs_dlib
 @pytest.mark.services
 def test_align_dataset_aligns_on_dask_writes_the_table_once_and_resumes(
-        flow_photos: Path, cluster: Client, tmp_path: Path) -> None:
+        flow_photos: Path, cluster: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "aligned"
     common = {"input_uri": str(flow_photos), "output_uri": str(out), "resolution": R,
               "cluster": ClusterSettings(dask_address=cluster.scheduler.address)}
@@ -331,6 +331,12 @@ def test_align_dataset_aligns_on_dask_writes_the_table_once_and_resumes(
     assert (out / "astronaut.png").read_bytes() == faces.align_file(flow_photos / "astronaut.jpg", R).png()
     table = faces.read_table(str(out))
     assert {i: r["status"] for i, r in table.items()} == {"astronaut": "ok", "coffee": "no_face"}
+    from flows.cli import print_summary
+
+    capsys.readouterr()
+    print_summary(align_dataset, s)         # what the shell prints: no MLflow run, no previews (it raised before)
+    said = capsys.readouterr().out
+    assert f"aligned faces under {out}; invert them with:" in said and "MLflow" not in said and "previews" not in said
     assert table["astronaut"]["faces_seen"] == 2 and np.array(table["astronaut"]["landmarks"]).shape == (68, 2)
 
     written = (out / "alignment.parquet").stat().st_mtime_ns
