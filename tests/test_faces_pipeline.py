@@ -220,30 +220,49 @@ def test_identity_on_faces_aligned_by_gani_align(tmp_path: Path, capsys: pytest.
 
 
 @needs_dlib
-def test_id_similarity_is_its_formula_for_each_image_of_a_batch(g32) -> None:
+def test_id_similarity_is_its_formula_for_each_image_of_a_batch() -> None:
     """measure_images of two aligned faces (the astronaut, Grace Hopper) at once gives each the cosine of the
-    descriptors of its input and of its pivot's render, computed here one by one."""
+    descriptors of its input and of its pivot's render, computed here one by one (at 64 px: an input's face must be
+    found by the detector, which misses aligned faces under about 64 px)."""
     from matplotlib import cbook
 
+    from gani_core import build_builtin
     from gani_core.editing import random_directions
     from gani_core.faces.identity import cosine_similarity, face_embedding
     from gani_core.measure import measure_images
     from gani_core.metrics import to_unit
 
+    g64 = build_builtin(R)
     hopper = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-    images = torch.stack([faces.align_face(skimage.data.astronaut(), 32).tensor(),
-                          faces.align_file(hopper, 32).tensor()])
-    w = g32.mapping(torch.randn(2, g32.z_dim, generator=torch.Generator().manual_seed(0)), None)
-    directions = random_directions(g32.w_dim, 2, seed=0)
-    measured = measure_images(g32, images, w, [{}, {}], [{}, {}], directions=directions, strength=1.0,
+    images = torch.stack([faces.align_face(skimage.data.astronaut(), R).tensor(),
+                          faces.align_file(hopper, R).tensor()])
+    w = g64.mapping(torch.randn(2, g64.z_dim, generator=torch.Generator().manual_seed(0)), None)
+    directions = random_directions(g64.w_dim, 2, seed=0)
+    measured = measure_images(g64, images, w, [{}, {}], [{}, {}], directions=directions, strength=1.0,
                               preview_offset=directions[0], locality_count=4, seed=0, identity=True)
     for i, m in enumerate(measured):
-        render = to_unit(g32.synthesis(w[i : i + 1], noise_mode="const"))[0]
+        render = to_unit(g64.synthesis(w[i : i + 1], noise_mode="const"))[0]
         expected = cosine_similarity(face_embedding(images[i], assume_aligned=True)[0],
                                      face_embedding(render, assume_aligned=True)[0])
         assert m.metrics["id_similarity_pivot"] == pytest.approx(expected, abs=1e-4)
         assert m.metrics["id_similarity"] == m.metrics["id_similarity_pivot"] and m.id_note is None
     assert measured[0].metrics["id_similarity"] != pytest.approx(measured[1].metrics["id_similarity"], abs=1e-6)
+
+
+@needs_dlib
+def test_an_input_without_a_face_has_no_identity_even_when_told_it_is_aligned(tmp_path: Path) -> None:
+    """--identity on an image without a face (the coffee cup, at the generator's 64 px): null id_similarity and the
+    reason, never the similarity of whatever lies where an aligned face would be."""
+    from PIL import Image
+
+    cup = tmp_path / "in" / "coffee.png"
+    cup.parent.mkdir()
+    Image.fromarray(skimage.data.coffee()).resize((R, R)).save(cup)
+    out = tmp_path / "out"
+    assert main(["invert", str(cup.parent), *INVERT, "--method", "w", "--identity", "--out", str(out)]) == 0
+    row = _rows(out)[("coffee", "w")]
+    assert row["status"] == "ok" and row["id_similarity"] is None and row["id_similarity_pivot"] is None
+    assert row["id_note"].startswith("the input: no face found")
 
 
 @pytest.mark.parametrize("flag", [["--align", "ffhq"], ["--identity"]])
@@ -291,8 +310,9 @@ def flow_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @needs_dlib
 @pytest.mark.services
 def test_invert_dataset_aligns_on_the_worker_and_logs_id_similarity(
-        flow_photos: Path, cluster: Client, g32_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Alignment made impossible in this process (the flow's): the workers, other processes, align."""
+        flow_photos: Path, cluster: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alignment made impossible in this process (the flow's): the workers, other processes, align (at 64 px: the
+    input's face must be found by the detector for an id_similarity)."""
     import gani_core.faces.align
 
     def not_here(*_: object, **__: object) -> None:
@@ -300,14 +320,14 @@ def test_invert_dataset_aligns_on_the_worker_and_logs_id_similarity(
 
     monkeypatch.setattr(gani_core.faces.align, "align_file", not_here)
     out, db = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    s = invert_dataset(input_uri=str(flow_photos), output_uri=str(out), checkpoint=str(g32_file), method="w",
-                       inversion=InversionSettings(pivot_steps=1, align="ffhq"), mlflow_tracking_uri=db,
+    s = invert_dataset(input_uri=str(flow_photos), output_uri=str(out), checkpoint=f"builtin-random:{R}",
+                       method="w", inversion=InversionSettings(pivot_steps=1, align="ffhq"), mlflow_tracking_uri=db,
                        cluster=ClusterSettings(dask_address=cluster.scheduler.address))
     assert (s["ok"], s["failed"]) == (1, 1)
     monkeypatch.undo()
     rows = _rows(out)
     face = rows[("astronaut", "w")]
-    assert face["image_sha256"] == _sha256(faces.align_file(flow_photos / "astronaut.jpg", 32).png())
+    assert face["image_sha256"] == _sha256(faces.align_file(flow_photos / "astronaut.jpg", R).png())
     assert face["align"] == "ffhq" and face["faces_seen"] == 2 and _in_range(face["id_similarity"])
     assert rows[("coffee", "w")]["error"].startswith("NoFaceError: ")
 

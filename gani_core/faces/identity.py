@@ -35,14 +35,17 @@ ALIGNED_FACE_BOX = (0.22, 0.33, 0.78, 0.88)
 ALIGNED_SEARCH_SIDE = 256
 
 
-def face_embedding(image: FaceImage, assume_aligned: bool = False) -> tuple[np.ndarray | None, str | None]:
+def face_embedding(image: FaceImage, assume_aligned: bool = False,
+                   fallback: bool = True) -> tuple[np.ndarray | None, str | None]:
     """The face descriptor of the face in ``image`` (gani_core.faces.detect.FaceImage), [128] float32, and None;
-    or None and the reason there is none (no face found). ``assume_aligned``: the module docstring."""
+    or None and the reason there is none (no face found). ``assume_aligned``: the module docstring; with
+    ``fallback`` False the detector must find the face even then (searched at ALIGNED_SEARCH_SIDE), no box is
+    assumed: what a run's input needs, so that an image without a face never gets a similarity."""
     rgb = as_rgb(image)
     boxes, scores = find_faces(rgb, ALIGNED_SEARCH_SIDE) if assume_aligned else find_faces(rgb)
     if len(boxes):
         box = boxes[choose_face(boxes, scores)]
-    elif assume_aligned:
+    elif assume_aligned and fallback:
         height, width, _ = rgb.shape
         box = np.array(ALIGNED_FACE_BOX) * [width, height, width, height]
     else:
