@@ -1,6 +1,7 @@
 """Edits per second of `gani edit` against K, the images edited together, with K = 1 measured in the same run.
 
-    .venv/bin/python benchmarks/edit_speed.py                       # CPU: K = 1 2 4 8 16, 16 images
+    .venv/bin/python benchmarks/edit_speed.py                       # CPU: K = 1 2 4 8 16, 16 images (~8 min)
+    .venv/bin/python benchmarks/edit_speed.py --threads 1           # steadier on a CPU that other jobs share
     .venv/bin/python benchmarks/edit_speed.py --device cuda --images 64 --ks 1 4 16 64 \\
         --out benchmarks/results/edit-speed-cuda.json               # a GPU
 

@@ -410,7 +410,7 @@ class RunFolder:
         ``config_hashes`` maps each method to the config hashes its rows may carry (InvertConfig.resume_hashes:
         today's, and the one gani wrote before issue 17). ``stored``: :meth:`stored_rows`, when the caller has
         read them already. An image is read and hashed only when its listing's fingerprint is not the one its row
-        recorded."""
+        recorded. An ok row whose deltas file deltas/ does not list is not kept (its result is gone)."""
         stored = self.stored_rows() if stored is None else stored
         rows = {(ref.image_id, m): row for ref in images for m in config_hashes
                 if (row := stored.get((ref.image_id, m))) is not None
@@ -430,8 +430,14 @@ class RunFolder:
             expected = row.get("source_sha256") or row.get("image_sha256")     # an aligned row: of its file
             return expected is not None and expected == digests[by_id[image_id].source]
 
+        # An ok result whose deltas file is gone (deleted, moved) is computed again: deltas/ listed once.
+        results = storage.names_under(self.path("deltas")) if any(r["status"] == "ok" for r in rows.values()) else ()
+
+        def whole(key: tuple[str, str], row: dict) -> bool:
+            return row["status"] != "ok" or f"{result_key(*key)}.parquet" in results
+
         # The same name may now hold other bytes: a row counts only for the image it was computed from.
-        return {key: row for key, row in rows.items() if same_image(key[0], row)}
+        return {key: row for key, row in rows.items() if whole(key, row) and same_image(key[0], row)}
 
     def table_rows(self, known: Iterable[dict] = ()) -> list[dict]:
         """Every valid result in the folder: the ``known`` rows (this run's, in memory) as they are, in their order,

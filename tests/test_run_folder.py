@@ -191,6 +191,16 @@ def test_resume_of_a_touched_file_reads_it_and_keeps_the_row_when_its_bytes_are_
     assert folder.reusable_rows(list_images(str(source.parent)), {"gani": CFG.resume_hashes()}, CKPT.sha256) == {}
 
 
+def test_an_ok_row_whose_deltas_file_is_gone_is_computed_again(images, tmp_path: Path) -> None:
+    """The result is its deltas file: a row whose file was deleted or moved is not kept (deltas/ listed once)."""
+    folder = RunFolder(str(tmp_path / "out"))
+    kept_row = _ok_row(folder, images[0])
+    hashes = {"gani": CFG.resume_hashes()}
+    assert folder.reusable_rows(images[:1], hashes, CKPT.sha256) == {("a", "gani"): kept_row}
+    Path(folder.deltas_uri("a", "gani")).unlink()
+    assert folder.reusable_rows(images[:1], hashes, CKPT.sha256) == {}
+
+
 def test_the_newest_row_of_a_result_wins_and_parts_older_than_the_table_are_not_read(images, tmp_path) -> None:
     folder = RunFolder(str(tmp_path / "out"))
     old = folder.write_part([failed_row("a", CFG, CKPT, "ConnectionError: s3 down")])
