@@ -135,8 +135,12 @@ def test_ctrl_c_during_gani_invert_says_what_it_kept_in_one_line(tmp_path: Path)
     out = tmp_path / "out"
     argv = ["invert", str(EXAMPLES / "astronaut.jpg"), str(EXAMPLES / "coffee.jpg"), *FAST, "--method", "wplus",
             "gani", "--tune-steps", "100000", "--out", str(out), "--quiet"]
+    # A person's Ctrl-C: SIGINT handled as a terminal gives it, even where this test runs in the background of a
+    # non-interactive shell, which starts its jobs with SIGINT ignored (a child inherits that, and Python then
+    # installs no KeyboardInterrupt for it).
     proc = subprocess.Popen([sys.executable, "-c", GANI, *argv], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         parts = out / "rows"
