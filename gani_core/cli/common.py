@@ -6,6 +6,7 @@ Torch-free at import: the parser imports this module, and the functions that nee
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -139,3 +140,13 @@ def print_rows(rows: list[dict], with_config: bool = False) -> None:
 def note(text: str) -> None:
     """A note on stderr, on its own line."""
     print(f"note: {text}", file=sys.stderr)
+
+
+def kept_after_interrupt(count: Callable[[], int], what: str, uri: str) -> str:
+    """What an interrupted command leaves, for its Interrupted line: ``count()`` finished ``what`` in ``uri``,
+    which a rerun keeps; when counting fails too (the storage went away), what can be said without it."""
+    try:
+        kept = f"{count()} {what}(s) kept in {uri}"
+    except (OSError, ValueError):
+        kept = f"{what}s finished so far are in {uri}"
+    return f"{kept}; rerun the same command to continue"

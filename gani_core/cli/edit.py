@@ -14,7 +14,7 @@ import sys
 from tqdm import tqdm
 
 from gani_core.checkpoints.ref import CheckpointRef
-from gani_core.cli.common import Interrupted, resolve_device
+from gani_core.cli.common import Interrupted, kept_after_interrupt, resolve_device
 from gani_core.edit_runs import (
     EditFolder,
     EditPlan,
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
                            on_start=bar.start)
     except KeyboardInterrupt:
         bar.close()
-        raise Interrupted(_kept(out, rows, plan)) from None
+        raise Interrupted(kept_after_interrupt(lambda: strips_on_disk(out, rows, plan), "strip", out.uri)) from None
     finally:
         bar.close()
     return _report(result, out)
@@ -81,15 +81,6 @@ def _header(rows: list[dict], method: str, plan: EditPlan, G: Generator, ckpt: C
     return (f"gani edit: {len(rows)} image(s) [{method}] x {len(plan.directions)} direction(s) "
             f"({', '.join(d.name for d in plan.directions)}) at strengths {strengths}, with {label} on {device}, "
             f"{batch_size} image(s) per batch, into {out.uri}")
-
-
-def _kept(out: EditFolder, rows: list[dict], plan: EditPlan) -> str:
-    """What an interrupted request leaves: its strips on disk, which a rerun keeps."""
-    try:
-        kept = f"{strips_on_disk(out, rows, plan)} strip(s) kept in {out.uri}"
-    except (OSError, ValueError):       # the storage went away too: say what can be said
-        kept = f"strips finished so far are in {out.uri}"
-    return f"{kept}; rerun the same command to continue"
 
 
 def _report(result: EditResult, out: EditFolder) -> int:

@@ -19,8 +19,15 @@ import torch
 from tqdm import tqdm
 
 from gani_core.checkpoints.ref import resolve_checkpoint
-from gani_core.cli.common import Interrupted, check_output_folder, input_images, note, print_rows, resolve_device
-from gani_core.dataset import ImageSource
+from gani_core.cli.common import (
+    Interrupted,
+    check_output_folder,
+    input_images,
+    kept_after_interrupt,
+    note,
+    print_rows,
+    resolve_device,
+)
 from gani_core.editing import load_directions
 from gani_core.invert import InvertConfig, has_tuning, method_config
 from gani_core.invert_files import RunResult, auto_batch_size, results_on_disk, run_in_process
@@ -53,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
             result = run_in_process(G, images, configs, folder, ckpt, batch_size, bars.on_batch, directions)
     except KeyboardInterrupt:
         bars.close()
-        raise Interrupted(_kept(folder, images, configs)) from None
+        raise Interrupted(kept_after_interrupt(lambda: results_on_disk(folder, images, configs), "result",
+                                               folder.uri)) from None
     finally:
         bars.close()
     for line in dict.fromkeys(notes):       # once each, after the bars: never inside one
@@ -124,15 +132,6 @@ def _notes_held() -> Iterator[list[str]]:
         yield held.messages
     finally:
         logger.removeHandler(held)
-
-
-def _kept(folder: RunFolder, images: list[ImageSource], configs: dict[str, InvertConfig]) -> str:
-    """What an interrupted run leaves: its results on disk, which a rerun keeps."""
-    try:
-        kept = f"{results_on_disk(folder, images, configs)} result(s) kept in {folder.uri}"
-    except (OSError, ValueError):       # the storage went away too: say what can be said
-        kept = f"results finished so far are in {folder.uri}"
-    return f"{kept}; rerun the same command to continue"
 
 
 def _report(result: RunResult, folder: RunFolder) -> int:
