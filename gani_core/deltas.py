@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -42,6 +43,7 @@ import pyarrow.parquet as pq
 import torch
 
 from gani_core import storage
+from gani_core.errors import DeltasError
 from gani_core.networks import Generator
 
 Encoding = Literal["fp32", "fp16", "lowrank"]
@@ -344,22 +346,28 @@ def rows_from_table(table: pa.Table, image_id: str | None = None) -> list[Encode
 PIVOT_KEY, PIVOT_SHAPE_KEY = b"w_pivot", b"w_pivot_shape"
 
 
-def write_deltas_parquet(table: pa.Table, uri: str | os.PathLike, w_pivot: torch.Tensor | None = None) -> None:
+def write_deltas_parquet(table: pa.Table, uri: str | os.PathLike, w_pivot: torch.Tensor | None = None) -> int:
     """Write a deltas table as one zstd Parquet file at ``uri`` (a path or fsspec URI), atomically; with the
-    result's pivot latent ``w_pivot`` in its metadata (:func:`read_pivot`)."""
+    result's pivot latent ``w_pivot`` in its metadata (:func:`read_pivot`). The file's size in bytes (a row records
+    it: a resume keeps a result whose file the listing shows at that size)."""
     _check_schema(table, "write_deltas_parquet")
     if w_pivot is not None:
         pivot = w_pivot.detach().to("cpu", torch.float32).contiguous()
         table = table.replace_schema_metadata({
             **(table.schema.metadata or {}), PIVOT_KEY: pivot.numpy().astype("<f4").tobytes(),
             PIVOT_SHAPE_KEY: ",".join(map(str, pivot.shape)).encode()})
-    storage.write_parquet(os.fspath(uri), table, use_dictionary=_SMALL_COLUMNS, write_statistics=_SMALL_COLUMNS)
+    return storage.write_parquet(os.fspath(uri), table, use_dictionary=_SMALL_COLUMNS,
+                                 write_statistics=_SMALL_COLUMNS)
 
 
 def read_pivot(uri: str | os.PathLike) -> torch.Tensor | None:
     """The pivot latent stored with a result's deltas (:func:`write_deltas_parquet`), or None when the file has none
-    (written before issue 18)."""
-    return pivot_from_metadata(pq.read_schema(pa.BufferReader(storage.read_bytes(os.fspath(uri)))).metadata)
+    (written before issue 18). Raises DeltasError naming the file when it is not a readable Parquet file."""
+    data = storage.read_bytes(os.fspath(uri))
+    try:
+        return pivot_from_metadata(pq.read_schema(pa.BufferReader(data)).metadata)
+    except (pa.ArrowException, ValueError) as exc:
+        raise _unreadable(uri, exc) from None
 
 
 def pivot_from_metadata(metadata: dict[bytes, bytes] | None) -> torch.Tensor | None:
@@ -373,9 +381,21 @@ def pivot_from_metadata(metadata: dict[bytes, bytes] | None) -> torch.Tensor | N
 
 
 def read_deltas_parquet(uri: str | os.PathLike) -> pa.Table:
-    table = storage.read_parquet(os.fspath(uri))
-    _check_schema(table, os.fspath(uri))
+    """The deltas table of the file ``uri``. Raises DeltasError naming the file when it is not a readable deltas
+    table (truncated, overwritten); FileNotFoundError when it is missing."""
+    data = storage.read_bytes(os.fspath(uri))
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+        _check_schema(table, os.fspath(uri))
+    except (pa.ArrowException, ValueError) as exc:
+        raise _unreadable(uri, exc) from None
     return table
+
+
+def _unreadable(uri: str | os.PathLike, exc: Exception) -> DeltasError:
+    reason = re.sub(r"^.*'<Buffer>':\s*", "", " ".join(str(exc).split()).replace(f"{os.fspath(uri)}: ", ""))
+    return DeltasError(f"{os.fspath(uri)}: not a readable deltas file ({reason}); rerun the command that made the "
+                       "result to compute it again")
 
 
 def apply_deltas(G: Generator, deltas: Mapping[str, torch.Tensor], scale: float = 1.0) -> Generator:

@@ -21,6 +21,10 @@ class LpipsWeightsError(GaniError):
     """The pretrained LPIPS backbone weights are not installed; LPIPS is never computed without them."""
 
 
+class DeltasError(GaniError):
+    """A result's deltas file could not be read: truncated, overwritten, or not a deltas table."""
+
+
 class InversionError(GaniError):
     """An image's optimisation diverged (a non-finite loss or pivot); the other images of its batch go on."""
 

@@ -172,8 +172,8 @@ def _write_result(G: Generator, decoded: _Decoded, result: InversionResult | Inv
     try:
         if isinstance(result, InversionError):
             raise result
-        folder.write_outputs(result, label)
-        row = complete_row({**result.row(), "source": decoded.image.source_path,
+        size = folder.write_outputs(result, label)
+        row = complete_row({**result.row(), "deltas_file_bytes": size, "source": decoded.image.source_path,
                             "source_stat": decoded.image.stat, "image_sha256": decoded.sha256,
                             "resolution": G.img_resolution, **decoded.columns}, cfg, ckpt, label, device)
     except (GaniError, ValueError, OSError) as exc:

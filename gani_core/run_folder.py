@@ -82,6 +82,7 @@ METRICS_SCHEMA = pa.schema([
     parquet_field("seconds"), ("seconds_pivot", pa.float64()), ("seconds_tune", pa.float64()),
     ("seconds_metrics", pa.float64()), ("pivot_steps", pa.int64()), ("tune_steps", pa.int64()),
     ("seconds_per_tune_step", pa.float64()), parquet_field("delta_bytes"), ("delta_lpips_change", pa.float64()),
+    ("deltas_file_bytes", pa.int64()),  # the size of deltas/IMAGE.METHOD.parquet as written (the resume rule's check)
     ("peak_memory_mb", pa.float64()),
     ("checkpoint", pa.string()), ("checkpoint_sha256", pa.string()), ("generator_label", pa.string()),
     ("resolution", pa.int64()),     # px of the generator's images, at which the metrics were computed (ok rows)
@@ -306,12 +307,13 @@ class RunFolder:
     # ------------------------------------------------------------------------------------------------
     # Writing
 
-    def write_outputs(self, result: InversionResult, generator_label: str) -> None:
+    def write_outputs(self, result: InversionResult, generator_label: str) -> int:
         """One result's deltas (with its pivot) and preview (its row goes last, in its batch's part:
-        :meth:`write_part`; a row means done)."""
+        :meth:`write_part`; a row means done); the deltas file's size in bytes (the row's ``deltas_file_bytes``)."""
         table = deltas_mod.deltas_table(result.image_id, result.encoded)
-        deltas_mod.write_deltas_parquet(table, self.deltas_uri(result.image_id, result.method), result.w_pivot)
+        size = deltas_mod.write_deltas_parquet(table, self.deltas_uri(result.image_id, result.method), result.w_pivot)
         save_preview(result, generator_label, self.preview_uri(result.image_id, result.method))
+        return size
 
     def write_part(self, rows: list[dict]) -> str | None:
         """The rows of one batch as rows/part-METHOD-KEY.parquet, written after their results' files; its URI (None
@@ -410,7 +412,8 @@ class RunFolder:
         ``config_hashes`` maps each method to the config hashes its rows may carry (InvertConfig.resume_hashes:
         today's, and the one gani wrote before issue 17). ``stored``: :meth:`stored_rows`, when the caller has
         read them already. An image is read and hashed only when its listing's fingerprint is not the one its row
-        recorded. An ok row whose deltas file deltas/ does not list is not kept (its result is gone)."""
+        recorded. An ok row whose deltas file deltas/ does not list, lists empty or at another size than the row
+        recorded is not kept (its result is gone or damaged)."""
         stored = self.stored_rows() if stored is None else stored
         rows = {(ref.image_id, m): row for ref in images for m in config_hashes
                 if (row := stored.get((ref.image_id, m))) is not None
@@ -430,11 +433,17 @@ class RunFolder:
             expected = row.get("source_sha256") or row.get("image_sha256")     # an aligned row: of its file
             return expected is not None and expected == digests[by_id[image_id].source]
 
-        # An ok result whose deltas file is gone (deleted, moved) is computed again: deltas/ listed once.
-        results = storage.names_under(self.path("deltas")) if any(r["status"] == "ok" for r in rows.values()) else ()
+        # An ok result whose deltas file is gone (deleted, moved) or not the file its row recorded (truncated,
+        # overwritten: another size) is computed again: deltas/ listed once, no deltas file read.
+        results = storage.sizes_under(self.path("deltas")) if any(r["status"] == "ok" for r in rows.values()) else {}
 
         def whole(key: tuple[str, str], row: dict) -> bool:
-            return row["status"] != "ok" or f"{result_key(*key)}.parquet" in results
+            if row["status"] != "ok":
+                return True
+            name, recorded = f"{result_key(*key)}.parquet", row.get("deltas_file_bytes")
+            if name not in results or results[name] == 0:
+                return False
+            return recorded is None or results[name] in (None, recorded)   # None: a size not recorded, not listed
 
         # The same name may now hold other bytes: a row counts only for the image it was computed from.
         return {key: row for key, row in rows.items() if whole(key, row) and same_image(key[0], row)}

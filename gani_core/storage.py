@@ -294,11 +294,13 @@ def exists(uri: str | Path, name: str | None = None) -> bool:
     return with_retries("exists" if name is None else "check", uri if name is None else f"{name} {uri}", info)
 
 
-def write_parquet(uri: str | Path, table: pa.Table, **options: object) -> None:
-    """Write ``table`` as zstd Parquet, atomically (``options`` go to ``pyarrow.parquet.write_table``)."""
+def write_parquet(uri: str | Path, table: pa.Table, **options: object) -> int:
+    """Write ``table`` as zstd Parquet, atomically (``options`` go to ``pyarrow.parquet.write_table``); the file's
+    size in bytes."""
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd", **options)
     write_bytes(uri, buf.getvalue())
+    return buf.tell()
 
 
 def read_parquet(uri: str | Path) -> pa.Table:
@@ -377,15 +379,26 @@ def names_under(uri: str) -> set[str]:
 def modified_under(uri: str) -> dict[str, float]:
     """The entries directly under the folder ``uri`` as :func:`names_under` finds them, each with the time it was
     last written (seconds since the epoch: a local file's mtime, an object's LastModified), from the one listing."""
+    return {name: modified_time(e) for name, e in _listing(uri).items()}
+
+
+def sizes_under(uri: str) -> dict[str, int | None]:
+    """The entries directly under the folder ``uri`` as :func:`names_under` finds them, each with its size in bytes
+    (None where the listing does not say), from the one listing."""
+    return {name: e.get("size") for name, e in _listing(uri).items()}
+
+
+def _listing(uri: str) -> dict[str, dict]:
+    """fsspec's details of each entry directly under the folder ``uri``, by name, as they are now."""
     fs, path = resolve(uri)
 
-    def listing() -> dict[str, float]:
+    def listing() -> dict[str, dict]:
         fs.invalidate_cache(path)
         try:
             entries = fs.ls(path, detail=True)
         except FileNotFoundError:
             return {}
-        return {PurePosixPath(e["name"]).name: modified_time(e) for e in entries}
+        return {PurePosixPath(e["name"]).name: e for e in entries}
 
     return with_retries("list", uri, listing)
 

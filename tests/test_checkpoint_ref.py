@@ -96,3 +96,19 @@ def test_gani_invert_takes_an_s3_checkpoint(s3, g32_file: Path, tmp_path: Path) 
     (row,) = pq.read_table(pa.BufferReader(body)).to_pylist()
     assert (row["status"], row["checkpoint"]) == ("ok", uri)
     assert row["checkpoint_sha256"] == hashlib.sha256(g32_file.read_bytes()).hexdigest()
+
+
+def test_a_relative_checkpoint_path_is_recorded_absolute(g32_file: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run made with ``--checkpoint models/g.safetensors`` is exported (its checkpoint read again) from another
+    working directory: its rows name the file by its absolute path."""
+    (tmp_path / "work" / "models").mkdir(parents=True)
+    shutil.copy(g32_file, tmp_path / "work" / "models" / "g.safetensors")
+    monkeypatch.chdir(tmp_path / "work")
+    assert resolve_checkpoint("models/g.safetensors").spec == str(tmp_path / "work" / "models" / "g.safetensors")
+    argv = ["invert", str(EXAMPLES / "coffee.jpg"), "--checkpoint", "models/g.safetensors", "--method", "gani",
+            "--pivot-steps", "2", "--tune-steps", "1", "--out", "run", "--quiet"]
+    assert cli_main(argv) == 0
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["export", "work/run", "coffee", "--out", "coffee.safetensors"]) == 0
+    assert (tmp_path / "coffee.safetensors").stat().st_size > 0

@@ -24,9 +24,11 @@ from gani_core.deltas import (
     encode_deltas,
     generator_bytes,
     read_deltas_parquet,
+    read_pivot,
     rows_from_table,
     write_deltas_parquet,
 )
+from gani_core.errors import DeltasError
 from gani_core.networks import Generator
 
 
@@ -222,6 +224,30 @@ def test_parquet_round_trip_is_bitwise(two_images: tuple[pa.Table, dict], tmp_pa
         assert before.keys() == after.keys()
         assert all(torch.equal(before[k], after[k]) for k in before)
     assert sorted(p.name for p in dest.parent.iterdir()) == ["run.parquet"]   # no temporary file left
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "not deltas"])
+def test_an_unreadable_deltas_file_is_a_deltas_error_naming_the_file(two_images, tmp_path: Path, damage) -> None:
+    table, _ = two_images
+    dest = tmp_path / "deltas" / "a.gani.parquet"
+    size = write_deltas_parquet(table, dest, torch.zeros(4, 8))
+    assert size == dest.stat().st_size
+    if damage == "garbage":
+        dest.write_bytes(b"\x00 not parquet at all")
+    elif damage == "truncated":
+        dest.write_bytes(dest.read_bytes()[: size // 2])
+    else:
+        pq.write_table(pa.table({"x": [1]}), dest)
+    for read in (read_deltas_parquet, read_pivot):
+        if read is read_pivot and damage == "not deltas":
+            continue                    # its schema is Parquet's: no pivot, the file's columns unread
+        with pytest.raises(DeltasError) as info:
+            read(dest)
+        message = str(info.value)
+        assert message.startswith(f"{dest}: not a readable deltas file (") and "\n" not in message
+        assert "<Buffer>" not in message
+    with pytest.raises(FileNotFoundError):
+        read_deltas_parquet(tmp_path / "deltas" / "missing.parquet")
 
 
 def test_parquet_accepts_fsspec_uris(tmp_path: Path) -> None:

@@ -235,6 +235,31 @@ def test_all_writes_again_what_is_not_the_same_results_or_not_whole(run: Path, t
     assert json.loads((out / "astronaut.gani.json").read_text())["row"]["finished"] != 1.0
 
 
+@pytest.mark.parametrize("damage", ["truncated", "emptied", "overwritten"])
+def test_all_writes_again_an_exported_file_that_is_not_the_one_it_wrote(run: Path, tmp_path: Path, damage: str,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The record keeps each file's size: a file the listing shows at another size is written again (no exported
+    file is read); a record written before sizes were kept keeps a file that is there and not empty."""
+    out = tmp_path / "exported"
+    assert cli_main(["export", str(run), "--all", "--out", str(out), "--format", "rosinality", "--latent"]) == 0
+    record = json.loads((out / "coffee.gani.json").read_text())
+    assert record["sizes"] == {n: (out / n).stat().st_size for n in ("coffee.gani.npy", "coffee.gani.pt")}
+    whole = (out / "coffee.gani.pt").read_bytes()
+    damaged = {"truncated": whole[: len(whole) // 2], "emptied": b"", "overwritten": b"x" * (len(whole) + 1)}[damage]
+    (out / "coffee.gani.pt").write_bytes(damaged)
+    capsys.readouterr()
+    assert cli_main(["export", str(run), "--all", "--out", str(out), "--format", "rosinality", "--latent"]) == 0
+    assert _lines(capsys.readouterr().out) == ["wrote 1, kept 1 (already exported), failed 0"]
+    assert (out / "coffee.gani.pt").read_bytes() == whole
+    # A record of before: no sizes; a file that is there and not empty is kept.
+    (out / "coffee.gani.json").write_text(json.dumps({k: v for k, v in record.items() if k != "sizes"}))
+    (out / "coffee.gani.pt").write_bytes(damaged)
+    assert cli_main(["export", str(run), "--all", "--out", str(out), "--format", "rosinality", "--latent"]) == 0
+    kept = _lines(capsys.readouterr().out)
+    assert kept == [f"wrote {int(damage == 'emptied')}, kept {2 - int(damage == 'emptied')} (already exported), "
+                    "failed 0"]
+
+
 def test_all_a_result_whose_deltas_cannot_be_read_fails_alone(run: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     copy = tmp_path / "run"
@@ -245,7 +270,8 @@ def test_all_a_result_whose_deltas_cannot_be_read_fails_alone(run: Path, tmp_pat
     said = capsys.readouterr()
     assert _lines(said.out) == ["wrote 1, kept 0 (already exported), failed 1"]
     [line] = _lines(said.err)
-    assert line.startswith(f"gani export: coffee (gani): cannot read its result {copy}/deltas/coffee.gani.parquet")
+    assert line.startswith(f"gani export: coffee (gani): {copy}/deltas/coffee.gani.parquet: not a readable deltas "
+                           "file (")
     assert sorted(_files(out)) == ["astronaut.gani.json", "astronaut.gani.safetensors"]
 
 
@@ -317,7 +343,7 @@ BAD = {     # {run}, {broken} (broken_run), {out} (an empty folder), {file} (a f
                        "astronaut (gani): cannot read its result {broken}/deltas/astronaut.gani.parquet: "
                        "FileNotFoundError"),
     "deltas unreadable": (["{broken}", "coffee", "--out", "{out}/g.safetensors"],
-                          "coffee (gani): cannot read its result {broken}/deltas/coffee.gani.parquet: "),
+                          "coffee (gani): {broken}/deltas/coffee.gani.parquet: not a readable deltas file ("),
     "a .pt for safetensors": (["{run}", "coffee", "--out", "{out}/g.pt"],
                               "--out {out}/g.pt: a .pt file; --format safetensors writes .safetensors; .pt is "
                               "--format rosinality"),

@@ -45,9 +45,10 @@ def _ok_row(folder: RunFolder, image, cfg=CFG, ckpt=CKPT) -> dict:
     """An ok result of ``image`` as a run writes it: its deltas file, then its row in a part."""
     sha = hashlib.sha256(Path(image.source).read_bytes()).hexdigest()
     row = complete_row({"image_id": image.image_id, "source_stat": image.stat, "image_sha256": sha,
-                        "method": cfg.method, "status": "ok", "error": None, "lpips": 0.1}, cfg, ckpt)
+                        "method": cfg.method, "status": "ok", "error": None, "lpips": 0.1,
+                        "deltas_file_bytes": 4}, cfg, ckpt)
     Path(folder.deltas_uri(image.image_id, cfg.method)).parent.mkdir(parents=True, exist_ok=True)
-    Path(folder.deltas_uri(image.image_id, cfg.method)).write_bytes(b"x")
+    Path(folder.deltas_uri(image.image_id, cfg.method)).write_bytes(b"PAR1")
     folder.write_part([row])
     return rows_table([row]).to_pylist()[0]     # as read back: every column, null where the row has none
 
@@ -199,6 +200,26 @@ def test_an_ok_row_whose_deltas_file_is_gone_is_computed_again(images, tmp_path:
     assert folder.reusable_rows(images[:1], hashes, CKPT.sha256) == {("a", "gani"): kept_row}
     Path(folder.deltas_uri("a", "gani")).unlink()
     assert folder.reusable_rows(images[:1], hashes, CKPT.sha256) == {}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "overwritten"])
+def test_an_ok_row_whose_deltas_file_is_not_the_one_written_is_computed_again(images, tmp_path: Path,
+                                                                             damage: str) -> None:
+    """A deltas file the listing shows at another size than its row recorded (or empty) is not the result: computed
+    again, without reading any deltas file. A row written before the size was recorded keeps a non-empty file."""
+    folder = RunFolder(str(tmp_path / "out"))
+    _ok_row(folder, images[0])
+    deltas = Path(folder.deltas_uri("a", "gani"))
+    deltas.write_bytes({"truncated": b"PA", "empty": b"", "overwritten": b"garbage bytes"}[damage])
+    hashes = {"gani": CFG.resume_hashes()}
+    assert folder.reusable_rows(images[:1], hashes, CKPT.sha256) == {}
+    older = _ok_row(RunFolder(str(tmp_path / "older")), images[0])
+    older_folder = RunFolder(str(tmp_path / "older2"))
+    older_folder.write_part([{**older, "deltas_file_bytes": None}])
+    Path(older_folder.deltas_uri("a", "gani")).parent.mkdir(parents=True)
+    Path(older_folder.deltas_uri("a", "gani")).write_bytes(b"" if damage == "empty" else b"any size")
+    kept = older_folder.reusable_rows(images[:1], hashes, CKPT.sha256)
+    assert set(kept) == (set() if damage == "empty" else {("a", "gani")})
 
 
 def test_the_newest_row_of_a_result_wins_and_parts_older_than_the_table_are_not_read(images, tmp_path) -> None:

@@ -4,7 +4,8 @@ A spec is what users type after ``--checkpoint``:
 
     builtin                  the trained built-in generator (shapes, 64 px), shipped in gani_core/weights/
     builtin-random[:RES]     a seeded, untrained built-in generator of RES px (64 by default)
-    PATH                     a local NVIDIA .pkl, rosinality .pt or gani .safetensors (``file://`` allowed)
+    PATH                     a local NVIDIA .pkl, rosinality .pt or gani .safetensors (``file://`` allowed); a
+                             relative path is recorded absolute, so that a run can be edited from another folder
     s3://bucket/key          any fsspec URI: downloaded once per machine into the cache (:func:`cache_dir`)
 
 :func:`resolve_checkpoint` parses the spec and hashes what it names, without loading a generator: the flow
@@ -54,7 +55,7 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class CheckpointRef:
-    spec: str                   # as given
+    spec: str                   # as given; a relative path made absolute (rows record it, read from any folder)
     origin: Origin              # where the spec points: builtin, builtin-random, file or uri
     location: str               # builtin: the weights file; builtin-random: ""; file: its path; uri: the URI
     resolution: int | None      # known without loading for the built-in generators, else None
@@ -134,6 +135,8 @@ def resolve_checkpoint(spec: str | Path) -> CheckpointRef:
         raise CheckpointError(f"checkpoint not found: {spec}" + (" (it is a directory)" if path.is_dir() else ""))
     if path.stat().st_size == 0:
         raise CheckpointError(f"{spec}: the checkpoint file is empty")
+    if not path.is_absolute():      # rows record the spec: a relative one would name another file from another cwd
+        spec = os.path.abspath(path)
     path = path.resolve()
     return CheckpointRef(spec, origin, str(path), None, _file_sha256(path), _native_label(path) or path.name)
 

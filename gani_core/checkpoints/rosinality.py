@@ -225,12 +225,16 @@ def clamp_note(G: Generator) -> str | None:
 
 
 def save_rosinality(G: Generator, path: str | Path, lr_mlp: float = 0.01) -> Path:
-    """Write ``G`` atomically to ``path`` as ``{"g_ema": rosinality_state(G), "latent_avg": w_avg [w_dim]}`` with
-    ``torch.save``: tensors only, so ``torch.load(path, weights_only=True)`` reads it, and so does
-    :func:`load_rosinality` (``load_generator``)."""
+    """Write ``G`` atomically to ``path`` as :func:`rosinality_bytes`."""
+    storage.write_bytes(path, rosinality_bytes(G, lr_mlp))
+    return Path(path)
+
+
+def rosinality_bytes(G: Generator, lr_mlp: float = 0.01) -> bytes:
+    """``G`` as ``{"g_ema": rosinality_state(G), "latent_avg": w_avg [w_dim]}`` with ``torch.save``: tensors only,
+    so ``torch.load(path, weights_only=True)`` reads it, and so does :func:`load_rosinality` (``load_generator``)."""
     ckpt = {"g_ema": rosinality_state(G, lr_mlp),
             "latent_avg": G.mapping.w_avg.detach().to("cpu", torch.float32).clone()}
     buffer = io.BytesIO()
     torch.save(ckpt, buffer)
-    storage.write_bytes(path, buffer.getvalue())
-    return Path(path)
+    return buffer.getvalue()

@@ -28,7 +28,7 @@ import io
 import json
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -38,10 +38,10 @@ import torch
 from gani_core import storage
 from gani_core.checkpoints.native import generator_to_bytes
 from gani_core.checkpoints.ref import resolve_checkpoint
-from gani_core.checkpoints.rosinality import check_rosinality, clamp_note, save_rosinality
+from gani_core.checkpoints.rosinality import check_rosinality, clamp_note, rosinality_bytes
 from gani_core.cli.common import Interrupted, check_output_file, check_output_folder
 from gani_core.deltas import apply_deltas
-from gani_core.errors import GaniError, StorageAccessError
+from gani_core.errors import DeltasError, GaniError, StorageAccessError
 from gani_core.invert import METHODS, has_tuning
 from gani_core.networks import Generator
 from gani_core.run_folder import RunFolder, result_key
@@ -143,7 +143,7 @@ def export_one(args: argparse.Namespace, folder: RunFolder, rows: list[dict]) ->
     checkpoints = Checkpoints(args.format)
     G = checkpoints.load(row) if wanted.generator else None
     tuned, pivot = read_result(folder, row, G, checkpoints)
-    for line in write_result(wanted, row, tuned, pivot, folder.uri):
+    for _, line in write_result(wanted, row, tuned, pivot, folder.uri).values():
         print(line)
     return 0
 
@@ -210,6 +210,8 @@ def read_result(folder: RunFolder, row: dict, G: Generator | None,
             tuned.cfg.label = f"{G.label} tuned to {image_id} by {method}"
     except (StorageAccessError, ConnectionError):
         raise                   # the store, not this result: every other one would fail the same way
+    except DeltasError as exc:  # names the file and says what to do
+        raise GaniError(f"{image_id} ({method}): {exc}") from exc
     except (GaniError, ValueError, OSError, KeyError) as exc:
         raise GaniError(f"{image_id} ({method}): cannot read its result {folder.deltas_uri(image_id, method)}: "
                         f"{type(exc).__name__}: {exc}") from exc
@@ -225,27 +227,28 @@ def _num_ws(row: dict) -> int | None:
     return 2 * int(resolution).bit_length() - 4 if resolution else None
 
 
-def write_result(wanted: Wanted, row: dict, tuned: Generator | None, pivot: torch.Tensor, run: str) -> list[str]:
-    """Write what ``wanted`` asks for, each file atomically; a line per file written."""
-    lines = []
+def write_result(wanted: Wanted, row: dict, tuned: Generator | None, pivot: torch.Tensor, run: str
+                 ) -> dict[str, tuple[int, str]]:
+    """Write what ``wanted`` asks for, each file atomically; by file written, its size and a line saying what it
+    is."""
+    files: dict[str, tuple[bytes, str]] = {}
     if wanted.generator is not None:
         assert tuned is not None
         if wanted.fmt == "rosinality":
-            save_rosinality(tuned, wanted.generator)
-            lines.append(f"wrote {wanted.generator}: {tuned.label}, as rosinality's g_ema and latent_avg")
+            files[wanted.generator] = (rosinality_bytes(tuned), f"{tuned.label}, as rosinality's g_ema and latent_avg")
         else:
-            storage.write_bytes(wanted.generator, generator_to_bytes(tuned, extra={
+            data = generator_to_bytes(tuned, extra={
                 "w_pivot": json.dumps(pivot.flatten().tolist()), "num_ws": str(tuned.num_ws), "source_run": run,
-                "image_id": row["image_id"], "method": row["method"]}))
-            lines.append(f"wrote {wanted.generator}: {tuned.label}; its pivot latent is in the file's metadata "
-                         "('w_pivot')")
+                "image_id": row["image_id"], "method": row["method"]})
+            files[wanted.generator] = (data, f"{tuned.label}; its pivot latent is in the file's metadata ('w_pivot')")
     if wanted.latent is not None:
         buffer = io.BytesIO()
         np.save(buffer, pivot.to(torch.float32).numpy(), allow_pickle=False)
-        storage.write_bytes(wanted.latent, buffer.getvalue())
-        lines.append(f"wrote {wanted.latent}: the pivot latent of {row['image_id']} ({row['method']}), "
-                     f"{list(pivot.shape)} float32")
-    return lines
+        files[wanted.latent] = (buffer.getvalue(), f"the pivot latent of {row['image_id']} ({row['method']}), "
+                                                   f"{list(pivot.shape)} float32")
+    for uri, (data, _) in files.items():
+        storage.write_bytes(uri, data)
+    return {uri: (len(data), f"wrote {uri}: {what}") for uri, (data, what) in files.items()}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -260,7 +263,7 @@ def export_all(args: argparse.Namespace, folder: RunFolder, rows: list[dict]) ->
     chosen = rows_to_export(rows, methods)
     if not chosen:
         raise GaniError(f"{args.run}: no successful result of {methods} to export; see `gani show {args.run}`")
-    names = storage.names_under(args.out)
+    names = storage.sizes_under(args.out)
     done = _read_sidecars(args.out, chosen, names)
     checkpoints = Checkpoints(args.format)
     counts = {"wrote": 0, "kept": 0, "failed": 0}
@@ -293,12 +296,11 @@ def rows_to_export(rows: Iterable[dict], methods: list[str]) -> list[dict]:
 
 
 def _export_row(args: argparse.Namespace, folder: RunFolder, row: dict, files: dict[str, str],
-                sidecar: dict, names: set[str], checkpoints: Checkpoints) -> str:
-    """Write the files of ``row`` that are not already there for it; "wrote", "kept" or "failed"."""
+                sidecar: dict, listing: dict[str, int | None], checkpoints: Checkpoints) -> str:
+    """Write the files of ``row`` that are not already there for it, whole (``listing``: the sizes of the files in
+    DIR); "wrote", "kept" or "failed"."""
     identity = {k: row.get(k) for k in ROW_IDENTITY}
-    listed = sidecar.get("files")
-    same_row = sidecar.get("row") == identity and isinstance(listed, list)
-    have = {name for name in listed if name in names} if same_row else set()
+    have = _exported(sidecar, identity, listing)
     missing = {kind: name for kind, name in files.items() if name not in have}
     if not missing:
         return "kept"
@@ -309,14 +311,26 @@ def _export_row(args: argparse.Namespace, folder: RunFolder, row: dict, files: d
         print(f"gani export: {exc}", file=sys.stderr)
         return "failed"
     out = {kind: storage.join(args.out, name) for kind, name in missing.items()}
-    write_result(Wanted(args.format, out.get("generator"), out.get("latent")), row, tuned, pivot, folder.uri)
-    record = {"run": folder.uri, "row": identity, "files": sorted(have | set(missing.values()))}
+    written = write_result(Wanted(args.format, out.get("generator"), out.get("latent")), row, tuned, pivot, folder.uri)
+    sizes = {**{n: s for n, s in (sidecar.get("sizes") or {}).items() if n in have},
+             **{missing[kind]: written[uri][0] for kind, uri in out.items()}}
+    record = {"run": folder.uri, "row": identity, "files": sorted(sizes), "sizes": sizes}
     key = result_key(row["image_id"], row["method"])
     storage.write_bytes(storage.join(args.out, f"{key}.json"), json.dumps(record, indent=1).encode())
     return "wrote"
 
 
-def _read_sidecars(out: str, rows: list[dict], names: set[str]) -> dict[str, dict]:
+def _exported(sidecar: dict, identity: dict, listing: dict[str, int | None]) -> set[str]:
+    """The files a record says were exported for the row ``identity`` that are still there whole: listed at the
+    size the record gives (a record written before sizes were kept: listed and not empty)."""
+    files, sizes = sidecar.get("files"), sidecar.get("sizes") or {}
+    if sidecar.get("row") != identity or not isinstance(files, list) or not isinstance(sizes, dict):
+        return set()
+    return {name for name in files if name in listing and listing[name] != 0
+            and listing[name] in (None, sizes.get(name, listing[name]))}     # None: the listing gives no size
+
+
+def _read_sidecars(out: str, rows: list[dict], names: Collection[str]) -> dict[str, dict]:
     """The records (DIR/IMAGE_ID.METHOD.json) of the ``rows`` that have one, by result key; an unreadable one is
     as none (its files are written again)."""
     keys = [k for k in (result_key(r["image_id"], r["method"]) for r in rows) if f"{k}.json" in names]
