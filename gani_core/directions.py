@@ -17,9 +17,13 @@ strength 1, so that a pivot w_p [num_ws, w_dim] edited with strength s is ``w_p 
 
 A direction in W is added at every style input; ``layers`` (`parse_layers`: ``"0-5"``, ``"3"``, ``"4-"``, both
 ends included) keeps the style inputs in its range and zeroes the rest, as GANSpace and InterFaceGAN users do to
-edit coarse or fine features only. A file is normalised over all its rows before they are chosen, so strength 1
-is the same step whichever layers are edited. ``raw`` concerns files only: a factor's step and a component's
-sigma are the generator's own units.
+edit coarse or fine features only. Such an edit is another direction: its name carries the layers
+(``factor-hue.L0-3``, ``smile.L5``; the range of every style input is no restriction: no suffix) and its
+``layers`` says them ("0-3"; None for all). A file is normalised over all its rows before they are chosen, so
+strength 1 is the same step whichever layers are edited. ``raw`` concerns files only: a factor's step and a
+component's sigma are the generator's own units, and ``raw`` with no file among the specs is refused.
+`parse_directions` gives each distinct spec once (an exact repeat, spaces aside, is dropped); two specs that differ
+keep a direction each, their names made unique, even when their offsets are equal.
 
 The principal directions are computed once per checkpoint and cached, a float32 array [w_dim + 1, w_dim] (row 0
 the standard deviations, rows 1.. the unit components, both by decreasing variance) in
@@ -52,6 +56,8 @@ PCA_SAMPLES = 10_000        # mapped latents the principal directions are comput
 PCA_SEED = 0                # seed of their z (a CPU torch.Generator: the same latents on every device)
 PCA_CHUNK = 1_000           # latents mapped at once: [chunk, num_ws, w_dim] at a time, not [PCA_SAMPLES, ...]
 
+NATIVE_UNITS = {"step": "steps", "sigma": "sigmas"}    # the units of factor: and pca:, which --raw does not change
+
 FORMS = "factor:NAME (a factor direction the generator carries), pca:K (the K-th principal direction of W) " \
         "or FILE.npy (a direction saved with numpy.save, a path or URI)"
 
@@ -63,6 +69,7 @@ class EditDirection:
     offset: torch.Tensor    # [num_ws, w_dim] float32 on G's device: the latent offset of strength 1
                             # (zero rows outside the layers edited)
     unit: str               # what strength 1 means: "step" (factor), "sigma" (pca), "W unit" (.npy), "raw" (raw .npy)
+    layers: str | None = None   # the style inputs edited, both ends included ("0-3", "5"); None: every one
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -71,10 +78,18 @@ class EditDirection:
 
 def parse_directions(specs: Sequence[str], G: Generator, checkpoint_sha256: str, layers: range | None = None,
                      raw: bool = False) -> list[EditDirection]:
-    """`parse_direction` of each spec, in order, their names made unique ("smile", "smile-2")."""
-    directions = [parse_direction(spec, G, checkpoint_sha256, layers, raw) for spec in specs]
+    """`parse_direction` of each distinct spec, in order (an exact repeat, spaces aside, is dropped: it would edit
+    the same again), their names made unique ("smile", "smile-2"). Raises `DirectionsError` for ``raw`` when no spec
+    is a file (``raw`` concerns files only)."""
+    directions = [parse_direction(spec, G, checkpoint_sha256, layers, raw)
+                  for spec in dict.fromkeys(s.strip() for s in specs)]
+    if raw and directions and all(d.unit in NATIVE_UNITS for d in directions):
+        units = ", ".join(f"{d.spec} {'is ' if i == 0 else ''}in {NATIVE_UNITS[d.unit]}"
+                          for i, d in enumerate(directions))
+        raise DirectionsError(f"--raw applies to .npy directions only; {units}")
     names = unique_names([d.name for d in directions])
-    return [EditDirection(d.spec, name, d.offset, d.unit) for d, name in zip(directions, names, strict=True)]
+    return [EditDirection(d.spec, name, d.offset, d.unit, d.layers)
+            for d, name in zip(directions, names, strict=True)]
 
 
 def parse_direction(spec: str, G: Generator, checkpoint_sha256: str, layers: range | None = None,
@@ -99,11 +114,14 @@ def parse_direction(spec: str, G: Generator, checkpoint_sha256: str, layers: ran
     else:
         raise DirectionsError(f"{spec!r} is not a direction: expected {FORMS}")
     offset = row.to(device=G.mapping.w_avg.device, dtype=torch.float32).expand(G.num_ws, G.w_dim).clone()
+    if layers is not None and len(layers) == G.num_ws:
+        layers = None           # every style input: the edit without layers, under its name
     if layers is not None:
         offset[_outside(layers, offset)] = 0
         if not offset.any():
             raise DirectionsError(f"{spec}: the direction is zero at layers {_describe(layers)} and would edit "
                                   "nothing there")
+        return EditDirection(spec, f"{safe_name(name)}.L{_describe(layers)}", offset, unit, _describe(layers))
     return EditDirection(spec, safe_name(name), offset, unit)
 
 

@@ -3,22 +3,28 @@ tuned generator and through the original one, side by side, with a table of how 
 
     OUT/strips/IMAGE.METHOD.DIRECTION.png   two rows of cells: the input, then the original generator's edit at each
                                             strength (top) and the tuned generator's (bottom); columns labelled with
-                                            the strength and its unit, rows with the generator
+                                            the strength and its unit, rows with the generator (for w and wplus,
+                                            which tune nothing, the bottom row is the pivot's edit through the
+                                            original generator again, labelled "pivot (w), no tuning")
     OUT/gifs/IMAGE.METHOD.DIRECTION.gif     (``gif``) the tuned edit through the strengths and back
     OUT/rows/part-KEY.parquet               the rows of one batch of images, written after their strips
     OUT/edits.parquet                       every row in OUT (EDITS_SCHEMA), gathered from the parts (gather_edits)
 
-OUT is ``RUN/edits`` by default. A row is one image x method x direction x strength, with the metrics of the
-registry's ``edit`` group (gani_core.metric_registry: each defined there once): ``lpips_to_original_edit`` is
-LPIPS (alex) between the tuned generator's render of ``w_pivot + s * offset`` and the original generator's render of
-the same latent: 0 where the tuned generator edits as the original does (always, for w and wplus, which tune nothing);
-``factor_change`` (``factor_change_original``) is, where the generator carries a factor probe and the direction is one
-of its factors (``factor:NAME``), the change of that factor the probe reads between strength 0 and ``s`` on the
-tuned (original) render, in the probe's normalised units; null otherwise. ``id_similarity_edit`` is the identity the
-edit keeps: the cosine similarity of dlib's face descriptors (gani_core.metrics.aligned_face_descriptor) of the tuned
-render at ``s`` and at 0, for an image whose run measured identity (its row's ``id_similarity`` is not null: inverted
-with ``--align ffhq`` or ``--identity``); null otherwise, where a render has no descriptor, and where dlib is not
-installed here. Strength 0 is rendered, once per image x direction, where a factor change or the identity needs it.
+OUT is ``RUN/edits`` by default. DIRECTION is the direction's name (gani_core.directions): an edit restricted to
+some style inputs (``--layers``) is another direction, whose name carries them (``factor-hue.L0-3``), so that it
+never overwrites the edit of every layer; its rows' ``layers`` says which ("0-3"; null: every one).
+
+A row is one image x method x direction x strength, with the metrics of the registry's ``edit`` group
+(gani_core.metric_registry: each defined there once): ``lpips_to_original_edit`` is LPIPS (alex) between the tuned
+generator's render of ``w_pivot + s * offset`` and the original generator's render of the same latent: 0 where the tuned
+generator edits as the original does (always, for w and wplus, which tune nothing); ``factor_change``
+(``factor_change_original``) is, where the generator carries a factor probe and the direction is one of its factors
+(``factor:NAME``), the change of that factor the probe reads between strength 0 and ``s`` on the tuned (original)
+render, in the probe's normalised units; null otherwise. ``id_similarity_edit`` is the identity the edit keeps: the
+cosine similarity of dlib's face descriptors (gani_core.metrics.aligned_face_descriptor) of the tuned render at ``s``
+and at 0, for an image whose run measured identity (its row's ``id_similarity`` is not null: inverted with ``--align
+ffhq`` or ``--identity``); null otherwise, where a render has no descriptor, and where dlib is not installed here.
+Strength 0 is rendered, once per image x direction, where a factor change or the identity needs it.
 
 The edit of image k at strength s renders ``w_k + s * offset`` with ``W + ΔW_k``: the K images of a batch render all
 the strengths of a direction together (measure.render_tuned: one vmapped call on a GPU, one image at a time on a
@@ -30,17 +36,22 @@ edit equals rendering the same latent through ``deltas.apply_deltas(G, ΔW_k)`` 
 Resume rule: the rows of an image x method x direction are kept when they are ok and carry this request's
 ``edit_key``: the image's row (``finished``, ``config_hash``, ``checkpoint_sha256``), the direction (its spec, name,
 unit and a digest of its offset: another file, ``--layers`` or ``--raw`` is another offset) and the strengths; with
-``gif``, when a GIF was made too (rows written before a metric existed are kept: a missing column reads as null).
-Everything else is computed again and replaces them (the newest rows of an image x method x direction win, as a
-group). An image whose pivot or deltas cannot be read fails alone, with one failed row per direction x strength; the
-others of its batch complete.
+``gif``, when a GIF was made too (rows written before a metric or ``layers`` existed are kept: a missing column
+reads as null).
+Everything else is computed again and replaces them: the newest rows of an image x method x direction win, as a
+group, and its strip is overwritten. So another set of strengths (or ``gif``, or a result inverted again) for the
+same image x method x direction replaces the earlier edit, rows, strip and GIF (a GIF left from a ``gif`` request is
+deleted when its group is replaced without one); to keep both, edit into another OUT. ``gani edit`` counts these
+strips as replaced. An image whose pivot or deltas cannot be read fails alone, with one failed row per direction x
+strength whose error names its deltas file; the others of its batch complete. A request interrupted (Ctrl-C) in the
+middle of a batch still writes the rows of the strips it finished as a part, so a rerun keeps every strip it made.
 
 Entry points (the CLI's ``gani edit``, and a Prefect task):
 
     method, rows = select_rows(run_rows, image_ids, method, run)    # the run's ok rows to edit (GaniError if none)
     ckpt = checkpoint_of(rows)                                      # the checkpoint they were tuned from
     plan = EditPlan(directions, strengths, gif)                     # directions: gani_core.directions
-    missing = check_outputs(run, rows)                              # images without deltas (GaniError if all)
+    missing = check_outputs(run, rows, named)                       # images without deltas (GaniError if all)
     todo = pending(out.stored_rows(), rows, plan)                   # image_id -> direction names to compute
     new = edit_images(G, run, out, rows, plan, todo, batch_size, missing=missing)   # strips, parts; the rows
     table = gather_edits(out)                                       # edits.parquet: every row in OUT
@@ -51,6 +62,7 @@ Entry points (the CLI's ``gani edit``, and a Prefect task):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -59,6 +71,7 @@ import json
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -73,7 +86,7 @@ from gani_core import storage
 from gani_core.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from gani_core.defaults import TUNING_METHODS
 from gani_core.editing import factor_tools
-from gani_core.errors import GaniError
+from gani_core.errors import DeltasError, GaniError
 from gani_core.factors import FactorProbe
 from gani_core.invert_files import halved_on_oom
 from gani_core.measure import lpips_pairs, render_original, render_tuned
@@ -92,6 +105,8 @@ EDITS_SCHEMA = pa.schema([
     ("spec", pa.string()),                      # the direction as given (--direction)
     ("strength", pa.float64()),                 # in ``unit``s (failed rows too: one per strength)
     ("unit", pa.string()),                      # "step" | "sigma" | "W unit" | "raw"
+    ("layers", pa.string()),                    # the style inputs edited ("0-3", "5"), null for every one (and in
+                                                # rows written before the column: every one, as then named)
     *[parquet_field(n) for n in names("edit")],     # the registry's edit metrics at this strength (module docstring)
     ("status", pa.string()), ("error", pa.string()),
     ("strip", pa.string()),                     # strips/IMAGE.METHOD.DIRECTION.png, relative to OUT (ok rows)
@@ -103,7 +118,8 @@ EDITS_SCHEMA = pa.schema([
 
 FACTOR_SPEC = "factor:"         # the spec of a generator's factor direction (gani_core.directions): factor:NAME
 GIF_FRAME_MS = 250              # how long each strength is shown in a GIF
-ROW_LABELS = ("original", "tuned")
+ROW_LABELS = ("original", "tuned")     # a strip's rows; for w and wplus the bottom one is NOT_TUNED_LABEL's
+NOT_TUNED_LABEL = "pivot ({method}), no tuning"     # what the bottom row of a method that tunes nothing shows
 
 Group = tuple[str, str, str]    # (image_id, method, direction name): the rows kept or replaced together
 OnBatch = Callable[[int], None]  # called after each batch with the number of its images
@@ -156,12 +172,19 @@ def checkpoint_of(rows: Sequence[dict]) -> CheckpointRef:
     return ckpt
 
 
-def check_outputs(run: RunFolder, rows: Sequence[dict]) -> set[str]:
+def check_outputs(run: RunFolder, rows: Sequence[dict], named: bool = False) -> set[str]:
     """The ids of the images among ``rows`` whose deltas file (which holds the pivot) is missing, from one listing
-    of deltas/: they fail alone. Raises GaniError when none of them has one (nothing could be edited)."""
+    of deltas/: they fail alone. Raises GaniError when none of them has one (nothing could be edited): naming the
+    images and their files when the user ``named`` them, else asking whether RUN is a whole run folder."""
     on_disk = storage.names_under(run.path("deltas"))
-    missing = {r["image_id"] for r in rows if f"{result_key(r['image_id'], r['method'])}.parquet" not in on_disk}
-    if missing and len(missing) == len({r["image_id"] for r in rows}):
+    files = {r["image_id"]: f"deltas/{result_key(r['image_id'], r['method'])}.parquet" for r in rows}
+    missing = {i for i, name in files.items() if name.removeprefix("deltas/") not in on_disk}
+    if missing and len(missing) == len(files):
+        if named:
+            gone = [i for i in files if i in missing]
+            raise GaniError(f"{run.uri}: no deltas file for image(s) {', '.join(map(repr, gone))} "
+                            f"({', '.join(files[i] for i in gone)}: the weight deltas and pivot to edit); rerun the "
+                            "`gani invert` command of this run: it computes again a result whose deltas file is gone")
         raise GaniError(f"{run.uri}: no deltas/ file for the {len(missing)} result(s) to edit (each holds the "
                         "image's weight deltas and pivot); is it a whole run folder?")
     return missing
@@ -239,8 +262,8 @@ def prepare_edit(run: RunFolder, run_rows: Sequence[dict], specs: Sequence[str] 
     refusal one line (GaniError, ValueError, OSError): the strengths, the rows to edit (:func:`select_rows`) and
     their checkpoint (:func:`checkpoint_of`), the output folder (``out_uri``, default RUN/edits, named
     ``out_option`` in the error), the directions parsed with the checkpoint's generator (``load(ckpt)``; without
-    ``specs``, :func:`default_directions`), the deltas files (:func:`check_outputs`: one listing). What ``gani edit``
-    and the edit-dataset flow both do first."""
+    ``specs``, :func:`default_directions`; a spec given twice counts once), the deltas files (:func:`check_outputs`:
+    one listing). What ``gani edit`` and the edit-dataset flow both do first."""
     from gani_core.directions import parse_strengths
 
     values = parse_strengths([str(s) for s in strengths])     # a float from a UI may be nan or inf
@@ -249,9 +272,9 @@ def prepare_edit(run: RunFolder, run_rows: Sequence[dict], specs: Sequence[str] 
     out = EditFolder(out_uri or run.path("edits"))
     storage.check_folder(out.uri, out_option)
     G = load(ckpt)
-    chosen = tuple(specs) if specs else tuple(default_directions(G))
+    chosen = tuple(dict.fromkeys(s.strip() for s in specs)) if specs else tuple(default_directions(G))  # once each
     plan = parse_plan(G, ckpt.sha256, chosen, values, layers, raw, gif)
-    return PreparedEdit(method, rows, ckpt, G, out, chosen, plan, check_outputs(run, rows))
+    return PreparedEdit(method, rows, ckpt, G, out, chosen, plan, check_outputs(run, rows, named=bool(image_ids)))
 
 
 def pending(stored: Mapping[Group, list[dict]], rows: Sequence[dict], plan: EditPlan) -> dict[str, list[str]]:
@@ -371,7 +394,10 @@ def edit_images(G: Generator, run: RunFolder, out: EditFolder, rows: Sequence[di
     """Edit ``rows`` (ok rows of ``run``) with ``plan``, ``batch_size`` images at a time: ``todo[image_id]`` names the
     directions to compute (default: all). Each batch's strips (and GIFs) are written, then its rows as one part of
     ``out``; returns the rows. An image in ``missing`` (check_outputs), or whose pivot or deltas cannot be read, fails
-    alone. ``on_batch(n)`` is called after each batch of n images."""
+    alone. ``on_batch(n)`` is called after each batch of n images. Interrupted (KeyboardInterrupt) in the middle of
+    a batch, the rows of the strips it finished are written as a part before the interrupt goes on: a rerun keeps
+    them. Without ``plan.gif``, the GIF an image x direction of a batch had from an earlier request is deleted once
+    the batch's part is written (its new rows say it has none)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     names = {r["image_id"]: list(todo[r["image_id"]]) if todo is not None else [d.name for d in plan.directions]
@@ -379,22 +405,54 @@ def edit_images(G: Generator, run: RunFolder, out: EditFolder, rows: Sequence[di
     work = [r for r in rows if r["image_id"] in names]
     tools = factor_tools(G)
     probe = copy.deepcopy(tools[1]).to(G.mapping.w_avg.device) if tools is not None else None
+    gifs = storage.names_under(out.path("gifs")) if work and not plan.gif else set()     # one listing
     new: list[dict] = []
+    finished: list[dict] = []           # the rows of each strip of a batch as it is written, for an interrupt
     for batch in batches(work, batch_size):
-        done = halved_on_oom(G, batch, lambda part: _edit_loaded(G, run, out, part, plan, names, probe,
-                                                                  set(missing)))
-        out.write_part(done)        # last: a row in a part means its strip is whole
+        finished.clear()
+        try:
+            done = halved_on_oom(G, batch, lambda part: _edit_loaded(G, run, out, part, plan, names, probe,
+                                                                      set(missing), finished))
+        except KeyboardInterrupt:
+            with contextlib.suppress(GaniError, OSError, ValueError):   # not saved: the rerun computes them again
+                _write_part(out, _newest(finished), gifs)
+            raise
+        _write_part(out, done, gifs)    # last: a row in a part means its strip is whole
         new += done
         if on_batch is not None:
             on_batch(len(batch))
     return new
 
 
+def _write_part(out: EditFolder, rows: list[dict], gifs: set[str]) -> None:
+    """``rows`` as a part of ``out``, then the GIFs among ``gifs`` (names under gifs/) of their ok groups that have
+    none now deleted (a GIF of an earlier request, which these rows replace)."""
+    out.write_part(rows)
+    stale = {PurePosixPath(out.gif_name(r["image_id"], r["method"], r["direction"])).name for r in rows
+             if r["status"] == "ok" and not r["gif"]}
+    for name in sorted(stale & gifs):
+        storage.remove(out.path("gifs", name))
+        gifs.discard(name)
+
+
+def _newest(rows: Sequence[dict]) -> list[dict]:
+    """``rows`` with the newest rows of each image x method x direction only (a batch done again in halves, out of
+    memory, made some twice)."""
+    latest: dict[Group, float] = {}
+    for r in rows:
+        key = (r["image_id"], r["method"], r["direction"])
+        latest[key] = max(latest.get(key, r["finished"]), r["finished"])
+    return [r for r in rows if r["finished"] == latest[(r["image_id"], r["method"], r["direction"])]]
+
+
 @torch.no_grad()
 def _edit_loaded(G: Generator, run: RunFolder, out: EditFolder, batch: list[dict], plan: EditPlan,
-                 names: Mapping[str, list[str]], probe: FactorProbe | None, missing: set[str]) -> list[dict]:
-    """Each image of ``batch`` read (one that cannot be read fails alone), then edited along each direction."""
+                 names: Mapping[str, list[str]], probe: FactorProbe | None, missing: set[str],
+                 finished: list[dict] | None = None) -> list[dict]:
+    """Each image of ``batch`` read (one that cannot be read fails alone), then edited along each direction; the
+    rows, each image x direction's also added to ``finished`` as soon as its strip is written."""
     loaded, rows = [], []
+    finished = [] if finished is None else finished
     previews = storage.read_many([run.preview_uri(r["image_id"], r["method"]) for r in batch])   # one call
     for row in batch:
         try:
@@ -403,14 +461,16 @@ def _edit_loaded(G: Generator, run: RunFolder, out: EditFolder, batch: list[dict
             loaded.append(_load(G, run, row, previews[run.preview_uri(row["image_id"], row["method"])]))
         except (GaniError, ValueError, OSError, KeyError) as exc:
             wanted = [d for d in plan.directions if d.name in names[row["image_id"]]]
-            rows += failed_rows(row, wanted, plan, f"{type(exc).__name__}: {exc}")
+            error = str(exc) if isinstance(exc, DeltasError) else f"{type(exc).__name__}: {exc}"   # names its file
+            rows += failed_rows(row, wanted, plan, error)
+    finished += rows
     stacked = stack_deltas([x.deltas for x in loaded]) if loaded else {}
     for direction in plan.directions:
         chosen = [k for k, x in enumerate(loaded) if direction.name in names[x.row["image_id"]]]
         if chosen:
             index = torch.tensor(chosen, device=G.mapping.w_avg.device)
             deltas = {n: d if len(chosen) == len(loaded) else d[index] for n, d in stacked.items()}
-            rows += _edit_direction(G, out, [loaded[k] for k in chosen], deltas, direction, plan, probe)
+            rows += _edit_direction(G, out, [loaded[k] for k in chosen], deltas, direction, plan, probe, finished)
     return rows
 
 
@@ -450,9 +510,10 @@ def _preview_input(data: bytes | None) -> torch.Tensor | None:
 
 
 def _edit_direction(G: Generator, out: EditFolder, images: list[_Loaded], deltas: Mapping[str, torch.Tensor],
-                    direction: EditDirection, plan: EditPlan, probe: FactorProbe | None) -> list[dict]:
+                    direction: EditDirection, plan: EditPlan, probe: FactorProbe | None,
+                    finished: list[dict]) -> list[dict]:
     """The K images' edits along ``direction`` at every strength, rendered together (``deltas``: theirs, stacked);
-    their strips and rows."""
+    their strips and rows (each image's also added to ``finished`` once its strip is written)."""
     factor = _factor_index(direction, probe)
     faces = _identity_measured(images)
     strengths = list(plan.strengths)
@@ -471,10 +532,12 @@ def _edit_direction(G: Generator, out: EditFolder, images: list[_Loaded], deltas
     for k, x in enumerate(images):
         try:
             files = _write_outputs(out, x, direction, plan, G.label, original[k, :shown], tuned[k, :shown])
-            rows += [_row(x.row, direction, plan, strength, {n: float(v[k, i]) for n, v in measured.items()}, files)
-                     for i, strength in enumerate(plan.strengths)]
+            made = [_row(x.row, direction, plan, strength, {n: float(v[k, i]) for n, v in measured.items()}, files)
+                    for i, strength in enumerate(plan.strengths)]
         except (GaniError, ValueError, OSError) as exc:
-            rows += failed_rows(x.row, [direction], plan, f"{type(exc).__name__}: {exc}")
+            made = failed_rows(x.row, [direction], plan, f"{type(exc).__name__}: {exc}")
+        rows += made
+        finished += made
     return rows
 
 
@@ -548,7 +611,8 @@ def _row(row: dict, direction: EditDirection, plan: EditPlan, strength: float, m
     missing: null)."""
     fields = {
         "image_id": row["image_id"], "method": row["method"], "direction": direction.name, "spec": direction.spec,
-        "strength": float(strength), "unit": direction.unit, **{n: metrics.get(n) for n in names("edit")},
+        "strength": float(strength), "unit": direction.unit, "layers": direction.layers,
+        **{n: metrics.get(n) for n in names("edit")},
         "status": "ok", "error": None, **files, "edit_key": plan.edit_key(row, direction),
         "checkpoint_sha256": row.get("checkpoint_sha256"), "config_hash": row.get("config_hash"),
     }
@@ -559,7 +623,7 @@ def failed_rows(row: dict, directions: Sequence[EditDirection], plan: EditPlan, 
     """One failed row per direction x strength of an image that could not be edited, with the reason."""
     now = time.time()
     return [{"image_id": row["image_id"], "method": row["method"], "direction": d.name, "spec": d.spec,
-             "strength": float(s), "unit": d.unit, "status": "failed", "error": error,
+             "strength": float(s), "unit": d.unit, "layers": d.layers, "status": "failed", "error": error,
              "edit_key": plan.edit_key(row, d), "checkpoint_sha256": row.get("checkpoint_sha256"),
              "config_hash": row.get("config_hash"), "finished": now}
             for d in directions for s in plan.strengths]
@@ -580,9 +644,10 @@ def _write_outputs(out: EditFolder, x: _Loaded, direction: EditDirection, plan: 
     n = len(plan.strengths)
     columns = ["input" if x.input is not None else "input (no preview)",
                *(f"{_signed(s)} {direction.unit}" for s in plan.strengths)]
-    caption = f"{image_id} | {method} | {direction.spec} | {label}"
-    png = strip_png(torch.cat([first, cells[:n], first, cells[n:]]), columns,
-                    (ROW_LABELS[0], f"{ROW_LABELS[1]} ({method})"), caption, scale)
+    layers = f" at layers {direction.layers}" if direction.layers is not None else ""
+    caption = f"{image_id} | {method} | {direction.spec}{layers} | {label}"
+    bottom = f"{ROW_LABELS[1]} ({method})" if method in TUNING_METHODS else NOT_TUNED_LABEL.format(method=method)
+    png = strip_png(torch.cat([first, cells[:n], first, cells[n:]]), columns, (ROW_LABELS[0], bottom), caption, scale)
     strip = out.strip_name(image_id, method, direction.name)
     storage.write_bytes(out.path(strip), png)
     gif = None
@@ -662,6 +727,8 @@ class EditResult:
     kept: int                               # strips kept from an earlier request with the same inputs
     failed: int                             # image x direction that failed (failed rows)
     table: list[dict] = field(default_factory=list)     # edits.parquet: every row in OUT
+    replaced: int = 0                       # of ``written``: strips that overwrote an earlier ok edit of theirs
+                                            # (other strengths, gif or result: the newest group wins)
 
 
 def run_edits(G: Generator, run: RunFolder, out: EditFolder, rows: Sequence[dict], plan: EditPlan,
@@ -678,10 +745,12 @@ def run_edits(G: Generator, run: RunFolder, out: EditFolder, rows: Sequence[dict
     fresh = {(r["image_id"], r["direction"]) for r in new}
     kept = [r for row in rows for d in plan.directions if (row["image_id"], d.name) not in fresh
             for r in stored.get((row["image_id"], row["method"], d.name), [])]
-    groups = {(r["image_id"], r["direction"]): r["status"] for r in new}
+    groups = {(r["image_id"], r["method"], r["direction"]): r["status"] for r in new}
     failed = sum(status != "ok" for status in groups.values())
+    replaced = sum(status == "ok" and any(r["status"] == "ok" for r in stored.get(key, []))
+                   for key, status in groups.items())
     kept_groups = len({(r["image_id"], r["direction"]) for r in kept})
-    return EditResult([*kept, *new], len(groups) - failed, kept_groups, failed, gather_edits(out))
+    return EditResult([*kept, *new], len(groups) - failed, kept_groups, failed, gather_edits(out), replaced)
 
 
 def strips_on_disk(out: EditFolder, rows: Sequence[dict], plan: EditPlan) -> int:

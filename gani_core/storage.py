@@ -23,6 +23,7 @@ over about 10 s unless ``AWS_MAX_ATTEMPTS`` says otherwise).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
@@ -275,6 +276,17 @@ def read_bytes(uri: str | Path) -> bytes:
             return f.read()
 
     return with_retries("read", uri, get)
+
+
+def remove(uri: str | Path) -> None:
+    """Delete the file ``uri`` (with the retries of :func:`with_retries`); one already gone is fine."""
+    fs, path = resolve(uri)
+
+    def delete() -> None:
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(path)
+
+    with_retries("delete", uri, delete)
 
 
 def exists(uri: str | Path, name: str | None = None) -> bool:

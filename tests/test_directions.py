@@ -295,12 +295,30 @@ def test_names_are_unique_within_a_list(G: Generator, tmp_path: Path) -> None:
         (tmp_path / folder).mkdir()
         save(tmp_path / folder, "smile.npy", np.ones(128))
     save(tmp_path, "my smile!.npy", np.ones(128))
-    specs = [str(tmp_path / "a/smile.npy"), str(tmp_path / "b/smile.npy"), "pca:0", "pca:0",
-             str(tmp_path / "a/smile.npy"), str(tmp_path / "my smile!.npy")]
+    specs = [str(tmp_path / "a/smile.npy"), str(tmp_path / "b/smile.npy"), "pca:0", str(tmp_path / "my smile!.npy")]
     directions = parse_directions(specs, G, SHA32)
-    assert [d.name for d in directions] == ["smile", "smile-2", "pca-0", "pca-0-2", "smile-3", "my-smile"]
+    assert [d.name for d in directions] == ["smile", "smile-2", "pca-0", "my-smile"]
     assert [d.spec for d in directions] == specs
-    assert torch.equal(directions[2].offset, directions[3].offset)
+    assert torch.equal(directions[0].offset, directions[1].offset)     # other specs, the same offset: both stay
+
+
+def test_a_spec_given_twice_is_parsed_once(G: Generator, tmp_path: Path) -> None:
+    smile = save(tmp_path, "smile.npy", np.ones(128))
+    directions = parse_directions(["pca:0", smile, "pca:0", f" {smile} ", "pca:1", " pca:0"], G, SHA32)
+    assert [(d.spec, d.name) for d in directions] == [("pca:0", "pca-0"), (smile, "smile"), ("pca:1", "pca-1")]
+
+
+def test_raw_without_a_file_is_refused_and_accepted_with_one(G: Generator, trained: Generator,
+                                                           tmp_path: Path) -> None:
+    with pytest.raises(DirectionsError, match=r"^--raw applies to \.npy directions only; factor:hue is in steps, "
+                                              r"pca:0 in sigmas$"):
+        parse_directions(["factor:hue", "pca:0"], trained, SHA32, raw=True)
+    with pytest.raises(DirectionsError, match=r"^--raw applies to \.npy directions only; pca:3 is in sigmas$"):
+        parse_directions(["pca:3"], G, SHA32, raw=True)
+    smile = save(tmp_path, "smile.npy", 2 * np.ones(128))
+    directions = parse_directions(["pca:0", smile], G, SHA32, raw=True)
+    assert [d.unit for d in directions] == ["sigma", "raw"]
+    assert torch.allclose(directions[1].offset, torch.full((8, 128), 2.0))
 
 
 @pytest.mark.parametrize(("text", "layers"), [
@@ -334,6 +352,19 @@ def test_layers_edit_those_style_inputs_only(G: Generator, tmp_path: Path) -> No
     path = save(tmp_path, "smile.npy", np.ones(128))
     fine = parse(path, G, layers=range(6, 8)).offset
     assert not fine[:6].any() and torch.allclose(fine[6:].norm(dim=1), torch.ones(2))
+
+
+def test_an_edit_of_some_layers_is_named_with_them(G: Generator, tmp_path: Path) -> None:
+    smile = save(tmp_path, "my smile.npy", np.ones(128))
+    every = parse_directions([smile, "pca:1"], G, SHA32)
+    coarse = parse_directions([smile, "pca:1"], G, SHA32, layers=parse_layers("0-2", G.num_ws))
+    assert [(d.name, d.layers) for d in every] == [("my-smile", None), ("pca-1", None)]
+    assert [(d.name, d.layers) for d in coarse] == [("my-smile.L0-2", "0-2"), ("pca-1.L0-2", "0-2")]
+    one, rest = parse(smile, G, layers=parse_layers("5", G.num_ws)), parse("pca:1", G, layers=parse_layers("4-", 8))
+    assert (one.name, one.layers, rest.name, rest.layers) == ("my-smile.L5", "5", "pca-1.L4-7", "4-7")
+    # Every style input is no restriction: the edit of all layers, under its name.
+    whole = parse("pca:1", G, layers=parse_layers("0-", G.num_ws))
+    assert (whole.name, whole.layers) == ("pca-1", None) and torch.equal(whole.offset, every[1].offset)
 
 
 def test_a_direction_zero_on_the_layers_edited_is_refused(G: Generator, tmp_path: Path) -> None:

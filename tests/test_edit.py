@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,7 +251,7 @@ def test_lpips_to_the_original_edit_is_zero_when_nothing_was_tuned(edited: Said,
     gani = _rows(run / "edits" / "edits.parquet")
     assert all(r["lpips_to_original_edit"] > 1e-3 for r in gani)
     with Image.open(tmp_path / "w" / "strips" / "astronaut.w.smile.png") as strip:
-        assert strip.text["Rows"] == "original | tuned (w)"
+        assert strip.text["Rows"] == "original | pivot (w), no tuning"      # w tunes nothing: not "tuned (w)"
 
 
 # --- resuming -------------------------------------------------------------------------------------------------------
@@ -285,22 +286,93 @@ def test_an_interrupted_edit_is_resumed_from_its_parts(run: Path, smile: Path, t
     assert len(_rows(out / "edits.parquet")) == 4
 
 
+REPLACED = "2 strip(s) written (2 replacing an earlier edit of the same image and direction), 0 kept, 0 failed"
+
+
 def test_other_strengths_another_direction_file_or_gif_recompute(run: Path, smile: Path, tmp_path: Path) -> None:
+    """Each replaces the group of its image x direction (the newest wins), and the last line says so."""
     out = tmp_path / "edits"
     assert _edit(run, out, smile, ["-1", "1"]).code == 0
     said = _edit(run, out, smile, ["-1", "0", "1"])
-    assert said.last == f"2 strip(s) written, 0 kept, 0 failed -> {out}"
+    assert said.last == f"{REPLACED} -> {out}"
     rows = _rows(out / "edits.parquet")       # the strengths of before are gone with their strips
     assert sorted({r["strength"] for r in rows}) == [-1.0, 0.0, 1.0] and len(rows) == 6
 
     changed = tmp_path / "smile.npy"          # the same name, another direction
     np.save(changed, -np.load(smile))
     said = _edit(run, out, changed, ["-1", "0", "1"])
-    assert said.last == f"2 strip(s) written, 0 kept, 0 failed -> {out}"
+    assert said.last == f"{REPLACED} -> {out}"
     said = _edit(run, out, changed, ["-1", "0", "1"], "--gif")      # no GIF was made: made now
+    assert said.last == f"{REPLACED} -> {out}"
+    said = _edit(run, out, changed, ["-1", "0", "1"], "--layers", "0-3")     # another direction: replaces nothing
     assert said.last == f"2 strip(s) written, 0 kept, 0 failed -> {out}"
-    said = _edit(run, out, changed, ["-1", "0", "1"], "--layers", "0-3")
-    assert said.last == f"2 strip(s) written, 0 kept, 0 failed -> {out}"
+
+
+def test_an_edit_of_some_layers_is_another_direction_beside_the_edit_of_all(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "edits"
+    assert _edit(run, out, "factor:hue", ["-1", "1"]).code == 0
+    all_layers = (out / "strips" / "astronaut.gani.factor-hue.png").read_bytes()
+    said = _edit(run, out, "factor:hue", ["-1", "1"], "--layers", "0-3")
+    assert said.code == 0 and said.last == f"2 strip(s) written, 0 kept, 0 failed -> {out}"
+    assert sorted(p.name for p in (out / "strips").iterdir()) == [
+        "astronaut.gani.factor-hue.L0-3.png", "astronaut.gani.factor-hue.png", "coffee.gani.factor-hue.L0-3.png",
+        "coffee.gani.factor-hue.png"]
+    assert (out / "strips" / "astronaut.gani.factor-hue.png").read_bytes() == all_layers     # not overwritten
+    with Image.open(out / "strips" / "astronaut.gani.factor-hue.L0-3.png") as strip:
+        assert strip.text["Description"].startswith("astronaut | gani | factor:hue at layers 0-3 | ")
+    table = pq.read_table(out / "edits.parquet")
+    assert table.schema.equals(EDITS_SCHEMA)
+    rows = table.to_pylist()
+    assert sorted((r["image_id"], r["direction"], r["layers"], r["spec"]) for r in rows if r["strength"] == 1) == [
+        (i, d, layers, "factor:hue") for i in ("astronaut", "coffee")
+        for d, layers in (("factor-hue", None), ("factor-hue.L0-3", "0-3"))]
+    assert all(r["strip"] == f"strips/{r['image_id']}.gani.{r['direction']}.png" for r in rows)
+    for more in ((), ("--layers", "0-")):      # every layer: the edit of all, under its name
+        said = _edit(run, out, "factor:hue", ["-1", "1"], *more)
+        assert said.last == f"0 strip(s) written, 2 kept, 0 failed -> {out}"
+    said = _edit(run, out, "factor:hue", ["-1", "1"], "--layers", "0-3")
+    assert said.last == f"0 strip(s) written, 2 kept, 0 failed -> {out}"
+
+
+def test_tables_written_before_the_layers_column_still_read(run: Path, smile: Path, tmp_path: Path) -> None:
+    """edits.parquet and parts without ``layers`` (gani before it): their rows are kept, the column reads null."""
+    out = tmp_path / "edits"
+    assert _edit(run, out, smile, ["-1", "1"], "--batch-size", "1").code == 0
+    for path in [out / "edits.parquet", *(out / "rows").iterdir()]:
+        times = path.stat()
+        pq.write_table(pq.read_table(path).drop_columns(["layers"]), path)
+        os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+    said = _edit(run, out, smile, ["-1", "1"])
+    assert said.last == f"0 strip(s) written, 2 kept, 0 failed -> {out}"
+    table = pq.read_table(out / "edits.parquet")
+    assert table.schema.equals(EDITS_SCHEMA) and table.num_rows == 4
+    assert set(table["layers"].to_pylist()) == {None}
+    (out / "edits.parquet").unlink()        # from the parts alone
+    said = _edit(run, out, smile, ["-1", "1"])
+    assert said.last == f"0 strip(s) written, 2 kept, 0 failed -> {out}"
+
+
+def test_the_same_direction_twice_is_edited_once(run: Path, smile: Path, tmp_path: Path) -> None:
+    out = tmp_path / "edits"
+    said = _run(["edit", str(run), "astronaut", "--direction", "factor:hue", "--direction", "factor:hue",
+                 "--direction", " factor:hue ", "--strengths", "-1", "1", "--out", str(out), "--quiet"])
+    assert said.code == 0, said.err
+    assert said.err.startswith("gani edit: 1 image(s) [gani] x 1 direction(s) (factor-hue) at strengths -1 1")
+    assert said.last == f"1 strip(s) written, 0 kept, 0 failed -> {out}"
+    assert [p.name for p in (out / "strips").iterdir()] == ["astronaut.gani.factor-hue.png"]
+    assert len(_rows(out / "edits.parquet")) == 2
+
+
+def test_a_rerun_without_gif_deletes_the_gif_of_what_it_replaces(run: Path, smile: Path, tmp_path: Path) -> None:
+    out = tmp_path / "edits"
+    assert _edit(run, out, smile, ["-1", "1"], "--gif").code == 0
+    assert sorted(p.name for p in (out / "gifs").iterdir()) == ["astronaut.gani.smile.gif", "coffee.gani.smile.gif"]
+    said = _edit(run, out, smile, ["-1", "1"])         # the same edit: kept, with its GIF
+    assert said.last == f"0 strip(s) written, 2 kept, 0 failed -> {out}" and len(list((out / "gifs").iterdir())) == 2
+    said = _edit(run, out, smile, ["-1", "0", "1"])    # replaced without a GIF: the old one goes
+    assert list((out / "gifs").iterdir()) == []
+    assert said.last == f"{REPLACED} -> {out}"
+    assert {r["gif"] for r in _rows(out / "edits.parquet")} == {None}
 
 
 def test_a_new_direction_is_computed_and_the_others_kept(run: Path, smile: Path, tmp_path: Path) -> None:
@@ -333,23 +405,54 @@ def test_ctrl_c_says_how_many_strips_are_kept_and_a_rerun_continues(run: Path, s
     assert said.last == f"1 strip(s) written, 1 kept, 0 failed -> {out}"
 
 
+def test_ctrl_c_in_the_middle_of_a_batch_keeps_the_strips_it_finished(run: Path, smile: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of 2 images x 2 directions interrupted in its second direction: the first's 2 strips are on disk,
+    said and kept."""
+    out = tmp_path / "edits"
+    calls = []
+    edit_direction = edit_runs_mod._edit_direction
+
+    def interrupted_second(*args: object, **kwargs: object) -> list[dict]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return edit_direction(*args, **kwargs)
+
+    monkeypatch.setattr(edit_runs_mod, "_edit_direction", interrupted_second)
+    said = _edit(run, out, smile, ["-1", "1"], "--direction", "factor:hue", "--batch-size", "2")
+    assert said.code == 130
+    assert sorted(p.name for p in (out / "strips").iterdir()) == ["astronaut.gani.smile.png", "coffee.gani.smile.png"]
+    assert said.err.strip().splitlines()[-1] == (f"gani edit: interrupted: 2 strip(s) kept in {out}; rerun the same "
+                                                 "command to continue")
+    monkeypatch.undo()
+    said = _edit(run, out, smile, ["-1", "1"], "--direction", "factor:hue", "--batch-size", "2")
+    assert said.last == f"2 strip(s) written, 2 kept, 0 failed -> {out}"
+
+
 # --- an image that fails, alone -------------------------------------------------------------------------------------
 
 
-def test_an_image_whose_deltas_are_unreadable_fails_alone(run: Path, smile: Path, tmp_path: Path) -> None:
+def test_an_image_whose_deltas_are_unreadable_fails_alone_naming_its_file(run: Path, smile: Path,
+                                                                           tmp_path: Path) -> None:
     copied = _copy(run, tmp_path)
-    good = (copied / "deltas" / "coffee.gani.parquet").read_bytes()
-    (copied / "deltas" / "coffee.gani.parquet").write_bytes(b"not parquet")
-    said = _edit(copied, copied / "edits", smile, ["-1", "1"])
-    assert said.code == 1 and said.last == f"1 strip(s) written, 0 kept, 1 failed -> {copied / 'edits'}"
-    assert "failed: coffee [gani] smile: " in said.err
-    rows = {(r["image_id"], r["strength"]): r for r in _rows(copied / "edits" / "edits.parquet")}
-    assert [rows[("astronaut", s)]["status"] for s in (-1.0, 1.0)] == ["ok", "ok"]
-    assert [rows[("coffee", s)]["status"] for s in (-1.0, 1.0)] == ["failed", "failed"]
-    assert rows[("coffee", 1.0)]["error"].startswith("ArrowInvalid: ") and rows[("coffee", 1.0)]["strip"] is None
-    (copied / "deltas" / "coffee.gani.parquet").write_bytes(good)     # repaired: the failure is computed again
-    said = _edit(copied, copied / "edits", smile, ["-1", "1"])
-    assert said.code == 0 and said.last == f"1 strip(s) written, 1 kept, 0 failed -> {copied / 'edits'}"
+    deltas = copied / "deltas" / "coffee.gani.parquet"
+    good = deltas.read_bytes()
+    deltas.write_bytes(np.random.default_rng(0).bytes(len(good)))      # garbage of the same size
+    said = _edit(copied, copied / "edits", smile, ["-1", "1"], "--direction", "factor:hue")
+    assert said.code == 1 and said.last == f"2 strip(s) written, 0 kept, 2 failed -> {copied / 'edits'}"
+    failed = [line for line in said.err.splitlines() if line.startswith("failed:")]
+    assert len(failed) == 1, said.err      # one line for the image, its directions joined
+    assert failed[0].startswith(f"failed: coffee [gani] smile, factor-hue: {deltas}: not a readable deltas file (")
+    assert "<Buffer>" not in said.err and "Traceback" not in said.err
+    rows = {(r["image_id"], r["direction"], r["strength"]): r for r in _rows(copied / "edits" / "edits.parquet")}
+    assert {r["status"] for (i, _, _), r in rows.items() if i == "astronaut"} == {"ok"}
+    assert {r["status"] for (i, _, _), r in rows.items() if i == "coffee"} == {"failed"}
+    row = rows[("coffee", "smile", 1.0)]
+    assert row["error"].startswith(f"{deltas}: not a readable deltas file (") and row["strip"] is None
+    deltas.write_bytes(good)     # repaired: the failure is computed again
+    said = _edit(copied, copied / "edits", smile, ["-1", "1"], "--direction", "factor:hue")
+    assert said.code == 0 and said.last == f"2 strip(s) written, 2 kept, 0 failed -> {copied / 'edits'}"
 
 
 def test_an_image_without_its_deltas_file_fails_alone(run: Path, smile: Path, tmp_path: Path) -> None:
@@ -385,6 +488,8 @@ def _refused(argv: list[str], out: Path) -> str:
     (["--direction", "missing.npy", "--strengths", "1"], "directions file not found: missing.npy"),
     (["--direction", "SMILE", "--strengths", "1", "x"], "strength 'x' is not a finite number"),
     (["--direction", "SMILE", "--strengths", "1", "--layers", "0-99"], "layers 0-99: beyond this generator's style"),
+    (["--direction", "factor:hue", "--direction", "pca:0", "--strengths", "1", "--raw"],
+     "--raw applies to .npy directions only; factor:hue is in steps, pca:0 in sigmas"),
 ])
 def test_bad_input_is_one_line_and_nothing_is_written(args: list[str], said: str, run: Path, smile: Path,
                                                       tmp_path: Path) -> None:
@@ -404,6 +509,24 @@ def test_a_run_folder_without_deltas_is_one_line(run: Path, smile: Path, tmp_pat
     shutil.rmtree(copied / "deltas")
     line = _refused(["edit", str(copied), "--direction", str(smile), "--strengths", "1"], copied / "edits")
     assert "no deltas/ file for the 2 result(s) to edit" in line
+
+
+def test_named_images_without_their_deltas_file_are_one_line_naming_them(run: Path, smile: Path,
+                                                                         tmp_path: Path) -> None:
+    copied = _copy(run, tmp_path)
+    (copied / "deltas" / "coffee.gani.parquet").unlink()
+    line = _refused(["edit", str(copied), "coffee", "--direction", str(smile), "--strengths", "1"], copied / "edits")
+    assert line == (f"gani edit: error: {copied}: no deltas file for image(s) 'coffee' (deltas/coffee.gani.parquet: "
+                    "the weight deltas and pivot to edit); rerun the `gani invert` command of this run: it computes "
+                    "again a result whose deltas file is gone"), line
+
+
+def test_raw_with_a_npy_direction_among_others_is_accepted(run: Path, smile: Path, tmp_path: Path) -> None:
+    said = _run(["edit", str(run), "astronaut", "--direction", str(smile), "--direction", "factor:hue", "--raw",
+                 "--strengths", "1", "--out", str(tmp_path / "o"), "--quiet"])
+    assert said.code == 0, said.err
+    assert {(r["direction"], r["unit"]) for r in _rows(tmp_path / "o" / "edits.parquet")} == {("smile", "raw"),
+                                                                                            ("factor-hue", "step")}
 
 
 def test_a_folder_that_is_no_run_is_one_line(smile: Path, tmp_path: Path) -> None:
@@ -461,3 +584,9 @@ def test_a_run_on_s3_is_edited_and_resumed(s3, run: Path, smile: Path) -> None:
                                                                             ("astronaut", 1.0, "ok")]
     said = _run(["edit", uri, "astronaut", "--direction", str(smile), "--strengths", "-1", "1", "--gif", "--quiet"])
     assert said.last == f"0 strip(s) written, 1 kept, 0 failed -> {uri}/edits"
+    said = _run(["edit", uri, "astronaut", "--direction", str(smile), "--strengths", "-1", "0", "1", "--quiet"])
+    assert said.last == (f"1 strip(s) written (1 replacing an earlier edit of the same image and direction), 0 kept, "
+                         f"0 failed -> {uri}/edits")
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=S3_BUCKET, Prefix=f"{prefix}/edits/")["Contents"]}
+    assert f"{prefix}/edits/strips/astronaut.gani.smile.png" in keys     # replaced without a GIF: the old one goes
+    assert not any(k.startswith(f"{prefix}/edits/gifs/") for k in keys)

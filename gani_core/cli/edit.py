@@ -2,8 +2,12 @@
 original one, into strips, GIFs and edits.parquet (gani_core.edit_runs), in this process.
 
 What it says: a header (images, method, directions, strengths, generator, device, batch size, folder), a progress bar
-over the images to compute, and a last line: ``N strip(s) written, M kept, F failed -> OUT``. Exit code 1 when an
-image failed; Ctrl-C: one line saying how many strips are kept.
+over the images to compute, a ``failed:`` line per image and reason (its directions joined), and a last line:
+``N strip(s) written, M kept, F failed -> OUT``, with ``(R replacing an earlier edit of the same image and
+direction)`` after ``written`` when R of them overwrote the strip (and rows, and GIF) of other strengths, another
+``--gif`` or another result: the newest edit of an image x method x direction wins (gani_core.edit_runs' resume
+rule). Exit code 1 when an image failed; Ctrl-C: one line saying how many strips are kept (each strip finished
+before the interrupt: a rerun keeps them all).
 """
 
 from __future__ import annotations
@@ -84,10 +88,16 @@ def _header(rows: list[dict], method: str, plan: EditPlan, G: Generator, ckpt: C
 
 
 def _report(result: EditResult, out: EditFolder) -> int:
-    """The failures, one line each, then the last line; 1 when an image x direction failed."""
-    failed = {(r["image_id"], r["method"], r["direction"]): r["error"] for r in result.rows if r["status"] != "ok"}
-    for (image_id, method, direction), error in failed.items():
-        print(f"failed: {image_id} [{method}] {direction}: {error}", file=sys.stderr)
-    print(f"{result.written} strip(s) written, {result.kept} kept, {result.failed} failed -> {out.uri}",
+    """The failures, one line per image and reason (its directions joined), then the last line; 1 when an image x
+    direction failed."""
+    failed: dict[tuple[str, str, str], dict[str, None]] = {}      # (image, method, error) -> its directions
+    for r in result.rows:
+        if r["status"] != "ok":
+            failed.setdefault((r["image_id"], r["method"], r["error"]), {})[r["direction"]] = None
+    for (image_id, method, error), directions in failed.items():
+        print(f"failed: {image_id} [{method}] {', '.join(directions)}: {error}", file=sys.stderr)
+    replaced = f" ({result.replaced} replacing an earlier edit of the same image and direction)" \
+        if result.replaced else ""
+    print(f"{result.written} strip(s) written{replaced}, {result.kept} kept, {result.failed} failed -> {out.uri}",
           file=sys.stderr)
     return 1 if result.failed else 0

@@ -250,13 +250,16 @@ def _add_edit(sub: argparse._SubParsersAction) -> None:
                  "Move each image's pivot along each --direction at each of --strengths and render it through the\n"
                  "image's tuned generator and through the original one: a labelled strip per image and direction\n"
                  "(original above, tuned below), and edits.parquet (how far the tuned edit is from the original's).\n"
-                 "It resumes: strips already in --out for the same result, direction and strengths are kept.", "edit")
+                 "It resumes: strips already in --out for the same result, direction and strengths are kept; other\n"
+                 "strengths of the same image and direction replace them (edit into another --out to keep both).",
+                 "edit")
     p.add_argument("run", metavar="RUN", help="the --out of a run (a folder or URI)")
     p.add_argument("image_ids", nargs="*", metavar="IMAGE_ID",
                    help="images to edit (see `gani show`; default: every image with a successful result)")
     p.add_argument("--direction", action="append", required=True, metavar="SPEC",
                    help="factor:NAME (a factor direction the generator carries), pca:K (the K-th principal "
-                        "direction of W) or FILE.npy (a path or URI); repeat for more")
+                        "direction of W) or FILE.npy (a path or URI); repeat for more (the same spec twice counts "
+                        "once)")
     p.add_argument("--strengths", nargs="+", required=True, metavar="S",
                    help="edit strengths in each direction's unit (factor: steps, pca: sigmas, .npy: W units), "
                         "e.g. -3 -1.5 0 1.5 3")
@@ -264,8 +267,10 @@ def _add_edit(sub: argparse._SubParsersAction) -> None:
                    help=f"which method's results (default: {tuned}: the first with a successful result); w and "
                         "wplus edit the pivot through the original generator")
     p.add_argument("--layers", default=None, metavar="A-B",
-                   help="edit these style inputs only, both ends included: 0-5, 3, 4- (default: all)")
-    p.add_argument("--raw", action="store_true", help="a .npy direction as stored, not normalised to length 1")
+                   help="edit these style inputs only, both ends included: 0-5, 3, 4- (default: all); another "
+                        "direction, named with its layers (factor-hue.L0-5), so it does not replace the edit of all")
+    p.add_argument("--raw", action="store_true", help="a .npy direction as stored, not normalised to length 1 (factor: "
+                   "and pca: directions keep their steps and sigmas: refused without a .npy direction)")
     p.add_argument("--out", default=None, help="output folder or URI (default: RUN/edits)")
     p.add_argument("--gif", action="store_true", help="also an animated GIF per image and direction (the tuned edit)")
     p.add_argument("--batch-size", type=_batch_size, default="auto", metavar="K|auto",
