@@ -83,7 +83,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from gani_core import storage
-from gani_core.checkpoints.ref import CheckpointRef, resolve_checkpoint
+from gani_core.checkpoints.ref import CheckpointRef, recorded_checkpoint
 from gani_core.defaults import TUNING_METHODS
 from gani_core.editing import factor_tools
 from gani_core.errors import DeltasError, GaniError
@@ -164,12 +164,7 @@ def checkpoint_of(rows: Sequence[dict]) -> CheckpointRef:
     if len(shas) > 1:
         raise GaniError(f"these results come from {len(shas)} checkpoints ({', '.join(s[:12] for s in shas)}); give "
                         "the ids of images tuned from one of them")
-    row = rows[0]
-    ckpt = resolve_checkpoint(row["checkpoint"])
-    if ckpt.sha256 != row["checkpoint_sha256"]:
-        raise GaniError(f"{row['checkpoint']} is not the checkpoint this run tuned (sha256 {ckpt.sha256[:12]}, the "
-                        f"run's {row['checkpoint_sha256'][:12]}); its deltas would not apply")
-    return ckpt
+    return recorded_checkpoint(rows[0]["checkpoint"], rows[0]["checkpoint_sha256"])
 
 
 def check_outputs(run: RunFolder, rows: Sequence[dict], named: bool = False) -> set[str]:

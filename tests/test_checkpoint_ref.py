@@ -12,7 +12,7 @@ import pytest
 
 from gani_core import CheckpointError
 from gani_core.checkpoints.builtin import PROBE_FILE, TRAINED_FILE
-from gani_core.checkpoints.ref import cache_dir, parse_spec, resolve_checkpoint
+from gani_core.checkpoints.ref import cache_dir, parse_spec, recorded_checkpoint, resolve_checkpoint
 from gani_core.cli import main as cli_main
 
 from .conftest import EXAMPLES, S3_BUCKET
@@ -112,3 +112,15 @@ def test_a_relative_checkpoint_path_is_recorded_absolute(g32_file: Path, tmp_pat
     monkeypatch.chdir(tmp_path)
     assert cli_main(["export", "work/run", "coffee", "--out", "coffee.safetensors"]) == 0
     assert (tmp_path / "coffee.safetensors").stat().st_size > 0
+
+
+def test_a_recorded_checkpoint_must_be_found_and_hold_the_same_bytes(g32_file: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    sha = hashlib.sha256(g32_file.read_bytes()).hexdigest()
+    assert recorded_checkpoint(str(g32_file), sha).sha256 == sha
+    with pytest.raises(CheckpointError, match="is not the checkpoint this run tuned"):
+        recorded_checkpoint(str(g32_file), "0" * 64)
+    monkeypatch.chdir(tmp_path)         # a run of before recorded a relative path: where to run from
+    with pytest.raises(CheckpointError, match=r"^checkpoint not found: models/g.safetensors: the run recorded this "
+                                              r"path relative to the folder it was run from"):
+        recorded_checkpoint("models/g.safetensors", sha)

@@ -141,6 +141,24 @@ def resolve_checkpoint(spec: str | Path) -> CheckpointRef:
     return CheckpointRef(spec, origin, str(path), None, _file_sha256(path), _native_label(path) or path.name)
 
 
+def recorded_checkpoint(spec: str, sha256: str) -> CheckpointRef:
+    """The checkpoint a run's rows name (their ``checkpoint`` and ``checkpoint_sha256``), which must still be that
+    checkpoint: another file under the same name would give deltas to weights they were not made for. Raises
+    CheckpointError when it cannot be found (a relative path recorded before paths were made absolute says so) or
+    holds other bytes."""
+    try:
+        ckpt = resolve_checkpoint(spec)
+    except CheckpointError as exc:
+        if parse_spec(spec)[0] == "file" and not Path(parse_spec(spec)[1]).is_absolute():
+            raise CheckpointError(f"{exc}: the run recorded this path relative to the folder it was run from; run "
+                                  "this command from that folder") from None
+        raise
+    if ckpt.sha256 != sha256:
+        raise CheckpointError(f"{spec} is not the checkpoint this run tuned (sha256 {ckpt.sha256[:12]}, the run's "
+                              f"{sha256[:12]}); its deltas would not apply")
+    return ckpt
+
+
 FORMATS = "an NVIDIA network pickle (.pkl), a rosinality .pt or a gani .safetensors"
 _ZIP_MAGIC = b"PK\x03\x04"                # torch.save's zip format
 _ZIP_END = b"PK\x05\x06"                  # a zip's end of central directory, in its last 64 KiB + 22 bytes

@@ -37,7 +37,7 @@ import torch
 
 from gani_core import storage
 from gani_core.checkpoints.native import generator_to_bytes
-from gani_core.checkpoints.ref import resolve_checkpoint
+from gani_core.checkpoints.ref import recorded_checkpoint
 from gani_core.checkpoints.rosinality import check_rosinality, clamp_note, rosinality_bytes
 from gani_core.cli.common import Interrupted, check_output_file, check_output_folder
 from gani_core.deltas import apply_deltas
@@ -183,12 +183,7 @@ class Checkpoints:
         the one the row was tuned on or the format cannot hold it."""
         key = (row["checkpoint"], row["checkpoint_sha256"])
         if key not in self._loaded:
-            ckpt = resolve_checkpoint(row["checkpoint"])
-            if ckpt.sha256 != row["checkpoint_sha256"]:
-                raise GaniError(f"{row['checkpoint']} is not the checkpoint this run tuned (sha256 "
-                                f"{ckpt.sha256[:12]}, the run's {row['checkpoint_sha256'][:12]}); its deltas would "
-                                "not apply")
-            G = ckpt.load()
+            G = recorded_checkpoint(row["checkpoint"], row["checkpoint_sha256"]).load()
             if self.fmt == "rosinality":
                 check_rosinality(G)
                 if note := clamp_note(G):
