@@ -185,9 +185,10 @@ def identity_metrics(inputs: torch.Tensor, pivots: torch.Tensor, tuned: torch.Te
     128-d face descriptor (gani_core.faces.identity.face_embedding, ``assume_aligned``: where the detector misses a
     face, as on small renders, it is read at the aligned face's place). Each image's descriptor is computed once;
     ``tuned`` None (a method that tunes nothing: its render is the pivot's) gives both the pivot's value. The input's
-    face must be found by the detector (``detected``): an input without one (a coffee cup given ``--identity``, a
-    face too small to detect, under about 64 px) gets null values and the reason, never a similarity of whatever
-    lies where a face would be.
+    face must be found by the detector (``detected``; an input under 128 px whose face it misses is searched again
+    enlarged, which finds aligned faces from about 40 px): an input without one (a coffee cup given ``--identity``)
+    gets null values and the reason, never a similarity of whatever lies where a face would be. An image under
+    40 px has no descriptor (gani_core.faces.identity.MIN_SIDE: there people are no longer told apart).
     ``id_note``: None, or why a value is null (which image has no descriptor, and the reason).
     """
     rows: list[dict[str, float | str | None]] = []

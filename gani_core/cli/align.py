@@ -2,7 +2,10 @@
 
 What it says, on stderr: a header (images, resolution, folder), a progress bar, one line per image without a face
 (``gani align: no face: SOURCE: reason``) or that failed, and a last line with what it aligned, kept, and where the
-table is. Exit code 1 when any image has no aligned output; 2 on bad usage (a path that does not exist, no dlib).
+table is. An image that would replace the aligned face of another photo of the same name in the folder is a failed
+row saying so (gani_core.faces.files: one name, one photo). Exit code 1 when any image has no aligned output; 2 on
+bad usage (a path that does not exist, no dlib, two inputs that would be aligned to the same NAME.png), before
+anything is written.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from tqdm import tqdm
 
 from gani_core import faces, storage
 from gani_core.cli.common import Interrupted, check_output_folder, input_images
-from gani_core.faces.files import TABLE
+from gani_core.faces.files import TABLE, check_names
 
 
 def run(args: argparse.Namespace) -> int:
     faces.require()                 # no dlib: one line saying what to install, before anything is read
     images = input_images(args.images)
     check_output_folder(args.out)
+    check_names(images, args.out)
     print(f"gani align: {len(images)} image(s) at {args.resolution} px into {args.out}", file=sys.stderr)
     counts = {"ok": 0, "no_face": 0, "failed": 0, "reused": 0}
     bar = tqdm(total=len(images), unit="image", disable=args.quiet, dynamic_ncols=True)

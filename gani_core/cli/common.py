@@ -110,12 +110,23 @@ def input_images(args: list[str]) -> list[ImageSource]:
     return image_sources(sources, paths, stats)
 
 
+def hidden_columns(rows: list[dict]) -> tuple[str, ...]:
+    """The identity columns (the registry's ``faces`` group) when no row has a value of them (a run without faces
+    would show columns of ``-``); else none."""
+    from gani_core.metric_registry import names
+
+    faces = names("faces")
+    return () if any(r.get(n) is not None for r in rows for n in faces) else faces
+
+
 def print_rows(rows: list[dict], with_config: bool = False) -> None:
-    """A run's rows as a table on stdout, the failures (with their reasons) under it."""
+    """A run's rows as a table on stdout (without the columns :func:`hidden_columns` hides), the failures (with
+    their reasons) under it."""
     from gani_core.metric_registry import METRICS
     from gani_core.run_folder import DISPLAY_COLUMNS
 
-    columns = [c for c in DISPLAY_COLUMNS if c != "error"]      # failures are listed under the table
+    hidden = hidden_columns(rows)
+    columns = [c for c in DISPLAY_COLUMNS if c != "error" and c not in hidden]   # failures are listed under it
     if with_config:
         columns.insert(columns.index("status") + 1, "config")
 

@@ -1,7 +1,9 @@
 """``gani metrics``: the image metrics of two images of equal size, and ``id_similarity`` when both hold a face.
 
 Notes, one line each on stderr: the MS-SSIM caveat of small images; why id_similarity is missing (a face not found
-in an image, or dlib not installed: the faces extra). Its value is then null in --json and ``-`` in the table.
+in an image, an image under 40 px, or dlib not installed: the faces extra; its value is then null in --json and ``-``
+in the table), or, with --aligned, which image's face the detector missed and was read where an aligned face is
+(gani_core.faces.identity.id_similarity: only beside a face the detector found in the other image).
 """
 
 from __future__ import annotations
@@ -57,6 +59,6 @@ def _id_similarity(a: torch.Tensor, b: torch.Tensor, args: argparse.Namespace) -
         note(f"{ID_SIMILARITY}: needs dlib and its face models: {INSTALL_HINT}")
         return None
     value, reason = faces.id_similarity(a, b, assume_aligned=getattr(args, "aligned", False), names=(args.a, args.b))
-    if value is None:
-        note(f"{ID_SIMILARITY}: not computed: {reason}")
+    if reason is not None:
+        note(f"{ID_SIMILARITY}: {'not computed: ' if value is None else ''}{reason}")
     return value

@@ -287,8 +287,8 @@ def _add_metrics(sub: argparse._SubParsersAction) -> None:
     p.add_argument("a", metavar="A", help="first image")
     p.add_argument("b", metavar="B", help="second image")
     p.add_argument("--aligned", action="store_true",
-                   help="both are FFHQ-aligned faces (gani align's, or a run's renders): id_similarity reads the "
-                        "face at its aligned place where the detector misses it (small images)")
+                   help="both are FFHQ-aligned faces (gani align's, or a run's renders): id_similarity reads a face "
+                        "the detector misses at its aligned place, when it finds the face of the other image")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default="cpu", help="torch device for LPIPS (default: cpu)")
 

@@ -1,19 +1,29 @@
 """``gani show``: a run folder's rows, what each configuration is (and which options differ between the
-configurations of one method), and the means per method and configuration."""
+configurations of one method), and the means per method and configuration.
+
+The identity columns (the registry's ``faces`` metrics: id_similarity, id_similarity_pivot) are shown only when a row
+of the run has a value: a run without faces would show columns of ``-``. A path that is a file, or nothing, is
+refused in one line (exit 2)."""
 
 from __future__ import annotations
 
 import argparse
 
-from gani_core.cli.common import CONFIG_HASH_SHOWN, print_rows
+from gani_core import storage
+from gani_core.cli.common import CONFIG_HASH_SHOWN, hidden_columns, print_rows
+from gani_core.errors import GaniError
 from gani_core.metric_registry import METRICS, names, summarise
 from gani_core.run_folder import RunFolder
 
+TAKES = "gani show takes a run folder (the --out of gani invert or a flow's output)"
+
 
 def run(args: argparse.Namespace) -> int:
+    check_run_folder(args.run)
     folder = RunFolder(args.run)
     stored = folder.read_run()
     summary = stored.summary
+    hidden = hidden_columns(stored.rows)
     print(f"run {folder.uri}: {summary['generator_label']} ({summary['checkpoint']}), {summary['images']} image(s), "
           f"{summary['failed']} failed row(s)")
     if stored.incomplete_note:
@@ -29,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {method}'s {len(configs)} configurations differ in: {differences(list(configs.values()))}")
     print()
     print("means over ok images:")
-    widths = {n: max(16, len(n)) for n in names("run")}
+    widths = {n: max(16, len(n)) for n in names("run") if n not in hidden}
     print("  ".join(["method".ljust(8), "config".ljust(CONFIG_HASH_SHOWN), *(n.rjust(w) for n, w in widths.items())]))
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in stored.rows:
@@ -39,6 +49,15 @@ def run(args: argparse.Namespace) -> int:
         cells = [METRICS[n].format(means.get(n)).rjust(w) for n, w in widths.items()]
         print("  ".join([method.ljust(8), config_hash.ljust(CONFIG_HASH_SHOWN), *cells]))
     return 0
+
+
+def check_run_folder(uri: str) -> None:
+    """Refuse, in one line (GaniError), a ``uri`` that is a file or names nothing."""
+    if not storage.exists(uri):
+        raise GaniError(f"{uri}: no such folder; {TAKES}")
+    fs, path = storage.resolve(uri)
+    if fs.isfile(path):
+        raise GaniError(f"{uri} is a file; {TAKES}")
 
 
 def describe_config(config: dict | None) -> str:
