@@ -69,7 +69,7 @@ def align_dataset(
         (check_inputs): Failed before anything starts, its result raising the one-line error.
     """
     from flows.reports import final_state, summary_artifact
-    from gani_core.faces.files import TABLE, reusable_rows
+    from gani_core.faces.files import TABLE, NameClashError, check_names, reusable_rows
     from tasks.storage import list_images, storage_retries_logged
 
     try:        # returned, not raised: one line in the log (a raise logs its traceback), no cluster
@@ -78,6 +78,10 @@ def align_dataset(
         return Failed(message=f"{type(exc).__name__}: {exc}", data=exc)
     logger = get_run_logger()
     images = list_images(input_uri, limit)      # no image file there: fails here, before any cluster starts
+    try:
+        check_names(images, output_uri)         # two inputs that would be aligned to one NAME.png
+    except NameClashError as exc:
+        return Failed(message=f"{type(exc).__name__}: {exc}", data=exc)
     with storage_retries_logged(logger):
         stored = reusable_rows(output_uri)      # one read of the table, one listing
     kept, batches = plan(images, stored, resolution, images_per_task)
@@ -208,11 +212,12 @@ def check_inputs(input_uri: str, output_uri: str) -> None:
 
 def _check_shell(input_uri: str, output_uri: str, limit: int | None = None, **_: object) -> None:
     """The shell's checks, before Prefect starts: the flow's (check_inputs), and the listing of the input (an
-    empty folder), which the flow does in its list-images task."""
+    empty folder; two images that would be aligned to one NAME.png), which the flow does in its list-images task."""
     from gani_core.dataset import list_images
+    from gani_core.faces.files import check_names
 
     check_inputs(input_uri, output_uri)
-    list_images(input_uri, limit)
+    check_names(list_images(input_uri, limit), output_uri)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,12 +86,13 @@ def edit_dataset(
             ``mlflow.db`` in ``run_uri`` (in ``<repo>/out`` when the run is not a local folder).
 
     Returns:
-        The summary: counts of edits.parquet's rows of this request (``rows``, ``ok``, ``failed``) and of images
+        The summary: counts of edits.parquet's rows of this request (``rows``, ``ok``, ``failed``), of images
         (``images_edited``, ``computed``, ``skipped``: kept from an earlier run, ``run_failed``: an edit of them
-        failed), the means logged to MLflow, the MLflow run id and tracking URI, edits.parquet's URI. Some images
-        failed: Completed, its message ``N of M result(s) failed``. All failed: Failed, its result raising
-        flows.reports.EveryResultFailedError. Bad input (check_inputs): Failed before anything starts, its result
-        raising the one-line error.
+        failed) and of strips, one per image x direction, as gani edit counts them (``strips_written``,
+        ``strips_kept``, ``strips_failed``), the means logged to MLflow, the MLflow run id and tracking URI,
+        edits.parquet's URI. Some images failed: Completed, its message ``N of M result(s) failed``. All failed:
+        Failed, its result raising flows.reports.EveryResultFailedError. Bad input (check_inputs): Failed before
+        anything starts, its result raising the one-line error.
     """
     from flows.reports import final_state, mlflow_run_link, summary_artifact
     from tasks import mlflow_runs
@@ -130,7 +131,8 @@ def run_summary(job: EditJob, run: EditRun, metrics: dict[str, float], mlflow: T
     return {"rows": len(run.rows), "ok": sum(r["status"] == "ok" for r in run.rows),
             "failed": sum(r["status"] != "ok" for r in run.rows), "images_edited": len(run.images),
             "computed": run.computed, "skipped": run.kept,
-            "run_failed": sum(r["status"] != "ok" for r in run.images), "method": job.method,
+            "run_failed": sum(r["status"] != "ok" for r in run.images),
+            **{f"strips_{k}": n for k, n in run.strips.items()}, "method": job.method,
             "directions": list(job.request.directions), "strengths": list(job.request.strengths),
             "output": job.out.uri, "means": {k: v for k, v in metrics.items() if k.endswith("_mean")},
             "written": {"edits.parquet": job.out.table_uri}, "mlflow_run_id": mlflow.run_id,
@@ -275,6 +277,7 @@ class EditRun:
     computed: int           # images edited now
     kept: int               # images whose every edit was kept from an earlier run
     wall_seconds: float     # of the fan-out (the jobs of one call share it)
+    strips: dict[str, int]  # image x direction (a strip each), as gani edit counts them: written, kept, failed
 
 
 def edit_on_dask(jobs: Sequence[EditJob], batch_size: int | str, cluster: ClusterSettings) -> list[EditRun]:
@@ -332,20 +335,28 @@ def _batches(job: EditJob, todo: dict[str, list[str]], per_task: int) -> list[Ed
 
 
 def _job_run(job: EditJob, stored: dict, new: list[dict], computed: int, wall: float) -> EditRun:
-    """The request's rows: for each image x direction, its new rows, else those kept (the stored group)."""
+    """The request's rows: for each image x direction, its new rows (a strip written, or failed), else those kept
+    (the stored group)."""
     fresh: dict[tuple[str, str], list[dict]] = {}
     for row in new:
         fresh.setdefault((row["image_id"], row["direction"]), []).append(row)
-    rows = [r for row in job.rows for d in job.plan.directions
-            for r in fresh.get((row["image_id"], d.name)) or stored.get((row["image_id"], job.method, d.name), [])]
-    return EditRun(rows, image_results(rows), computed, len(job.rows) - computed, wall)
+    groups = [(fresh.get((row["image_id"], d.name)), stored.get((row["image_id"], job.method, d.name), []))
+              for row in job.rows for d in job.plan.directions]
+    rows = [r for made, kept in groups for r in made or kept]
+    strips = dict.fromkeys(("written", "kept", "failed"), 0)
+    for made, kept in groups:
+        if made or kept:
+            strips["kept" if not made else "written" if all(r["status"] == "ok" for r in made) else "failed"] += 1
+    return EditRun(rows, image_results(rows), computed, len(job.rows) - computed, wall, strips)
 
 
 def _check_shell(run_uri: str, directions: list[str] | None, strengths: list[float], method: str | None,
                  image_ids: list[str] | None = None, layers: str | None = None, raw: bool = False,
-                 out_uri: str | None = None, gif: bool = False, **_: object) -> None:
-    """The shell's checks, before Prefect starts: the flow's (check_inputs)."""
-    check_inputs(run_uri, directions, strengths, method, image_ids, layers, raw, out_uri, gif)
+                 out_uri: str | None = None, gif: bool = False, **_: object) -> str:
+    """The shell's checks, before Prefect starts: the flow's (check_inputs); the edits folder (what the Ctrl-C line
+    names)."""
+    job, _note = check_inputs(run_uri, directions, strengths, method, image_ids, layers, raw, out_uri, gif)
+    return job.out.uri
 
 
 def main(argv: list[str] | None = None) -> int:

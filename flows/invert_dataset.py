@@ -60,8 +60,9 @@ def invert_dataset(
 
     Returns:
         The run's summary (as in summary.json): counts ``images``, ``ok``, ``failed``, ``skipped``, ``computed``,
-        means per method, the MLflow run id and tracking URI, the URIs written, and ``run_failed``: how many of
-        this run's results failed. Some failed: the flow run is Completed, its message ``N of M result(s)
+        means per method, the MLflow run id and tracking URI, the URIs written, and this run's results (the
+        folder's tables may hold more): ``run_written`` ok and computed now, ``run_kept`` ok and kept from an
+        earlier run, ``run_failed`` failed. Some failed: the flow run is Completed, its message ``N of M result(s)
         failed``. All failed: it is Failed, and its result raises flows.reports.EveryResultFailedError (its
         ``summary`` is this). Bad input (check_inputs): Failed before anything starts, its result raising the
         one-line error (CheckpointError, StorageAccessError, ConnectionError, FileNotFoundError, ...).
@@ -102,8 +103,10 @@ def invert_dataset(
         "invert-dataset summary")
     get_run_logger().info("wrote %s: %d ok, %d failed, %d kept from earlier runs; MLflow run %s (%s)",
                           folder.metrics_uri, s["ok"], s["failed"], s["skipped"], mlflow.run_id, mlflow.uri)
-    run_failed = sum(r["status"] != "ok" for r in run.rows)
-    return final_state(run.rows, {**s, "written": run.written, "run_failed": run_failed})
+    ok = [(r["image_id"], r["method"]) for r in run.rows if r["status"] == "ok"]
+    this_run = {"run_written": sum(key not in run.kept for key in ok), "run_kept": sum(key in run.kept for key in ok),
+                "run_failed": len(run.rows) - len(ok)}
+    return final_state(run.rows, {**s, "written": run.written, **this_run})
 
 
 def check_inputs(input_uri: str, output_uri: str, checkpoint: str) -> CheckpointRef:

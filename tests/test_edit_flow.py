@@ -12,7 +12,11 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,7 +47,7 @@ from tasks import mlflow_runs
 from tasks.editing import DirectionsDifferError, task_rows
 from tasks.inversion import worker_generator
 
-from .conftest import EXAMPLES, S3_BUCKET
+from .conftest import EXAMPLES, REPO, S3_BUCKET
 from .support.dask_cluster import local_cluster
 from .support.processes import free_port
 
@@ -143,6 +147,7 @@ def test_the_summary_counts_images_and_rows(flow_runs: dict, run: Path) -> None:
     s = flow_runs["first"]
     assert (s["rows"], s["ok"], s["failed"]) == (9, 9, 0)
     assert (s["images_edited"], s["computed"], s["skipped"], s["run_failed"]) == (3, 3, 0, 0)
+    assert (s["strips_written"], s["strips_kept"], s["strips_failed"]) == (3, 0, 0)   # as gani edit counts them
     assert s["written"] == {"edits.parquet": str(run / "edits" / "edits.parquet")}
     assert s["means"]["lpips_to_original_edit_mean"] > 0
 
@@ -181,6 +186,7 @@ def test_the_mlflow_run_holds_the_means_a_table_of_strips_and_edits_parquet(flow
 def test_a_rerun_computes_nothing_and_uploads_no_images(flow_runs: dict, db: str) -> None:
     s = flow_runs["again"]
     assert (s["computed"], s["skipped"], s["rows"], s["failed"]) == (0, 3, 9, 0)
+    assert (s["strips_written"], s["strips_kept"], s["strips_failed"]) == (0, 3, 0)
     before, after = flow_runs["mtimes"]
     assert before == after and len(before) == 3
     client = MlflowClient(tracking_uri=db)
@@ -247,9 +253,11 @@ def test_an_image_whose_deltas_are_unreadable_fails_alone(run: Path, cluster, db
     assert _flow_run_state(state).message == "1 of 3 result(s) failed"
     summary = state.result()
     assert (summary["run_failed"], summary["failed"], summary["ok"]) == (1, 2, 4)
+    assert (summary["strips_written"], summary["strips_kept"], summary["strips_failed"]) == (2, 0, 1)
     rows = {(r["image_id"], r["strength"]): r for r in pq.read_table(copied / "edits" / "edits.parquet").to_pylist()}
     assert [rows[("coffee", s)]["status"] for s in (-1.0, 1.0)] == ["failed", "failed"]
-    assert rows[("coffee", 1.0)]["error"].startswith("ArrowInvalid: ")
+    assert rows[("coffee", 1.0)]["error"].startswith(  # gani_core.deltas.DeltasError, naming the file
+        f"{copied / 'deltas' / 'coffee.gani.parquet'}: not a readable deltas file (")
     assert all(rows[(i, s)]["status"] == "ok" for i in ("astronaut", "chelsea") for s in (-1.0, 1.0))
 
 
@@ -284,6 +292,65 @@ def test_a_worker_refuses_a_direction_parsed_otherwise_than_in_the_flow(run: Pat
     wrong = dataclasses.replace(job.request, digests=(("factor-hue", "0" * 64),))
     with pytest.raises(DirectionsDifferError, match="factor-hue parsed on this worker differ from the flow's"):
         wrong.plan(G)
+
+
+def test_ctrl_c_in_the_shell_on_the_temporary_api_is_one_line_and_130_within_seconds(run: Path,
+                                                                                    tmp_path: Path) -> None:
+    """`python -m flows.edit_dataset` as the README runs it (Prefect's temporary API, a LocalCluster), Ctrl-C from a
+    terminal in the middle of the fan-out: SIGINT to the whole process group, the temporary API's server and the
+    Dask workers too. It was 4 minutes of connection errors (the server gone, the flow still reporting its Crashed
+    states), a traceback and exit 1; now the flow's runs are recorded Crashed, one line, 130, and nothing left."""
+    copied = tmp_path / "run"
+    shutil.copytree(run, copied, ignore=shutil.ignore_patterns("edits", "mlflow.db", "mlartifacts"))
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    log = tmp_path / "stderr.log"
+    with log.open("w") as err:
+        # Its own process group, SIGINT handled as a terminal gives it (see tests/test_cli.py's Ctrl-C test).
+        proc = subprocess.Popen([sys.executable, "-m", "flows.edit_dataset", "--run-uri", str(copied),
+                                 "--directions", *HUE, "--strengths", *map(str, STRENGTHS), "--n-workers", "1"],
+                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            deadline = time.monotonic() + 300
+            while "submitted at a time" not in log.read_text() and proc.poll() is None \
+                    and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(2.0)                             # its first task still runs (the worker's start)
+            assert proc.poll() is None, log.read_text()[-4000:]
+            os.killpg(proc.pid, signal.SIGINT)          # what a terminal's Ctrl-C does
+            interrupted = time.monotonic()
+            proc.wait(timeout=120)
+            took = time.monotonic() - interrupted
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    said = log.read_text()
+    lines = said.splitlines()
+    assert proc.returncode == 130, said[-4000:]
+    assert took < 30, said[-4000:]
+    assert "Error logging to API" not in said and "Connection refused" not in said, said[-4000:]
+    line = f"interrupted: what was written under {copied / 'edits'} is kept; rerun the same command to continue"
+    assert [x for x in lines if "interrupted:" in x] == [line]
+    # after it, only the temporary API's server stopping at exit (Prefect's line): no traceback
+    assert all("Stopping temporary server" in x for x in lines[lines.index(line) + 1:]), said[-4000:]
+    # the flow and its fan-out subflow recorded their final states on the API (Crashed)
+    assert sum("Flow run '" in x and "Finished in state" in x for x in lines) == 2, said[-4000:]
+    time.sleep(1.0)
+    assert _running_in_group(proc.pid) == []        # the temporary API's server and the Dask workers are gone
+
+
+def _running_in_group(pgid: int) -> list[str]:
+    """The processes of the process group ``pgid`` that are still running (not zombies, which a container's init may
+    leave unreaped): ``PID COMMAND`` each."""
+    running = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            comm, fields = stat.read_text().rsplit(")", 1)
+            state, _ppid, group = fields.split()[:3]
+            if int(group) == pgid and state != "Z":
+                running.append(f"{stat.parent.name} {comm.split('(', 1)[1]}")
+    return running
 
 
 # --- S3 -------------------------------------------------------------------------------------------------------------

@@ -315,6 +315,14 @@ def test_align_dataset_refuses_bad_input_in_one_line_before_prefect_starts(
     assert align_main(["--input-uri", str(tmp_path / "missing"), "--output-uri", str(tmp_path / "out")]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and "input_uri" in err[0] and str(tmp_path / "missing") in err[0]
+    # Two images under the input that would be aligned to one NAME.png (as gani align refuses them).
+    for folder, suffix in (("a", ".jpg"), ("b", ".png")):
+        (tmp_path / "photos" / folder).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "photos" / folder / f"face{suffix}")
+    assert align_main(["--input-uri", str(tmp_path / "photos"), "--output-uri", str(tmp_path / "out")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "a/face.jpg and b/face.png would both be aligned to face.png" in err[0], err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ the shell's help and exit codes.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import s3fs
 from mlflow.tracking import MlflowClient
+from prefect import flow
 from prefect.client.orchestration import get_client
 
 from flows.cli import flow_main
@@ -220,6 +222,31 @@ def test_shell_interrupted_is_one_line_and_exit_130(shapes: Path, tmp_path: Path
     code = flow_main(invert_dataset, ["--input-uri", str(shapes), "--output-uri", str(out)], check=interrupt)
     assert (code, capsys.readouterr().err.strip().splitlines()) == (130, [
         f"interrupted: what was written under {out} is kept; rerun the same command to continue"])
+
+
+@flow(name="swallows-ctrl-c")
+def _swallows_ctrl_c(output_uri: str = "out") -> dict:
+    """Ctrl-C caught in the flow and raised as another error (as pydantic's serialisation of a task's parameters
+    does when the KeyboardInterrupt lands in it): the flow run fails with that error."""
+    try:
+        signal.raise_signal(signal.SIGINT)
+    except KeyboardInterrupt as exc:
+        raise RuntimeError("Error calling function `ser_model`: KeyboardInterrupt") from exc
+    return {}
+
+
+def test_shell_ctrl_c_that_the_flow_turned_into_an_error_is_still_one_line_and_exit_130(
+        prefect_api: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It was exit 1 and ``error: RuntimeError: ...``: the shell remembers the Ctrl-C, whatever became of it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)     # a terminal's, even in a background job
+    try:
+        code = flow_main(_swallows_ctrl_c, ["--output-uri", str(tmp_path)])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and [line for line in err if "interrupted" in line or "error:" in line] == [
+        f"interrupted: what was written under {tmp_path} is kept; rerun the same command to continue"]
+    assert signal.getsignal(signal.SIGINT) is previous
 
 
 # --- the flow: its state -------------------------------------------------------------------------------------------
