@@ -7,7 +7,10 @@ local disk, with what it really reads and writes:
 
     listing     dataset.list_images of a folder of N (empty) image files: one listing, ids, fingerprints
     resume      RunFolder.reusable_rows of those N images over a finished run: N rows in N / 64 parts under rows/
-                (no metrics.parquet: the worst case, every part read), each image's fingerprint unchanged (no read)
+                (no metrics.parquet: the worst case, every part read), each image's fingerprint unchanged (no read),
+                each result's deltas file listed at the size its row recorded
+    deltas_listing  the resume rule's one listing of deltas/ (N files): names alone (storage.names_under, before the
+                rows recorded the files' sizes) against names and sizes (storage.sizes_under, now), in the same run
     resume_table  the same after the tables are written: metrics.parquet read, no part
     tables      run_folder.run_tables + RunFolder.write_tables of N rows (metrics.parquet, summary.json)
     submit      N / 64 tasks submitted to a running 1-worker Dask LocalCluster, asking for a resource no worker has
@@ -68,6 +71,10 @@ def measure(n: int, work: Path) -> dict:
                           "locality": 0.01, "seconds": 0.1, "delta_bytes": 0, "resolution": 32},
                          cfg, ckpt, device="cpu")
             for im in images]
+    (Path(folder.uri) / "deltas").mkdir()
+    for row in rows:      # a result is its deltas file, listed at the size its row recorded
+        (Path(folder.deltas_uri(row["image_id"], "wplus"))).write_bytes(b"PAR1")
+        row["deltas_file_bytes"] = 4
     for i in range(0, n, PER_TASK):
         folder.write_part(rows[i : i + PER_TASK])
     hashes = {"wplus": cfg.resume_hashes()}
@@ -77,6 +84,13 @@ def measure(n: int, work: Path) -> dict:
     figures["resume"] = {"seconds": round(seconds, 2), "ms_per_image": round(seconds / n * 1000, 4),
                          "parts": -(-n // PER_TASK), "peak_rss_growth_mb": round(_rss_mb() - rss)}
 
+    from gani_core import storage
+
+    _, names_seconds = _timed(lambda: storage.names_under(folder.path("deltas")))
+    _, sizes_seconds = _timed(lambda: storage.sizes_under(folder.path("deltas")))
+    figures["deltas_listing"] = {"names_seconds": round(names_seconds, 3), "sizes_seconds": round(sizes_seconds, 3),
+                                 "sizes_ms_per_image": round(sizes_seconds / n * 1000, 4),
+                                 "ratio": round(sizes_seconds / names_seconds, 2)}
     rss = _rss_mb()
 
     def tables() -> None:
