@@ -14,14 +14,17 @@ expect in the run's log). What it prints at the end counts what it says (:func:`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
+import os
 import re
 import signal
 import sys
 import threading
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from prefect import Flow
@@ -290,9 +293,39 @@ def start_prefect_api() -> None:
 
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        SubprocessASGIServer().start()      # Prefect's own instance (one per process): its clients find it started
+        with _stderr_to(server_log()):      # the server's stderr: its own errors, and tracebacks when stopped
+            SubprocessASGIServer().start()  # Prefect's own instance (one per process): its clients find it started
+    except RuntimeError as exc:             # it timed out or exited: one line (BAD_INPUT), its log says why
+        raise ConnectionError(f"Prefect's temporary API did not start ({' '.join(str(exc).split())[:300]}); see "
+                              f"{server_log()}") from None
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)     # a Ctrl-C meanwhile arrives now
+
+
+def server_log() -> Path:
+    """Where the temporary API server writes its errors: ``$PREFECT_HOME/temporary-server.log``. Stopped at exit
+    while a request is in flight (an interrupted flow's last reports), it logs a traceback of the cancelled
+    request: the server's business, not the user's, who sees the shell's one line."""
+    from prefect.settings import PREFECT_HOME
+
+    return Path(PREFECT_HOME.value()) / "temporary-server.log"
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """File descriptor 2 (which a child process inherits) appended to ``path`` within the block; what this process
+    says on stderr meanwhile, too."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with path.open("ab") as log:
+            os.dup2(log.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def counts(summary: dict) -> tuple[dict[str, int], str | None]:

@@ -33,7 +33,7 @@ from .conftest import BROKEN_PNG, EXAMPLES, REPO, photo_folder
 
 FAST = ["--checkpoint", "builtin-random:32", "--pivot-steps", "2"]
 MISSING_CHECKPOINT = ["--checkpoint", "no-such-checkpoint.pkl"]     # loading it would fail: a check came first
-GANI = "import sys; from gani_core.cli import main; sys.exit(main(sys.argv[1:]))"
+GANI = "from gani_core.cli import console; console()"   # the console script
 
 
 def _lines(text: str) -> list[str]:
@@ -411,7 +411,10 @@ def test_differences_lists_each_option_that_differs() -> None:
     assert differences([a, dict(a)]) == "no option (the same values)"
 
 
-def test_the_console_script_entry_point_is_main() -> None:
-    """pyproject's `gani = "gani_core.cli:main"` still names a callable now that cli is a package."""
+def test_the_console_script_entry_point_is_console() -> None:
+    """pyproject's `gani = "gani_core.cli:console"` names a callable (main, then the exit: at once when
+    interrupted)."""
+    from gani_core.cli import console
+
     text = (REPO / "pyproject.toml").read_text()
-    assert 'gani = "gani_core.cli:main"' in text and callable(main)
+    assert 'gani = "gani_core.cli:console"' in text and callable(console)

@@ -42,7 +42,8 @@ PIVOT_STEPS, TUNE_STEPS = 10, 10
 # The columns a run adds to InversionResult.row() (the image's hash, run_folder.complete_row): not the result's.
 RUN_COLUMNS = {"image_sha256", "source", "source_stat", "finished", "checkpoint", "checkpoint_sha256",
                "generator_label", "resolution", "config_hash", "seed", "device", "gani_version",
-               "source_sha256", "align", "faces_seen", "face_box", "face_quad"}   # the file's alignment (invert_files)
+               "source_sha256", "align", "faces_seen", "face_box", "face_quad",   # the file's alignment (invert_files)
+               "deltas_file_bytes"}                                                # the written file's (invert_files)
 TIMING_COLUMNS = {"seconds", "seconds_pivot", "seconds_tune", "seconds_metrics", "seconds_per_tune_step",
                   "peak_memory_mb"}
 

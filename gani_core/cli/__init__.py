@@ -33,7 +33,9 @@ from gani_core.cli.common import EXIT_CODES, Interrupted
 from gani_core.cli.parser import build_parser
 from gani_core.errors import GaniError
 
-__all__ = ["EXIT_CODES", "build_parser", "main"]
+INTERRUPTED = 130           # the exit code of Ctrl-C (EXIT_CODES)
+
+__all__ = ["EXIT_CODES", "build_parser", "console", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,9 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             check(args)         # torch-free checks across options, before the command's imports
         return importlib.import_module(f"gani_core.cli.{args.module}").run(args)
     except Interrupted as exc:
-        return _say(f"{command}: interrupted: {exc}", 130)
+        return _say(f"{command}: interrupted: {exc}", INTERRUPTED)
     except KeyboardInterrupt:
-        return _say(f"{command}: interrupted", 130)
+        return _say(f"{command}: interrupted", INTERRUPTED)
     except BrokenPipeError:
         # The reader went away (`gani info builtin | head`): nothing left to say to it, and nothing to flush.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -62,6 +64,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("GANI_DEBUG"):
             raise
         return _say(f"{command}: failed: {type(exc).__name__}: {_one_line(exc)} (GANI_DEBUG=1 shows where)", 3)
+
+
+def console() -> None:
+    """The ``gani`` console script: :func:`main`, then exit with its code. Interrupted (130), the process ends at
+    once once its line is out: finalising the interpreter then could stop a native thread pool in the middle of its
+    work (seen under load: ``terminate called without an active exception`` and SIGABRT instead of 130). Every file
+    is written whole (temp + rename), so nothing is cut short by not finalising."""
+    code = main()
+    if code == INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _say(line: str, code: int) -> int:
