@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -43,7 +42,7 @@ import pyarrow.parquet as pq
 import torch
 
 from gani_core import storage
-from gani_core.errors import DeltasError
+from gani_core.errors import DeltasError, reason
 from gani_core.networks import Generator
 
 Encoding = Literal["fp32", "fp16", "lowrank"]
@@ -393,8 +392,8 @@ def read_deltas_parquet(uri: str | os.PathLike) -> pa.Table:
 
 
 def _unreadable(uri: str | os.PathLike, exc: Exception) -> DeltasError:
-    reason = re.sub(r"^.*'<Buffer>':\s*", "", " ".join(str(exc).split()).replace(f"{os.fspath(uri)}: ", ""))
-    return DeltasError(f"{os.fspath(uri)}: not a readable deltas file ({reason}); rerun the command that made the "
+    why = reason(exc).replace(f"{os.fspath(uri)}: ", "")
+    return DeltasError(f"{os.fspath(uri)}: not a readable deltas file ({why}); rerun the command that made the "
                        "result to compute it again")
 
 

@@ -1,5 +1,7 @@
 """Typed errors raised by gani_core. The orchestration layers turn them into failed rows."""
 
+import re
+
 
 class GaniError(Exception):
     """Base class of every error gani_core raises on purpose."""
@@ -32,3 +34,9 @@ class InversionError(GaniError):
 class StorageAccessError(GaniError):
     """The storage refused who we are: no credentials, unknown or expired ones, or no permission. Permanent, so
     never retried (gani_core.storage): the message says what to set."""
+
+
+def reason(exc: BaseException) -> str:
+    """An error's message on one line, without Arrow's ``Could not open Parquet input source '<Buffer>':`` (which
+    names no file: the caller names it)."""
+    return re.sub(r"^.*'<Buffer>':\s*", "", " ".join(str(exc).split()))

@@ -56,6 +56,7 @@ from gani_core import deltas as deltas_mod
 from gani_core import storage
 from gani_core.checkpoints.ref import CheckpointRef
 from gani_core.dataset import ImageSource
+from gani_core.errors import GaniError, reason
 from gani_core.invert import InversionResult, InvertConfig
 from gani_core.measure import PREVIEW_CELLS
 from gani_core.metric_registry import check_names, names, parquet_field
@@ -139,6 +140,10 @@ def preview_grid_caption(shown: int, total: int) -> str:
     if shown >= total:
         return ""
     return f"the first {shown} of {total} previews (all of them are in previews/)"
+
+
+# What a command that reads a run wants, as its errors say it.
+RUN_FOLDER = "give a run folder (the --out of gani invert, or a flow's output_uri)"
 
 
 def result_key(image_id: str, method: str) -> str:
@@ -254,6 +259,7 @@ class StoredRun:
     complete: bool              # the tables were written and hold every row under rows/
     on_disk: int                # rows under rows/ the tables did not hold (0 when complete)
     tables: bool = True         # metrics.parquet and summary.json are there (maybe of an earlier run)
+    damaged: str | None = None  # a table there that could not be read (its rows were read from rows/ instead)
 
     @property
     def incomplete_note(self) -> str | None:
@@ -261,7 +267,8 @@ class StoredRun:
         if self.complete:
             return None
         what = (f"the tables of an earlier run lack {self.on_disk} of them" if self.tables
-                else "tables not written yet")
+                else f"{self.damaged}: made again from the rows on disk, and written anew by the next run"
+                if self.damaged else "tables not written yet")
         return (f"incomplete: {len(self.rows)} result(s) on disk, {what} (interrupted or still running; rerun the "
                 "same command to finish)")
 
@@ -353,8 +360,15 @@ class RunFolder:
         return self._stored().rows
 
     def _stored(self) -> _Stored:
-        root = storage.modified_under(self.uri)
+        root = self._root()
         table_time = root.get("metrics.parquet") if "summary.json" in root else None
+        damaged = None
+        if table_time is not None:
+            try:
+                table = storage.read_parquet(self.metrics_uri).to_pylist()
+            except (pa.ArrowException, ValueError) as exc:     # cut short, overwritten: every part holds its rows
+                damaged = f"{self.metrics_uri} is not a readable table ({reason(exc)})"
+                table_time = None
         entries = storage.modified_under(self.path("rows"))
 
         def since(name: str) -> bool:
@@ -364,7 +378,7 @@ class RunFolder:
         legacy = sorted(n for n in entries if n.endswith(".json") and not n.startswith(".") and since(n))
         rows: dict[tuple[str, str], dict] = {}
         if table_time is not None:
-            for row in storage.read_parquet(self.metrics_uri).to_pylist():
+            for row in table:
                 rows[(row["image_id"], row["method"])] = _as_row(row)
         in_table = dict(rows)
         newer = [*self._legacy_rows(legacy), *self._part_rows(parts)]
@@ -373,7 +387,21 @@ class RunFolder:
         # Parts written shortly before the table are in it already: only rows it lacks, or holds otherwise, are later.
         later = sum(in_table.get(key) != row for key, row in rows.items())
         ordered = dict(sorted(rows.items())) if table_time is None else rows
-        return _Stored(ordered, table_time is not None, later)
+        return _Stored(ordered, table_time is not None, later, damaged)
+
+    def _root(self) -> dict[str, float]:
+        """The folder's entries (:func:`storage.modified_under`), refusing in one line (GaniError) a path that is a
+        file or an edits folder (gani edit's output: its rows/ hold edits, not results)."""
+        fs, path = storage.resolve(self.uri)
+        if storage.with_retries("stat", self.uri, lambda: fs.isfile(path)):
+            raise GaniError(f"{self.uri} is a file; {RUN_FOLDER}")
+        root = storage.modified_under(self.uri)
+        if not root and not storage.exists(self.uri):
+            raise FileNotFoundError(f"{self.uri}: no such folder; {RUN_FOLDER}")
+        if "edits.parquet" in root and "metrics.parquet" not in root:
+            raise GaniError(f"{self.uri} is an edits folder (gani edit's output); give the run folder it was made "
+                            "from")
+        return root
 
     def _part_rows(self, names: list[str]) -> list[dict]:
         """The rows of the parts ``names`` under rows/ (one that cannot be parsed is skipped: it was never whole)."""
@@ -473,10 +501,15 @@ class RunFolder:
             raise FileNotFoundError(f"{self.uri}: no metrics.parquet and no rows/ here; is it the output of a gani "
                                     "run?")
         rows = list(stored.rows.values())
+        damaged = stored.damaged
         if stored.table and not stored.later:
-            return StoredRun(rows, json.loads(storage.read_bytes(self.summary_uri)), True, 0)
+            try:
+                return StoredRun(rows, json.loads(storage.read_bytes(self.summary_uri)), True, 0)
+            except (ValueError, UnicodeDecodeError) as exc:    # cut short, overwritten: made again from the rows
+                damaged = f"{self.summary_uri} is not readable JSON ({reason(exc)})"
         configs = self.read_configs({r["config_hash"] for r in rows if r.get("config_hash")})
-        return StoredRun(rows, summarise(rows, {}, None, self.uri, None, configs), False, stored.later, stored.table)
+        return StoredRun(rows, summarise(rows, {}, None, self.uri, None, configs), False, stored.later,
+                         stored.table and damaged is None, damaged)
 
     def read_rows(self) -> list[dict]:
         """Every valid result of the run (:meth:`read_run`)."""
@@ -521,3 +554,4 @@ class _Stored:
     rows: dict[tuple[str, str], dict]   # newest per (image_id, method)
     table: bool                         # metrics.parquet and summary.json are there
     later: int                          # results under rows/ the table lacks or holds otherwise (all, without one)
+    damaged: str | None = None          # metrics.parquet there but unreadable: why (its rows read from rows/)

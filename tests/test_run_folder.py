@@ -15,6 +15,7 @@ import torch
 from gani_core.checkpoints.ref import resolve_checkpoint
 from gani_core.dataset import image_sources, list_images
 from gani_core.deltas import deltas_table, write_deltas_parquet
+from gani_core.errors import GaniError
 from gani_core.invert import method_config
 from gani_core.metric_registry import METRICS, names
 from gani_core.metrics import lpips_note, ms_ssim_note
@@ -323,3 +324,29 @@ def test_the_registry_formats_a_mean_of_an_integer_metric_as_a_whole_number() ->
     assert METRICS["delta_bytes"].format(479626.7) == "479,627"
     assert METRICS["delta_bytes"].format(426166) == "426,166"
     assert METRICS["lpips"].format(float("nan")) == METRICS["delta_bytes"].format(None) == "-"
+
+
+@pytest.mark.parametrize("table", ["metrics.parquet", "summary.json"])
+def test_a_damaged_table_is_made_again_from_the_rows_and_said_once(images, tmp_path: Path, table: str) -> None:
+    """A table cut short (or overwritten) locks nothing: the rows come from rows/ (metrics.parquet) or the table
+    (summary.json), the summary is made from them, and the note names the file."""
+    folder = RunFolder(str(tmp_path / "out"))
+    rows = [_ok_row(folder, image) for image in images[:2]]
+    folder.write_tables(rows, summarise(rows, {"gani": CFG}, CKPT, folder.uri, started=0.0))
+    damaged = Path(folder.uri) / table
+    damaged.write_bytes(damaged.read_bytes()[:20])
+    run = folder.read_run()
+    assert sorted(r["image_id"] for r in run.rows) == ["a", "b"] and run.summary["images"] == 2
+    assert not run.complete and str(damaged) in run.incomplete_note and "<Buffer>" not in run.incomplete_note
+    assert "\n" not in run.incomplete_note
+
+
+def test_an_edits_folder_or_a_file_is_not_a_run(tmp_path: Path) -> None:
+    (tmp_path / "edits").mkdir()
+    (tmp_path / "edits" / "edits.parquet").write_bytes(b"PAR1")
+    with pytest.raises(GaniError, match=r"is an edits folder \(gani edit's output\); give the run folder"):
+        RunFolder(str(tmp_path / "edits")).read_run()
+    with pytest.raises(GaniError, match="is a file; give a run folder"):
+        RunFolder(str(tmp_path / "edits" / "edits.parquet")).read_run()
+    with pytest.raises(FileNotFoundError, match="no such folder; give a run folder"):
+        RunFolder(str(tmp_path / "nowhere")).read_run()

@@ -1,4 +1,5 @@
-"""`gani show` given what is not a run folder (a file, nothing), and its table of rows (gani_core/cli/show.py)."""
+"""Commands given what is not a run folder (a file, nothing, an edits folder, damaged tables), and gani show's table
+of rows."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from gani_core.cli import common, main
 from gani_core.metric_registry import names
 
-TAKES = "gani show takes a run folder (the --out of gani invert or a flow's output)"
+TAKES = "give a run folder (the --out of gani invert, or a flow's output_uri)"
 
 
 def _err_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
@@ -48,3 +49,14 @@ def test_the_identity_columns_are_hidden_only_when_no_row_has_one(capsys: pytest
     hidden = capsys.readouterr().out
     assert "id_similarity" not in hidden and hidden.splitlines()[-1] == full.splitlines()[-1]
     assert hidden.splitlines()[0].split() == [c for c in full.splitlines()[0].split() if c not in names("faces")]
+
+
+@pytest.mark.parametrize("command", ["show", "edit", "export"])
+def test_every_command_that_reads_a_run_refuses_a_file_in_one_line(command: str, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    table = tmp_path / "metrics.parquet"
+    table.write_bytes(b"PAR1")
+    extra = {"show": [], "edit": ["--direction", "factor:hue", "--strengths", "1"],
+             "export": ["img", "--out", str(tmp_path / "g.safetensors")]}[command]
+    assert main([command, str(table), *extra]) == 2
+    assert _err_lines(capsys) == [f"gani {command}: error: {table} is a file; {TAKES}"]

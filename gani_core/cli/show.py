@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import argparse
 
-from gani_core import storage
 from gani_core.cli.common import CONFIG_HASH_SHOWN, hidden_columns, print_rows
-from gani_core.errors import GaniError
 from gani_core.metric_registry import METRICS, names, summarise
 from gani_core.run_folder import RunFolder
 
-TAKES = "gani show takes a run folder (the --out of gani invert or a flow's output)"
-
 
 def run(args: argparse.Namespace) -> int:
-    check_run_folder(args.run)
     folder = RunFolder(args.run)
     stored = folder.read_run()
     summary = stored.summary
@@ -49,15 +44,6 @@ def run(args: argparse.Namespace) -> int:
         cells = [METRICS[n].format(means.get(n)).rjust(w) for n, w in widths.items()]
         print("  ".join([method.ljust(8), config_hash.ljust(CONFIG_HASH_SHOWN), *cells]))
     return 0
-
-
-def check_run_folder(uri: str) -> None:
-    """Refuse, in one line (GaniError), a ``uri`` that is a file or names nothing."""
-    if not storage.exists(uri):
-        raise GaniError(f"{uri}: no such folder; {TAKES}")
-    fs, path = storage.resolve(uri)
-    if fs.isfile(path):
-        raise GaniError(f"{uri} is a file; {TAKES}")
 
 
 def describe_config(config: dict | None) -> str:
