@@ -77,7 +77,7 @@ def align_dataset(
     except BAD_INPUT as exc:
         return Failed(message=f"{type(exc).__name__}: {exc}", data=exc)
     logger = get_run_logger()
-    images = list_images(input_uri, limit)      # no image file there: fails here, before any cluster starts
+    images = list_images(input_uri, limit, output_uri)      # no image file there: fails here, before any cluster
     try:
         check_names(images, output_uri)         # two inputs that would be aligned to one NAME.png
     except NameClashError as exc:
@@ -217,7 +217,7 @@ def _check_shell(input_uri: str, output_uri: str, limit: int | None = None, **_:
     from gani_core.faces.files import check_names
 
     check_inputs(input_uri, output_uri)
-    check_names(list_images(input_uri, limit), output_uri)
+    check_names(list_images(input_uri, limit, output_uri), output_uri)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,7 +60,7 @@ def invert_dataset_on_dask(input_uri: str, images: list[ImageSource], folder: Ru
     started = time.time()
     with storage_retries_logged(logger):
         folder.write_configs(configs.values())
-    kept = reusable_rows(folder, images, {m: c.resume_hashes() for m, c in configs.items()}, ckpt.sha256)
+    images, kept = reusable_rows(folder, images, {m: c.resume_hashes() for m, c in configs.items()}, ckpt.sha256)
     per_task = settings.images_per_task()
     work = []
     for m, cfg in configs.items():

@@ -78,7 +78,7 @@ def invert_dataset(
         ckpt = check_inputs(input_uri, output_uri, checkpoint)
     except BAD_INPUT as exc:
         return Failed(message=f"{type(exc).__name__}: {exc}", data=exc)
-    images = list_images(input_uri, limit)      # no image file there: fails here, before the MLflow run starts
+    images = list_images(input_uri, limit, output_uri)  # none there: fails here, before the MLflow run starts
     folder = RunFolder(output_uri)
     # Named for what it is (gani-shapes-2026-12-02), so that runs tell themselves apart in MLflow's table.
     day = dt.datetime.now(dt.UTC).date().isoformat()
@@ -129,7 +129,7 @@ def _check_shell(input_uri: str, output_uri: str, checkpoint: str, method: Metho
 
     inversion.configs([method])
     check_inputs(input_uri, output_uri, checkpoint)
-    list_images(input_uri, limit)
+    list_images(input_uri, limit, output_uri)
 
 
 def main(argv: list[str] | None = None) -> int:

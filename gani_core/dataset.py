@@ -8,6 +8,7 @@ to the input root (``a/img.jpg``, ``b/img.jpg`` for the ids ``img`` and ``img-1`
 from __future__ import annotations
 
 import functools
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -66,9 +67,10 @@ def image_sources(sources: list[str], input_paths: list[str] | None = None,
     return [ImageSource(s, i, p, f) for s, i, p, f in zip(sources, image_ids(sources), paths, stats, strict=True)]
 
 
-def list_images(input_uri: str, limit: int | None = None) -> list[ImageSource]:
+def list_images(input_uri: str, limit: int | None = None, exclude: str | None = None) -> list[ImageSource]:
     """The image files under ``input_uri`` (recursively; by extension, IMAGE_EXTENSIONS; hidden files and
-    folders skipped, such as macOS's ``._IMG.jpg`` and ``.thumbnails/``), sorted by path.
+    folders skipped, such as macOS's ``._IMG.jpg`` and ``.thumbnails/``; and those under the folder ``exclude``:
+    a run's output kept inside its input, whose previews and aligned faces are not inputs), sorted by path.
 
     ``limit`` keeps the first ``limit`` of them. A single image file is a dataset of one. Raises ValueError for a
     ``limit`` under 1, FileNotFoundError when ``input_uri`` does not exist or holds no image file, and
@@ -83,9 +85,12 @@ def list_images(input_uri: str, limit: int | None = None) -> list[ImageSource]:
     found = storage.with_retries("list", f"input_uri {input_uri}", functools.partial(_files, fs, root))
     if found is None:
         raise FileNotFoundError(f"input_uri {input_uri}: no such folder or object")
+    out = posixpath.normpath(storage.resolve(exclude)[1]) + "/" if exclude is not None else None
     visible = [p for p in found if not any(part.startswith(".") and part not in (".", "..")
-                                           for part in _below(p, root))]
+                                           for part in _below(p, root)) and not (out and p.startswith(out))]
     images = sorted(p for p in visible if PurePosixPath(p).suffix.lower() in IMAGE_EXTENSIONS)[:limit]
+    if not images and out and any(p.startswith(out) for p in found):
+        raise FileNotFoundError(f"input_uri {input_uri}: no image files under it but in the output folder {exclude}")
     if not images:
         others = sorted(PurePosixPath(p).name for p in visible)
         seen = f"; it holds {len(others)} other file(s), such as {others[0]!r}" if others else ""

@@ -22,8 +22,10 @@ edit coarse or fine features only. Such an edit is another direction: its name c
 ``layers`` says them ("0-3"; None for all). A file is normalised over all its rows before they are chosen, so
 strength 1 is the same step whichever layers are edited. ``raw`` concerns files only: a factor's step and a
 component's sigma are the generator's own units, and ``raw`` with no file among the specs is refused.
-`parse_directions` gives each distinct spec once (an exact repeat, spaces aside, is dropped); two specs that differ
-keep a direction each, their names made unique, even when their offsets are equal.
+A local file's spec is recorded as its absolute path (as a checkpoint's is), so that the same file named by
+another relative path is the same spec. `parse_directions` gives each distinct spec once (an exact repeat, spaces
+and relative paths aside, is dropped); two specs that differ keep a direction each, their names made unique, even
+when their offsets are equal. `parse_strengths` gives the strengths as a set, in ascending order.
 
 The principal directions are computed once per checkpoint and cached, a float32 array [w_dim + 1, w_dim] (row 0
 the standard deviations, rows 1.. the unit components, both by decreasing variance) in
@@ -36,6 +38,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 import re
 import zipfile
 from collections.abc import Sequence
@@ -56,6 +59,7 @@ PCA_SAMPLES = 10_000        # mapped latents the principal directions are comput
 PCA_SEED = 0                # seed of their z (a CPU torch.Generator: the same latents on every device)
 PCA_CHUNK = 1_000           # latents mapped at once: [chunk, num_ws, w_dim] at a time, not [PCA_SAMPLES, ...]
 
+MAX_STRENGTH = 1000.0      # |strength| beyond this is refused: the render would overflow or leave W altogether
 NATIVE_UNITS = {"step": "steps", "sigma": "sigmas"}    # the units of factor: and pca:, which --raw does not change
 
 FORMS = "factor:NAME (a factor direction the generator carries), pca:K (the K-th principal direction of W) " \
@@ -78,11 +82,14 @@ class EditDirection:
 
 def parse_directions(specs: Sequence[str], G: Generator, checkpoint_sha256: str, layers: range | None = None,
                      raw: bool = False) -> list[EditDirection]:
-    """`parse_direction` of each distinct spec, in order (an exact repeat, spaces aside, is dropped: it would edit
-    the same again), their names made unique ("smile", "smile-2"). Raises `DirectionsError` for ``raw`` when no spec
-    is a file (``raw`` concerns files only)."""
-    directions = [parse_direction(spec, G, checkpoint_sha256, layers, raw)
-                  for spec in dict.fromkeys(s.strip() for s in specs)]
+    """`parse_direction` of each distinct spec, in order (an exact repeat, spaces or relative paths aside, is
+    dropped: it would edit the same again), their names made unique ("smile", "smile-2"). Raises `DirectionsError`
+    for ``raw`` when no spec is a file (``raw`` concerns files only)."""
+    unique: dict[str, EditDirection] = {}
+    for spec in dict.fromkeys(s.strip() for s in specs):
+        parsed = parse_direction(spec, G, checkpoint_sha256, layers, raw)
+        unique.setdefault(parsed.spec, parsed)      # one file by two relative paths: once
+    directions = list(unique.values())
     if raw and directions and all(d.unit in NATIVE_UNITS for d in directions):
         units = ", ".join(f"{d.spec} {'is ' if i == 0 else ''}in {NATIVE_UNITS[d.unit]}"
                           for i, d in enumerate(directions))
@@ -109,8 +116,9 @@ def parse_direction(spec: str, G: Generator, checkpoint_sha256: str, layers: ran
     elif spec.startswith("pca:"):
         k = _component_index(spec.removeprefix("pca:"), G.w_dim)
         row, name, unit = _principal(G, checkpoint_sha256, k), f"pca-{k}", "sigma"
-    elif spec.lower().endswith(".npy"):
+    elif spec.lower().endswith(".npy"):     # errors name the file as given; rows record it absolute
         row, name, unit = _from_file(spec, G, raw), _file_stem(spec), "raw" if raw else "W unit"
+        spec = local_spec(spec)
     else:
         raise DirectionsError(f"{spec!r} is not a direction: expected {FORMS}")
     offset = row.to(device=G.mapping.w_avg.device, dtype=torch.float32).expand(G.num_ws, G.w_dim).clone()
@@ -143,11 +151,13 @@ def parse_layers(text: str | None, num_ws: int) -> range | None:
 
 
 def parse_strengths(values: Sequence[str]) -> list[float]:
-    """The edit strengths ``values`` give, as floats (units: each direction's ``unit``). Raises `DirectionsError`
-    when there are none or one is not a finite number."""
+    """The edit strengths ``values`` give, as floats (units: each direction's ``unit``): a set, in ascending order
+    (a repeat is dropped, -0 is 0), so that a strip goes from the most negative to the most positive whatever order
+    they were given in. Raises `DirectionsError` when there are none, or one is not a finite number or is beyond
+    ±MAX_STRENGTH."""
     if not values:
         raise DirectionsError("no edit strengths given: expected numbers such as -2 0 2")
-    strengths = []
+    strengths = set()
     for value in values:
         try:
             strength = float(value)
@@ -155,8 +165,17 @@ def parse_strengths(values: Sequence[str]) -> list[float]:
             strength = math.nan
         if not math.isfinite(strength):
             raise DirectionsError(f"strength {value!r} is not a finite number: expected numbers such as -2, 0 or 1.5")
-        strengths.append(strength)
-    return strengths
+        if abs(strength) > MAX_STRENGTH:
+            raise DirectionsError(f"strength {value!r} is beyond ±{MAX_STRENGTH:g}: an edit that far leaves the "
+                                  "generator's latent space (a few units is a strong edit)")
+        strengths.add(strength + 0.0)       # -0.0 + 0.0 is 0.0
+    return sorted(strengths)
+
+
+def local_spec(spec: str) -> str:
+    """A file's spec as rows record it: a local path made absolute (another cwd names the same file), a URI as
+    given."""
+    return spec if "://" in spec else os.path.abspath(spec)
 
 
 def unique_names(names: Sequence[str]) -> list[str]:

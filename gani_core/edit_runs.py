@@ -43,8 +43,14 @@ group, and its strip is overwritten. So another set of strengths (or ``gif``, or
 same image x method x direction replaces the earlier edit, rows, strip and GIF (a GIF left from a ``gif`` request is
 deleted when its group is replaced without one); to keep both, edit into another OUT. ``gani edit`` counts these
 strips as replaced. An image whose pivot or deltas cannot be read fails alone, with one failed row per direction x
-strength whose error names its deltas file; the others of its batch complete. A request interrupted (Ctrl-C) in the
-middle of a batch still writes the rows of the strips it finished as a part, so a rerun keeps every strip it made.
+strength whose error names its deltas file; the others of its batch complete. So does an image x direction whose
+original or tuned render holds NaN or infinity (``the render at strength S is not finite``: a latent beyond what
+float32 renders), never an ok row of NaN metrics. A request interrupted (Ctrl-C) in the middle of a batch still
+writes the rows of the strips it finished as a part, so a rerun keeps every strip it made.
+
+One name, one direction: OUT is not a run folder (:func:`check_out`), and a direction whose name OUT's rows (of any
+image) give to another spec is refused before anything is written (:func:`check_names_free`), rather than overwrite
+the strips and rows of another file of the same stem.
 
 Entry points (the CLI's ``gani edit``, and a Prefect task):
 
@@ -116,6 +122,7 @@ EDITS_SCHEMA = pa.schema([
     ("finished", pa.float64()),                 # when the rows of this image x method x direction were made
 ])
 
+KEY_COLUMNS = ("image_id", "method", "direction", "strength", "status", "edit_key", "finished")   # every edit row's
 FACTOR_SPEC = "factor:"         # the spec of a generator's factor direction (gani_core.directions): factor:NAME
 GIF_FRAME_MS = 250              # how long each strength is shown in a GIF
 ROW_LABELS = ("original", "tuned")     # a strip's rows; for w and wplus the bottom one is NOT_TUNED_LABEL's
@@ -226,12 +233,13 @@ def default_directions(G: Generator) -> list[str]:
 def parse_plan(G: Generator, checkpoint_sha256: str, specs: Sequence[str], strengths: Sequence[float],
                layers: str | None = None, raw: bool = False, gif: bool = False) -> EditPlan:
     """The plan of an edit request on ``G``: each direction spec at the ``layers`` (gani_core.directions), the
-    strengths without repeats (a repeat adds nothing). Raises a one-line DirectionsError (or GaniError, for two
-    directions of one name) for what cannot be used."""
+    strengths as a set in ascending order (a repeat adds nothing; the order given changes neither the strip nor the
+    edit key). Raises a one-line DirectionsError (or GaniError, for two directions of one name) for what cannot be
+    used."""
     from gani_core.directions import parse_directions, parse_layers
 
     parsed = parse_directions(list(specs), G, checkpoint_sha256, layers=parse_layers(layers, G.num_ws), raw=raw)
-    return EditPlan(tuple(parsed), tuple(dict.fromkeys(float(s) for s in strengths)), gif=gif)
+    return EditPlan(tuple(parsed), tuple(sorted({float(s) + 0.0 for s in strengths})), gif=gif)   # -0.0 is 0.0
 
 
 @dataclass(frozen=True)
@@ -243,9 +251,10 @@ class PreparedEdit:
     ckpt: CheckpointRef
     G: Generator
     out: EditFolder
-    specs: tuple[str, ...]      # the directions as given (or the default's)
+    specs: tuple[str, ...]      # the directions' specs (or the default's), a local file's made absolute
     plan: EditPlan
     missing: set[str]           # images without a deltas file: they fail alone
+    stored: dict[Group, list[dict]] = field(default_factory=dict)   # out's rows (EditFolder.stored_rows), read once
 
 
 def prepare_edit(run: RunFolder, run_rows: Sequence[dict], specs: Sequence[str] | None,
@@ -256,20 +265,60 @@ def prepare_edit(run: RunFolder, run_rows: Sequence[dict], specs: Sequence[str] 
     """An edit of ``run_rows`` (the run's stored rows) checked piece by piece before anything is written, each
     refusal one line (GaniError, ValueError, OSError): the strengths, the rows to edit (:func:`select_rows`) and
     their checkpoint (:func:`checkpoint_of`), the output folder (``out_uri``, default RUN/edits, named
-    ``out_option`` in the error), the directions parsed with the checkpoint's generator (``load(ckpt)``; without
-    ``specs``, :func:`default_directions`; a spec given twice counts once), the deltas files (:func:`check_outputs`:
-    one listing). What ``gani edit`` and the edit-dataset flow both do first."""
+    ``out_option`` in the error: not a file, not a run folder, :func:`check_out`), the directions parsed with the
+    checkpoint's generator (``load(ckpt)``; without ``specs``, :func:`default_directions`; a spec given twice counts
+    once), each direction's name free in the output folder (:func:`check_names_free`: one name, one direction), the
+    deltas files (:func:`check_outputs`: one listing). What ``gani edit`` and the edit-dataset flow both do first."""
     from gani_core.directions import parse_strengths
 
     values = parse_strengths([str(s) for s in strengths])     # a float from a UI may be nan or inf
     method, rows = select_rows(run_rows, list(image_ids), method, run.uri)
     ckpt = checkpoint_of(rows)
     out = EditFolder(out_uri or run.path("edits"))
-    storage.check_folder(out.uri, out_option)
+    stored = check_out(out, out_option)
     G = load(ckpt)
     chosen = tuple(dict.fromkeys(s.strip() for s in specs)) if specs else tuple(default_directions(G))  # once each
     plan = parse_plan(G, ckpt.sha256, chosen, values, layers, raw, gif)
-    return PreparedEdit(method, rows, ckpt, G, out, chosen, plan, check_outputs(run, rows, named=bool(image_ids)))
+    check_names_free(stored, plan, out, out_option)
+    missing = check_outputs(run, rows, named=bool(image_ids))
+    return PreparedEdit(method, rows, ckpt, G, out, tuple(d.spec for d in plan.directions), plan, missing, stored)
+
+
+RUN_ENTRIES = frozenset({"metrics.parquet", "summary.json", "configs"})    # what only a run folder holds
+
+
+def check_out(out: EditFolder, option: str = "--out") -> dict[Group, list[dict]]:
+    """``out``'s stored rows (:meth:`EditFolder.stored_rows`), once it is known to be a folder (or nothing yet) and
+    not a run folder: one holding RUN_ENTRIES, or rows/ parts that are no edit rows (a run's). Raises a one-line
+    GaniError (or OSError: a file) naming it as ``option``."""
+    storage.check_folder(out.uri, option)
+    try:
+        if RUN_ENTRIES.isdisjoint(storage.names_under(out.uri)):
+            return out.stored_rows()
+    except NotEditRowsError:
+        pass
+    raise GaniError(f"{option} {out.uri} is a run folder; edits go to a folder of their own (default RUN/edits)")
+
+
+def check_names_free(stored: Mapping[Group, list[dict]], plan: EditPlan, out: EditFolder,
+                     option: str = "--out") -> None:
+    """One name, one direction: raises a one-line GaniError when a direction of ``plan`` has a name whose
+    ``stored`` rows (of any image) carry another spec, whose strips and rows it would overwrite (two files of one
+    stem: ``a/smile.npy``, ``b/smile.npy``). A spec recorded as a relative path (before specs were made absolute)
+    is read from the current folder."""
+    from gani_core.directions import local_spec
+
+    specs: dict[str, set[str]] = {}
+    for (_, _, name), group in stored.items():
+        specs.setdefault(name, set()).update(r["spec"] for r in group if r.get("spec") is not None)
+    for d in plan.directions:
+        other = sorted(s for s in specs.get(d.name, ()) if s != d.spec
+                       and not (s.lower().endswith(".npy") and local_spec(s) == d.spec))
+        if not other:
+            continue
+        spec = other[0]
+        raise GaniError(f"direction name {d.name!r} in {out.uri} is {spec}'s; {d.spec} would replace it: rename the "
+                        f"file or edit into another {option}")
 
 
 def pending(stored: Mapping[Group, list[dict]], rows: Sequence[dict], plan: EditPlan) -> dict[str, list[str]]:
@@ -328,17 +377,19 @@ class EditFolder:
 
     def stored_rows(self) -> dict[Group, list[dict]]:
         """Every stored row, grouped by image x method x direction, the newest group winning: edits.parquet, and
-        the parts under rows/ written since it (a part that cannot be parsed was never whole, and is skipped)."""
+        the parts under rows/ written since it (a part that cannot be parsed was never whole, and is skipped).
+        Raises NotEditRowsError (one line) for a table without the edit columns (KEY_COLUMNS: a run's rows)."""
         table_time = storage.modified_under(self.uri).get("edits.parquet")
         entries = storage.modified_under(self.path("rows"))
         parts = sorted(n for n, t in entries.items() if n.startswith("part-") and n.endswith(".parquet")
                        and (table_time is None or t >= table_time - CLOCK_MARGIN))
-        found = storage.read_parquet(self.table_uri).to_pylist() if table_time is not None else []
-        for data in (storage.read_many([self.path("rows", n) for n in parts]) if parts else {}).values():
+        found = _edit_rows(storage.read_parquet(self.table_uri), self.table_uri) if table_time is not None else []
+        for uri, data in (storage.read_many([self.path("rows", n) for n in parts]) if parts else {}).items():
             try:
-                found += pq.read_table(pa.BufferReader(data)).to_pylist() if data else []
+                table = pq.read_table(pa.BufferReader(data)) if data else None
             except (pa.ArrowInvalid, OSError):
                 continue
+            found += _edit_rows(table, uri) if table is not None else []
         groups: dict[Group, list[dict]] = {}
         for row in sorted(found, key=lambda r: r.get("finished") or 0.0):
             key = (row["image_id"], row["method"], row["direction"])
@@ -348,6 +399,19 @@ class EditFolder:
             elif all(r["strength"] != row["strength"] for r in group):     # a part the table holds already
                 group.append(row)
         return dict(sorted(groups.items()))
+
+
+def _edit_rows(table: pa.Table, uri: str) -> list[dict]:
+    """The rows of the table read from ``uri``; NotEditRowsError when it lacks an edit column (KEY_COLUMNS)."""
+    missing = [c for c in KEY_COLUMNS if c not in table.column_names]
+    if missing:
+        raise NotEditRowsError(f"{uri} holds no edit rows (no {', '.join(missing)} column): a run's rows? edits go "
+                               "to a folder of their own")
+    return table.to_pylist()
+
+
+class NotEditRowsError(GaniError):
+    """A table under an edits folder whose rows are no edits (a run folder's, given as the edits folder)."""
 
 
 def edits_table(rows: Iterable[dict]) -> pa.Table:
@@ -515,6 +579,8 @@ def _edit_direction(G: Generator, out: EditFolder, images: list[_Loaded], deltas
     if (factor is not None or any(faces)) and 0.0 not in strengths:
         strengths.append(0.0)       # rendered for the factor change and the identity, not shown
     original, tuned = render_edits(G, torch.stack([x.pivot for x in images]), deltas, direction.offset, strengths)
+    unfinite = _not_finite(original, tuned, strengths)
+    faces = [face and k not in unfinite for k, face in enumerate(faces)]
     shown = len(plan.strengths)
     zero = strengths.index(0.0) if 0.0 in strengths else None
     measured = {"lpips_to_original_edit": lpips_pairs(tuned[:, :shown], original[:, :shown]).double().numpy(),
@@ -525,6 +591,11 @@ def _edit_direction(G: Generator, out: EditFolder, images: list[_Loaded], deltas
     check_names(measured, names("edit"), "edit metrics")
     rows = []
     for k, x in enumerate(images):
+        if k in unfinite:
+            made = failed_rows(x.row, [direction], plan, f"the render at strength {unfinite[k]:g} is not finite")
+            rows += made
+            finished += made
+            continue
         try:
             files = _write_outputs(out, x, direction, plan, G.label, original[k, :shown], tuned[k, :shown])
             made = [_row(x.row, direction, plan, strength, {n: float(v[k, i]) for n, v in measured.items()}, files)
@@ -534,6 +605,13 @@ def _edit_direction(G: Generator, out: EditFolder, images: list[_Loaded], deltas
         rows += made
         finished += made
     return rows
+
+
+def _not_finite(original: torch.Tensor, tuned: torch.Tensor, strengths: Sequence[float]) -> dict[int, float]:
+    """Image index -> the first strength at which its original or tuned render [K, S, 3, R, R] holds NaN or
+    infinity (a latent pushed beyond what float32 renders): its edit fails, never ok with NaN metrics."""
+    finite = (original.flatten(2).isfinite().all(2) & tuned.flatten(2).isfinite().all(2)).cpu()     # [K, S]
+    return {k: strengths[int((~row).nonzero()[0])] for k, row in enumerate(finite) if not row.all()}
 
 
 @torch.no_grad()
@@ -728,11 +806,13 @@ class EditResult:
 
 def run_edits(G: Generator, run: RunFolder, out: EditFolder, rows: Sequence[dict], plan: EditPlan,
               batch_size: int = 1, on_batch: OnBatch | None = None, missing: Collection[str] = (),
-              on_start: Callable[[int], None] | None = None) -> EditResult:
+              on_start: Callable[[int], None] | None = None,
+              stored: Mapping[Group, list[dict]] | None = None) -> EditResult:
     """Edit ``rows`` with ``plan`` here: keep what ``out`` already holds for the same inputs (the resume rule),
     compute the rest ``batch_size`` images at a time, then write edits.parquet. ``on_start(n)`` is told how many
-    images are to be computed, ``on_batch`` (edit_images) how many each batch did."""
-    stored = out.stored_rows()
+    images are to be computed, ``on_batch`` (edit_images) how many each batch did. ``stored``: ``out``'s rows when
+    the caller has read them (PreparedEdit.stored), else read here."""
+    stored = out.stored_rows() if stored is None else stored
     todo = pending(stored, rows, plan)
     if on_start is not None:
         on_start(len(todo))

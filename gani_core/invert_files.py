@@ -208,7 +208,8 @@ def run_in_process(
     method)`` may return a progress callback for that batch."""
     started = time.time()
     folder.write_configs(configs.values())
-    stored = folder.stored_rows()       # read once: the resume rule and the count of what this run replaces
+    stored = folder.stored_rows()       # read once: the ids, the resume rule, the count of what this run replaces
+    images = folder.ids_tied_to_sources(images, stored)     # an id names one file across the folder's runs
     kept = folder.reusable_rows(images, {m: c.resume_hashes() for m, c in configs.items()}, ckpt.sha256, stored)
     replaced = _other_configurations(stored, images, configs, kept)
     new: dict[tuple[str, str], dict] = {}
@@ -241,6 +242,7 @@ def results_on_disk(folder: RunFolder, images: list[ImageSource], configs: dict[
     """How many results of ``images`` x ``configs`` the folder holds now, made with these configurations (what a
     run interrupted half way keeps, and a rerun of the same command resumes from)."""
     stored = folder.stored_rows()
+    images = folder.ids_tied_to_sources(images, stored)
     return sum((row := stored.get((image.image_id, m))) is not None and row.get("config_hash") in cfg.resume_hashes()
                for image in images for m, cfg in configs.items())
 

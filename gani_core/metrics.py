@@ -182,21 +182,21 @@ def identity_metrics(inputs: torch.Tensor, pivots: torch.Tensor, tuned: torch.Te
     renders [K, 3, R, R] -> K rows.
 
     ``id_similarity`` = cos(e(input), e(tuned)), ``id_similarity_pivot`` = cos(e(input), e(pivot)), e being dlib's
-    128-d face descriptor (gani_core.faces.identity.face_embedding, ``assume_aligned``: where the detector misses a
-    face, as on small renders, it is read at the aligned face's place). Each image's descriptor is computed once;
-    ``tuned`` None (a method that tunes nothing: its render is the pivot's) gives both the pivot's value. The input's
-    face must be found by the detector (``detected``; an input under 128 px whose face it misses is searched again
-    enlarged, which finds aligned faces from about 40 px): an input without one (a coffee cup given ``--identity``)
-    gets null values and the reason, never a similarity of whatever lies where a face would be. An image under
-    40 px has no descriptor (gani_core.faces.identity.MIN_SIDE: there people are no longer told apart).
-    ``id_note``: None, or why a value is null (which image has no descriptor, and the reason).
+    128-d face descriptor (`aligned_face_descriptor`). Each image's descriptor is computed once; ``tuned`` None (a
+    method that tunes nothing: its render is the pivot's) gives both the pivot's value. Each image's face, the
+    input's and the renders', must be found by the detector (an image under 128 px whose face it misses is searched
+    again enlarged, which finds aligned faces from about 40 px): an input without one (a coffee cup given
+    ``--identity``) or a render without one (a generator that cannot draw a face renders a blob) gets null values
+    and the reason, never a similarity of whatever lies where a face would be. An image under 40 px has no
+    descriptor (gani_core.faces.identity.MIN_SIDE: there people are no longer told apart).
+    ``id_note``: None, or why a value is null (which image has no descriptor, and the reason:
+    ``the tuned render: no face found …``).
     """
     rows: list[dict[str, float | str | None]] = []
     for k in range(inputs.shape[0]):
         images = {"the input": inputs[k], "the pivot render": pivots[k],
                   **({"the tuned render": tuned[k]} if tuned is not None else {})}
-        embedded = {name: aligned_face_descriptor(image, detected=name == "the input")
-                    for name, image in images.items()}
+        embedded = {name: aligned_face_descriptor(image) for name, image in images.items()}
         source = embedded["the input"][0]
         pivot = cosine_or_none(source, embedded["the pivot render"][0])
         final = pivot if tuned is None else cosine_or_none(source, embedded["the tuned render"][0])
@@ -205,14 +205,14 @@ def identity_metrics(inputs: torch.Tensor, pivots: torch.Tensor, tuned: torch.Te
     return rows
 
 
-def aligned_face_descriptor(image: torch.Tensor, detected: bool = False) -> tuple[np.ndarray | None, str | None]:
+def aligned_face_descriptor(image: torch.Tensor) -> tuple[np.ndarray | None, str | None]:
     """dlib's 128-d face descriptor of an aligned face [3, R, R] in [0, 1] (any device), [128] float32, and None; or
-    None and why there is none. ``assume_aligned`` (gani_core.faces.identity.face_embedding): where the detector
-    misses the face, as on small renders, it is read at the aligned face's place, unless ``detected`` (the face
-    must be found). FacesUnavailableError without dlib."""
+    None and why there is none (gani_core.faces.identity.face_embedding, ``assume_aligned``): the face must be one
+    the detector finds, never read where an aligned face would be (a render that is no face gets no descriptor).
+    FacesUnavailableError without dlib."""
     from gani_core.faces.identity import face_embedding
 
-    return face_embedding(image, assume_aligned=True, fallback=not detected)
+    return face_embedding(image, assume_aligned=True)
 
 
 def cosine_or_none(u: np.ndarray | None, v: np.ndarray | None) -> float | None:

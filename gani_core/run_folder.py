@@ -39,6 +39,7 @@ Every file is written atomically (gani_core.storage): a reader or a crash never 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -140,6 +141,32 @@ def preview_grid_caption(shown: int, total: int) -> str:
     if shown >= total:
         return ""
     return f"the first {shown} of {total} previews (all of them are in previews/)"
+
+
+def _another_file(image: ImageSource, owners: Mapping[str, dict]) -> bool:
+    """Whether the rows of ``image``'s id (``owners``) name another source, listed otherwise (maybe another file)."""
+    row = owners.get(image.image_id.casefold())
+    return row is not None and row["source"] != image.source_path and (
+        image.stat is None or row.get("source_stat") != image.stat)
+
+
+def _digests(images: list[ImageSource]) -> dict[str, str | None]:
+    """The sha256 of each image's bytes by source (None: unreadable)."""
+    raw = storage.read_many([im.source for im in images])
+    return {uri: hashlib.sha256(data).hexdigest() if data is not None else None for uri, data in raw.items()}
+
+
+def _hashes(row: dict) -> set[str]:
+    """The hashes a row knows its file by: of its bytes (``source_sha256`` with alignment, else ``image_sha256``)."""
+    return {h for h in (row.get("source_sha256"), row.get("image_sha256")) if h}
+
+
+def _free_id(image_id: str, taken: Collection[str]) -> str:
+    """``image_id``'s stem with the first numeric suffix not in ``taken`` (casefolded ids)."""
+    stem, n = image_id, 1
+    while f"{stem}-{n}".casefold() in taken:
+        n += 1
+    return f"{stem}-{n}"
 
 
 # What a command that reads a run wants, as its errors say it.
@@ -432,6 +459,39 @@ class RunFolder:
                 continue
             found.append(_as_row(row))
         return found
+
+    def ids_tied_to_sources(self, images: list[ImageSource], stored: Mapping[tuple[str, str], dict] | None = None,
+                            ) -> list[ImageSource]:
+        """``images`` with their ids tied to their files across the runs into this folder (``stored``:
+        :meth:`stored_rows`). An id names one file: an image whose file the folder's rows (their ``source``) hold
+        under another id takes that id; an image whose id the rows hold for another file (another ``source``, and
+        another listing fingerprint and bytes) takes the first free ``STEM-N``. Without this, ``gani invert
+        a/img.jpg`` then ``gani invert b/img.jpg`` into one folder replaced a's result with b's. Rows without a
+        source (before issue 17) tie nothing. Reads the bytes of an image only when its id's rows name another
+        source and another fingerprint (to tell a moved file from another one)."""
+        stored = self.stored_rows() if stored is None else stored
+        owners: dict[str, dict] = {}                        # id -> a row naming its file
+        ids: dict[str, str] = {}                            # source -> its id
+        for (image_id, _), row in stored.items():
+            if row.get("source"):
+                owners.setdefault(image_id.casefold(), row)
+                ids.setdefault(row["source"], image_id)
+        if not owners:
+            return images
+        tied = {i: ids[im.source_path] for i, im in enumerate(images) if ids.get(im.source_path) not in (None,
+                                                                                                          im.image_id)}
+        used = {image_id.casefold() for image_id in tied.values()}
+        other = [i for i, im in enumerate(images) if i not in tied and (im.image_id.casefold() in used or
+                                                                        _another_file(im, owners))]
+        if other:
+            digests = _digests([images[i] for i in other])
+            other = [i for i in other if images[i].image_id.casefold() in used
+                     or digests[images[i].source] not in _hashes(owners[images[i].image_id.casefold()])]
+        taken = used | set(owners) | {im.image_id.casefold() for im in images}
+        for i in other:
+            tied[i] = _free_id(images[i].image_id, taken)
+            taken.add(tied[i].casefold())
+        return [dataclasses.replace(im, image_id=tied[i]) if i in tied else im for i, im in enumerate(images)]
 
     def reusable_rows(self, images: list[ImageSource], config_hashes: dict[str, Collection[str]],
                       checkpoint_sha256: str, stored: Mapping[tuple[str, str], dict] | None = None,

@@ -49,18 +49,23 @@ def storage_retries_logged(run_logger: logging.LoggerAdapter | None = None) -> I
 
 
 @task(name="list-images", cache_policy=NO_CACHE)
-def list_images(input_uri: str, limit: int | None = None) -> list[ImageSource]:
-    """The images under ``input_uri``, sorted, with their ids (gani_core.dataset.list_images)."""
+def list_images(input_uri: str, limit: int | None = None, exclude: str | None = None) -> list[ImageSource]:
+    """The images under ``input_uri``, sorted, with their ids, none under ``exclude`` (the output folder)
+    (gani_core.dataset.list_images)."""
     with storage_retries_logged():
-        return _list_images(input_uri, limit)
+        return _list_images(input_uri, limit, exclude)
 
 
 @task(name="find-existing-results", cache_policy=NO_CACHE)
 def reusable_rows(folder: RunFolder, images: list[ImageSource], config_hashes: dict[str, tuple[str, ...]],
-                  checkpoint_sha256: str) -> dict[tuple[str, str], dict]:
-    """The rows a rerun keeps, by (image_id, method): RunFolder.reusable_rows (the resume rule)."""
+                  checkpoint_sha256: str) -> tuple[list[ImageSource], dict[tuple[str, str], dict]]:
+    """``images`` with their ids tied to their files (RunFolder.ids_tied_to_sources: an id names one file across
+    runs), and the rows a rerun keeps, by (image_id, method) (RunFolder.reusable_rows: the resume rule); the
+    folder's rows read once."""
     with storage_retries_logged():
-        return folder.reusable_rows(images, config_hashes, checkpoint_sha256)
+        stored = folder.stored_rows()
+        images = folder.ids_tied_to_sources(images, stored)
+        return images, folder.reusable_rows(images, config_hashes, checkpoint_sha256, stored)
 
 
 @task(name="write-run-tables", cache_policy=NO_CACHE)

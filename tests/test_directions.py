@@ -3,6 +3,7 @@ strength 1, on the layers asked for; every bad spec, layer range or strength is 
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -302,6 +303,23 @@ def test_names_are_unique_within_a_list(G: Generator, tmp_path: Path) -> None:
     assert torch.equal(directions[0].offset, directions[1].offset)     # other specs, the same offset: both stay
 
 
+def test_a_local_file_is_recorded_by_its_absolute_path(G: Generator, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a checkpoint's: the same file named by another relative path (from another folder) is the same spec, and
+    given twice that way it is one direction; a URI stays as given."""
+    (tmp_path / "d").mkdir()
+    absolute = save(tmp_path / "d", "smile.npy", np.ones(128))
+    monkeypatch.chdir(tmp_path)
+    assert parse("d/smile.npy", G).spec == absolute
+    directions = parse_directions(["d/smile.npy", "./d/smile.npy", "pca:0", absolute, "d/../d/smile.npy"], G, SHA32)
+    assert [(d.spec, d.name) for d in directions] == [(absolute, "smile"), ("pca:0", "pca-0")]
+    monkeypatch.chdir(tmp_path / "d")
+    assert parse("smile.npy", G).spec == absolute
+    with fsspec.open("memory://gani-test/directions/smile.npy", "wb") as f:
+        np.save(f, np.ones(128))
+    assert parse("memory://gani-test/directions/smile.npy", G).spec == "memory://gani-test/directions/smile.npy"
+
+
 def test_a_spec_given_twice_is_parsed_once(G: Generator, tmp_path: Path) -> None:
     smile = save(tmp_path, "smile.npy", np.ones(128))
     directions = parse_directions(["pca:0", smile, "pca:0", f" {smile} ", "pca:1", " pca:0"], G, SHA32)
@@ -380,12 +398,27 @@ def test_layers_beyond_num_ws_are_refused_for_any_spec(G: Generator) -> None:
 
 
 def test_parse_strengths() -> None:
-    assert parse_strengths(["-2", "0", "1.5", " 3 ", "1e-1"]) == [-2.0, 0.0, 1.5, 3.0, 0.1]
+    assert parse_strengths(["-2", "0", "1.5", " 3 ", "1e-1"]) == [-2.0, 0.0, 0.1, 1.5, 3.0]
+
+
+def test_strengths_are_a_set_in_ascending_order() -> None:
+    """The order given changes neither the strip (most negative first) nor the edit key; a repeat adds nothing."""
+    assert parse_strengths(["1", "-1"]) == parse_strengths(["-1", "1", "1.0", "-1"]) == [-1.0, 1.0]
+    zero = parse_strengths(["-0", "0", "0.0"])
+    assert zero == [0.0] and math.copysign(1.0, zero[0]) == 1.0       # -0 is 0 (one column, one key)
+    assert parse_strengths(["1000", "-1000"]) == [-1000.0, 1000.0]
 
 
 @pytest.mark.parametrize("value", ["two", "nan", "inf", "-inf", "", "1,5", "1e999"])
 def test_strengths_must_be_finite_numbers(value: str) -> None:
     with pytest.raises(DirectionsError, match=rf"^strength {value!r} is not a finite number: expected numbers"):
+        parse_strengths(["1", value])
+
+
+@pytest.mark.parametrize("value", ["1e300", "-1e300", "1000.5", "-1001"])
+def test_strengths_beyond_a_thousand_are_refused(value: str) -> None:
+    """1e300 is finite, but its edit overflows float32: a black strip of NaN metrics, which replaced a good edit."""
+    with pytest.raises(DirectionsError, match=rf"^strength {value!r} is beyond ±1000: an edit that far leaves"):
         parse_strengths(["1", value])
 
 

@@ -262,6 +262,12 @@ def _edit(run: Path, out: Path, direction: Path | str, strengths: list[str], *mo
                  "--quiet", *more])
 
 
+def _edit_one(run: Path, out: Path, direction: Path | str, strengths: list[str]) -> Said:
+    """`_edit` of the astronaut alone."""
+    return _run(["edit", str(run), "astronaut", "--direction", str(direction), "--strengths", *strengths, "--out",
+                 str(out), "--quiet"])
+
+
 def _mtimes(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
 
@@ -292,14 +298,15 @@ REPLACED = "2 strip(s) written (2 replacing an earlier edit of the same image an
 def test_other_strengths_another_direction_file_or_gif_recompute(run: Path, smile: Path, tmp_path: Path) -> None:
     """Each replaces the group of its image x direction (the newest wins), and the last line says so."""
     out = tmp_path / "edits"
-    assert _edit(run, out, smile, ["-1", "1"]).code == 0
-    said = _edit(run, out, smile, ["-1", "0", "1"])
+    changed = tmp_path / "smile.npy"
+    shutil.copy(smile, changed)
+    assert _edit(run, out, changed, ["-1", "1"]).code == 0
+    said = _edit(run, out, changed, ["-1", "0", "1"])
     assert said.last == f"{REPLACED} -> {out}"
     rows = _rows(out / "edits.parquet")       # the strengths of before are gone with their strips
     assert sorted({r["strength"] for r in rows}) == [-1.0, 0.0, 1.0] and len(rows) == 6
 
-    changed = tmp_path / "smile.npy"          # the same name, another direction
-    np.save(changed, -np.load(smile))
+    np.save(changed, -np.load(smile))         # the same file, another direction in it
     said = _edit(run, out, changed, ["-1", "0", "1"])
     assert said.last == f"{REPLACED} -> {out}"
     said = _edit(run, out, changed, ["-1", "0", "1"], "--gif")      # no GIF was made: made now
@@ -350,6 +357,93 @@ def test_tables_written_before_the_layers_column_still_read(run: Path, smile: Pa
     (out / "edits.parquet").unlink()        # from the parts alone
     said = _edit(run, out, smile, ["-1", "1"])
     assert said.last == f"0 strip(s) written, 2 kept, 0 failed -> {out}"
+
+
+def test_two_files_of_one_stem_never_overwrite_each_others_edits(run: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """d1/dir.npy and d2/dir.npy are named dir and dir-2; d2's alone would be dir: refused (one line, exit 2,
+    nothing written) rather than overwrite d1's strip and rows. A spec is the file's absolute path: the same file
+    from another folder is the same direction (kept); new content in it is recomputed (replaces)."""
+    for folder, seed in (("d1", 1), ("d2", 2)):
+        (tmp_path / folder).mkdir()
+        np.save(tmp_path / folder / "dir.npy", np.random.default_rng(seed).standard_normal(128).astype(np.float32))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "edits"
+    said = _run(["edit", str(run), "astronaut", "--direction", "d1/dir.npy", "--direction", "d2/dir.npy",
+                 "--strengths", "1", "--out", str(out), "--quiet"])
+    assert said.code == 0, said.err
+    assert {(r["direction"], r["spec"]) for r in _rows(out / "edits.parquet")} == {
+        ("dir", str(tmp_path / "d1/dir.npy")), ("dir-2", str(tmp_path / "d2/dir.npy"))}
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    said = _run(["edit", str(run), "astronaut", "--direction", "d2/dir.npy", "--strengths", "1", "--out", str(out)])
+    lines = [line for line in said.err.splitlines() if line.strip()]
+    assert said.code == 2 and len(lines) == 1, said.err
+    assert lines[0] == (f"gani edit: error: direction name 'dir' in {out} is {tmp_path / 'd1/dir.npy'}'s; "
+                        f"{tmp_path / 'd2/dir.npy'} would replace it: rename the file or edit into another --out")
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before      # nothing written
+
+    monkeypatch.chdir(tmp_path / "d1")      # the same file by another relative path: the same direction
+    said = _edit_one(run, out, "dir.npy", ["1"])
+    assert said.last == f"0 strip(s) written, 1 kept, 0 failed -> {out}"
+    np.save(tmp_path / "d1/dir.npy", -np.load(tmp_path / "d1/dir.npy"))       # its content changed: recomputed
+    said = _edit_one(run, out, "./dir.npy", ["1"])
+    assert said.last == (f"1 strip(s) written (1 replacing an earlier edit of the same image and direction), 0 kept, "
+                         f"0 failed -> {out}")
+
+
+def test_a_direction_recorded_by_a_relative_path_is_still_its_file(run: Path, smile: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows written before specs were absolute name the file relative to where gani ran: read from here, the same
+    file is no other direction (it is computed again under the absolute spec, not refused)."""
+    shutil.copy(smile, tmp_path / "smile.npy")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "edits"
+    assert _edit_one(run, out, "smile.npy", ["1"]).code == 0
+    for path in [out / "edits.parquet", *(out / "rows").iterdir()]:
+        table = pq.read_table(path)
+        for column, value in (("spec", "smile.npy"), ("edit_key", "made-from-the-relative-spec")):
+            table = table.set_column(table.schema.get_field_index(column), column,
+                                     pa.array([value] * table.num_rows, pa.string()))
+        pq.write_table(table, path)
+    said = _edit_one(run, out, tmp_path / "smile.npy", ["1"])
+    assert said.code == 0 and said.last.startswith("1 strip(s) written (1 replacing"), said.err
+    assert {r["spec"] for r in _rows(out / "edits.parquet")} == {str(tmp_path / "smile.npy")}
+
+
+def test_repeated_strengths_add_up_as_a_set_in_ascending_order(run: Path, smile: Path, tmp_path: Path) -> None:
+    """--strengths 1 --strengths -1 is -1 1 (argparse's extend); given in another order or with a repeat, it is the
+    same edit, kept."""
+    out = tmp_path / "edits"
+    said = _run(["edit", str(run), "astronaut", "--direction", str(smile), "--strengths", "1", "--strengths", "-1",
+                 "--out", str(out), "--quiet"])
+    assert said.code == 0, said.err
+    assert said.err.startswith("gani edit: 1 image(s) [gani] x 1 direction(s) (smile) at strengths -1 1,")
+    with Image.open(out / "strips" / "astronaut.gani.smile.png") as strip:
+        assert strip.text["Columns"] == "input | -1 W unit | +1 W unit"
+    assert [r["strength"] for r in _rows(out / "edits.parquet")] == [-1.0, 1.0]
+    for strengths in (["-1", "1"], ["1", "-1", "1.0"]):
+        said = _edit_one(run, out, smile, strengths)
+        assert said.last == f"0 strip(s) written, 1 kept, 0 failed -> {out}"
+
+
+def test_a_render_that_is_not_finite_fails_that_edit_alone(run: Path, tmp_path: Path) -> None:
+    """A raw direction of 1e37 per element at strength 1000 overflows float32: that image x direction fails (no
+    strip, no NaN metrics), never ok with a black strip; another direction of the request is ok."""
+    huge = tmp_path / "huge.npy"
+    np.save(huge, np.full(128, 1e37, dtype=np.float32))
+    out = tmp_path / "edits"
+    said = _run(["edit", str(run), "astronaut", "--direction", str(huge), "--direction", "factor:hue", "--raw",
+                 "--strengths", "0", "1000", "--out", str(out), "--quiet"])
+    assert said.code == 1, said.err
+    assert said.last == f"1 strip(s) written, 0 kept, 1 failed -> {out}"
+    assert "failed: astronaut [gani] huge: the render at strength 1000 is not finite" in said.err.splitlines()
+    rows = {(r["direction"], r["strength"]): r for r in _rows(out / "edits.parquet")}
+    for strength in (0.0, 1000.0):
+        row = rows[("huge", strength)]
+        assert row["status"] == "failed" and row["error"] == "the render at strength 1000 is not finite"
+        assert row["strip"] is None and row["lpips_to_original_edit"] is None
+    assert {rows[("factor-hue", s)]["status"] for s in (0.0, 1000.0)} == {"ok"}
+    assert [p.name for p in (out / "strips").iterdir()] == ["astronaut.gani.factor-hue.png"]
 
 
 def test_the_same_direction_twice_is_edited_once(run: Path, smile: Path, tmp_path: Path) -> None:
@@ -487,6 +581,7 @@ def _refused(argv: list[str], out: Path) -> str:
     (["--direction", "smile", "--strengths", "1"], "'smile' is not a direction: expected factor:NAME"),
     (["--direction", "missing.npy", "--strengths", "1"], "directions file not found: missing.npy"),
     (["--direction", "SMILE", "--strengths", "1", "x"], "strength 'x' is not a finite number"),
+    (["--direction", "SMILE", "--strengths", "1", "1e300"], "strength '1e300' is beyond ±1000: an edit that far"),
     (["--direction", "SMILE", "--strengths", "1", "--layers", "0-99"], "layers 0-99: beyond this generator's style"),
     (["--direction", "factor:hue", "--direction", "pca:0", "--strengths", "1", "--raw"],
      "--raw applies to .npy directions only; factor:hue is in steps, pca:0 in sigmas"),
@@ -545,6 +640,37 @@ def test_a_checkpoint_that_is_not_the_one_the_run_tuned_is_one_line(run: Path, s
     pq.write_table(table, copied / "metrics.parquet")
     line = _refused(["edit", str(copied), "--direction", str(smile), "--strengths", "1"], copied / "edits")
     assert f"{g32_file} is not the checkpoint this run tuned" in line and "its deltas would not apply" in line
+
+
+def test_a_run_folder_as_the_edits_folder_is_one_line(run: Path, smile: Path, tmp_path: Path) -> None:
+    """--out RUN (or any run folder, even one of rows/ parts alone) would read the run's rows as edits: refused, not
+    `failed: KeyError: 'direction'`; nothing is written there."""
+    copied = _copy(run, tmp_path)
+    parts_only = tmp_path / "parts-only"
+    shutil.copytree(copied / "rows", parts_only / "rows")
+    for out in (copied, parts_only):
+        before = sorted(p.relative_to(out) for p in out.rglob("*"))
+        said = _run(["edit", str(copied), "--direction", str(smile), "--strengths", "1", "--out", str(out)])
+        lines = [line for line in said.err.splitlines() if line.strip()]
+        assert said.code == 2 and len(lines) == 1 and "Traceback" not in said.err, said.err
+        assert lines[0] == (f"gani edit: error: --out {out} is a run folder; edits go to a folder of their own "
+                            "(default RUN/edits)")
+        assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    with pytest.raises(edit_runs_mod.NotEditRowsError, match=r"^.*/rows/part-.*\.parquet holds no edit rows \(no "
+                                                             r"direction, strength, edit_key column\): a run's rows\?"):
+        edit_runs_mod.EditFolder(str(parts_only)).stored_rows()
+
+
+def test_align_refuses_a_resolution_no_generator_has(tmp_path: Path) -> None:
+    """`gani align --resolution` is a generator's side: a power of two of at least 4 (argparse: one line, exit 2,
+    before dlib is imported)."""
+    for value in ("3", "0", "1000", "-8", "x"):
+        said = _run(["align", str(tmp_path), "--out", str(tmp_path / "out"), "--resolution", value])
+        lines = [line for line in said.err.splitlines() if line.strip()]
+        assert said.code == 2 and len(lines) == 1, said.err
+        assert f"argument --resolution: a generator's resolution: a power of two of at least 4 (4, 8, ..., 256, 512, " \
+               f"1024), got '{value}'" in lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_output_that_is_a_file_is_one_line(run: Path, smile: Path, tmp_path: Path) -> None:

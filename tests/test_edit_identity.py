@@ -15,6 +15,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import skimage.data
@@ -23,11 +24,11 @@ from PIL import Image
 
 from gani_core import load_generator
 from gani_core.cli import main
-from gani_core.deltas import apply_deltas
 from gani_core.directions import parse_directions
 from gani_core.edit_runs import EDITS_SCHEMA, EditFolder, EditPlan, edit_images
 from gani_core.evaluation.report import ROWS_SCHEMA
 from gani_core.faces import models
+from gani_core.faces.detect import as_rgb
 from gani_core.faces.identity import cosine_similarity, face_embedding
 from gani_core.metric_registry import METRICS, names
 from gani_core.metrics import to_unit
@@ -41,6 +42,7 @@ needs_dlib = pytest.mark.skipif(not models.available(), reason="dlib and face-re
 CHECKPOINT = "builtin-random:64"
 INVERT = ["--checkpoint", CHECKPOINT, "--method", "gani", "--pivot-steps", "2", "--tune-steps", "1", "--quiet"]
 STRENGTHS = (-2.0, 0.0, 2.0, 8.0)          # 8: far enough along pca:0 that the face changes
+R = 64                                     # its resolution
 EDIT = ["--direction", "pca:0", "--strengths", *(f"{s:g}" for s in STRENGTHS), "--quiet"]
 
 
@@ -76,51 +78,67 @@ def face_run(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @needs_dlib
-def test_the_identity_an_edit_keeps_is_1_unedited_and_lower_far_along_the_edit(face_run: Path) -> None:
+def test_an_edit_whose_renders_hold_no_face_has_a_null_identity(face_run: Path) -> None:
+    """The untrained generator renders blobs, no face: the run's id_similarity is null (id_note says which render),
+    and so is every edit's id_similarity_edit (never the blob read where an aligned face would be: 0.90-0.97)."""
+    run_row = next(r for r in RunFolder(face_run).read_run().rows if r["image_id"] == "astronaut")
+    assert run_row["id_similarity"] is None and "the tuned render: no face found" in run_row["id_note"]
     rows = _edits(face_run / "edits")
     assert sorted(rows) == list(STRENGTHS) and all(r["status"] == "ok" for r in rows.values())
-    kept = {s: r["id_similarity_edit"] for s, r in rows.items()}
-    assert all(v is not None and math.isfinite(v) and -1.0 <= v <= 1.0 for v in kept.values()), kept
-    assert kept[0.0] >= 0.999
-    assert kept[8.0] < kept[0.0] - 1e-3, kept
+    assert all(r["id_similarity_edit"] is None for r in rows.values())
+    assert "id_similarity_edit_mean" not in mlflow_runs.edit_metrics(list(rows.values()))
 
 
 @needs_dlib
-def test_id_similarity_edit_is_the_cosine_of_the_two_tuned_renders_descriptors(face_run: Path) -> None:
-    """Computed here by hand: the edit at 2 and the unedited render, each through ``apply_deltas(G, deltas)``."""
-    folder = RunFolder(face_run)
-    run_row = next(r for r in folder.read_run().rows if r["image_id"] == "astronaut")
+def test_id_similarity_edit_is_the_cosine_of_the_two_renders_descriptors_and_null_without_a_face() -> None:
+    """edit_runs' id_similarity_edit of one image's renders [S, 3, R, R] along strengths, strength 0 first, renders
+    of real faces standing for a generator that draws them (none of the tests' does): the astronaut aligned, her JPEG
+    copy, Grace Hopper, and a blob (the untrained generator's render). 1 unedited, the same person high, another
+    person lower, each the cosine computed by hand; the blob null."""
+    from matplotlib import cbook
+
+    from gani_core import faces
+    from gani_core.edit_runs import _identity_kept
+
+    hopper = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    face = faces.align_face(skimage.data.astronaut(), R).tensor()
+    buffer = io.BytesIO()
+    Image.fromarray(as_rgb(face)).save(buffer, "JPEG", quality=50)
+    copy = torch.from_numpy(np.array(Image.open(buffer).convert("RGB"))).permute(2, 0, 1).float() / 255
     G = load_generator(CHECKPOINT)
-    (direction,) = parse_directions(["pca:0"], G, run_row["checkpoint_sha256"])
-    tuned = apply_deltas(G, folder.read_deltas("astronaut", "gani"))
-    pivot = folder.read_pivot("astronaut", "gani")
     with torch.no_grad():
-        renders = to_unit(tuned.synthesis(torch.stack([pivot, pivot + 2.0 * direction.offset]), noise_mode="const"))
-    unedited, edited = (face_embedding(r, assume_aligned=True)[0] for r in renders)
-    expected = cosine_similarity(edited, unedited)
-    assert _edits(face_run / "edits")[2.0]["id_similarity_edit"] == pytest.approx(expected, abs=1e-4)
+        z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0))
+        blob = to_unit(G.synthesis(G.mapping(z, None), noise_mode="const"))[0]
+    renders = torch.stack([face, copy, faces.align_file(hopper, R).tensor(), blob])
+    kept = _identity_kept(renders[None] * 2 - 1, 0, [True])[0]
+    e = [face_embedding(r, assume_aligned=True)[0] for r in renders]
+    assert e[3] is None
+    assert kept[:3] == pytest.approx([cosine_similarity(x, e[0]) for x in e[:3]], abs=1e-4)
+    assert kept[0] >= 0.999 and kept[1] > 0.95 > kept[2] and math.isnan(kept[3]), kept
 
 
 @needs_dlib
 def test_the_flows_task_rows_carry_what_the_identity_needs(face_run: Path, tmp_path: Path) -> None:
-    """What an edit-dataset task is sent (tasks.editing.task_rows, not the whole row) gives the same values."""
+    """What an edit-dataset task is sent (tasks.editing.task_rows, not the whole row) gives the same values (here
+    null: the renders hold no face)."""
     folder = RunFolder(face_run)
     rows = [r for r in folder.read_run().rows if r["status"] == "ok"]
     G = load_generator(CHECKPOINT)
     plan = EditPlan(tuple(parse_directions(["pca:0"], G, rows[0]["checkpoint_sha256"])), STRENGTHS)
     new = edit_images(G, folder, EditFolder(str(tmp_path / "edits")), task_rows(rows), plan)
-    by_strength = {r["strength"]: r["id_similarity_edit"] for r in new}
     cli = _edits(face_run / "edits")
-    assert by_strength == pytest.approx({s: cli[s]["id_similarity_edit"] for s in STRENGTHS}, abs=1e-6)
+    assert {r["strength"]: r["id_similarity_edit"] for r in new} == {s: cli[s]["id_similarity_edit"] for s in STRENGTHS}
 
 
 @needs_dlib
 def test_the_edit_means_leave_strength_0_out_of_id_similarity_edit(face_run: Path) -> None:
-    rows = list(_edits(face_run / "edits").values())
+    """The face run's edit rows, given values (its renders have none: no face)."""
+    rows = [{**r, "id_similarity_edit": 1.0 if r["strength"] == 0 else 0.9 - 0.01 * r["strength"]}
+            for r in _edits(face_run / "edits").values()]
     moved = [r["id_similarity_edit"] for r in rows if r["strength"] != 0]
     means = mlflow_runs.edit_metrics(rows)
     assert means["id_similarity_edit_mean"] == pytest.approx(sum(moved) / len(moved))
-    assert means["id_similarity_edit.pca-0.s0"] == pytest.approx(_edits(face_run / "edits")[0.0]["id_similarity_edit"])
+    assert means["id_similarity_edit.pca-0.s0"] == pytest.approx(1.0)
 
 
 @needs_dlib

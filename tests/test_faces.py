@@ -408,7 +408,7 @@ def test_gani_align_writes_an_image_per_face_a_table_and_one_line_per_image_with
     err = capsys.readouterr().err
     no_face = [line for line in _lines(err) if line.startswith("gani align: no face: ")]
     assert no_face == [f"gani align: no face: {images}/coffee.jpg: {NO_FACE_REASON}"]
-    assert _lines(err)[-1] == (f"gani align: 2 of 3 aligned, 1 without a face, 0 failed; table "
+    assert _lines(err)[-1] == (f"gani align: 2 aligned, 1 without a face, 0 failed; table "
                                f"{out}/alignment.parquet")
     assert sorted(p.name for p in out.iterdir()) == ["alignment.parquet", "astronaut.png", "grace_hopper.png"]
     assert Image.open(out / "astronaut.png").size == (128, 128)
@@ -432,14 +432,14 @@ def test_gani_align_resumes_keeping_outputs_of_the_same_bytes_and_resolution(
     capsys.readouterr()
 
     assert main(argv) == 1
-    assert "(3 kept from before)" in capsys.readouterr().err
+    assert "gani align: 2 aligned (2 of them kept from before), 1 without a face, 0 failed" in capsys.readouterr().err
     assert {name: (out / name).stat().st_mtime_ns for name in written} == written
 
     # New bytes under the same name are aligned again; the same bytes touched (a new mtime) are kept.
     (images / "astronaut.jpg").write_bytes(_jpeg(_decoded((images / "astronaut.jpg").read_bytes()), 80))
     os.utime(images / "grace_hopper.jpg", ns=(1, 1))
     assert main(argv) == 1
-    assert "(2 kept from before)" in capsys.readouterr().err
+    assert "gani align: 2 aligned (1 of them kept from before), 1 without a face" in capsys.readouterr().err
     assert (out / "astronaut.png").stat().st_mtime_ns != written["astronaut.png"]
     assert (out / "grace_hopper.png").stat().st_mtime_ns == written["grace_hopper.png"]
 
@@ -447,6 +447,40 @@ def test_gani_align_resumes_keeping_outputs_of_the_same_bytes_and_resolution(
     assert main([*argv[:-2], "128", "--quiet"]) == 1
     assert "kept from before" not in capsys.readouterr().err
     assert set(pd.read_parquet(out / "alignment.parquet")["resolution"]) == {128}
+
+
+@needs_dlib
+def test_gani_align_counts_add_up_to_the_images_and_a_failed_line_says_its_path_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A rerun over the astronaut, Grace Hopper, coffee and a truncated JPEG: the last line's counts add up to the 4
+    images, the kept ones counted among the aligned; the failed line names the file once."""
+    images, out = _faces_folder(tmp_path / "in"), tmp_path / "out"
+    (images / "broken.jpg").write_bytes((images / "astronaut.jpg").read_bytes()[:5000])
+    argv = ["align", str(images), "--out", str(out), "--resolution", "64", "--quiet"]
+    for kept in ("", " (2 of them kept from before)"):
+        assert main(argv) == 1
+        err = _lines(capsys.readouterr().err)
+        assert err[-1] == f"gani align: 2 aligned{kept}, 1 without a face, 1 failed; table {out}/alignment.parquet"
+        (failed,) = [line for line in err if line.startswith("gani align: failed: ")]
+        assert failed.startswith(f"gani align: failed: {images}/broken.jpg: ") and failed.count("broken.jpg") == 1
+
+
+@needs_dlib
+def test_gani_align_into_a_folder_inside_its_input_leaves_its_own_outputs_out_of_the_inputs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`gani align photos --out photos/aligned` run again (the output folder spelt another way too): the aligned
+    faces under photos/aligned are not inputs, no name clash; an output folder beside the input changes nothing."""
+    monkeypatch.chdir(tmp_path)
+    _faces_folder(tmp_path / "photos")
+    for out in ("photos/aligned", "photos/aligned", "./photos/../photos/aligned/", str(tmp_path / "photos/aligned")):
+        assert main(["align", "photos", "--out", out, "--resolution", "64", "--quiet"]) == 1      # coffee
+        err = _lines(capsys.readouterr().err)
+        assert err[0].startswith("gani align: 3 image(s) at 64 px"), err
+        assert err[-1].startswith("gani align: 2 aligned"), err
+    assert sorted(faces.read_table("photos/aligned")) == ["astronaut", "coffee", "grace_hopper"]
+    assert main(["align", "photos/aligned", "--out", "photos/aligned", "--quiet"]) == 2    # nothing outside it
+    assert _lines(capsys.readouterr().err)[-1] == ("gani align: error: photos/aligned: no image files under it but "
+                                                   "in the output folder photos/aligned")
 
 
 @needs_dlib
@@ -538,7 +572,7 @@ def test_gani_align_never_replaces_the_face_of_another_photo_of_the_same_name(
         assert main(["align", "b", "--out", "out", "--resolution", resolution, "--quiet"]) == 1
         err = _lines(capsys.readouterr().err)
         assert [line for line in err if "face.jpg" in line] == [refused]
-        assert err[-1].startswith("gani align: 1 of 2 aligned, 0 without a face, 1 failed; ")
+        assert err[-1].startswith("gani align: 1 aligned, 0 without a face, 1 failed; ")
         assert (Path("out/face.png").read_bytes(), faces.read_table("out")["face"]) == ours
     assert Path("out/astronaut.png").exists()
 
@@ -547,7 +581,7 @@ def test_gani_align_never_replaces_the_face_of_another_photo_of_the_same_name(
     assert Path("out/face.png").read_bytes() != ours[0]
     shutil.copy("a/face.jpg", "c/face.jpg")                         # the same photo from another path: kept
     assert main(["align", "c/face.jpg", "--out", "out", "--resolution", "64", "--quiet"]) == 0
-    assert "(1 kept from before)" in capsys.readouterr().err
+    assert "gani align: 1 aligned (1 of them kept from before), 0 without" in capsys.readouterr().err
     assert faces.read_table("out")["face"]["source"] == "c/face.jpg"
     Path("out/face.png").unlink()                                   # removed: the name is free
     assert main(["align", "b/face.jpg", "--out", "out", "--resolution", "64", "--quiet"]) == 0

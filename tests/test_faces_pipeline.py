@@ -32,11 +32,12 @@ from flows.parameters import ClusterSettings, InversionSettings
 from gani_core import faces
 from gani_core.cli import main
 from gani_core.faces import models
+from gani_core.faces.align import NO_FACE_REASON
 from gani_core.faces.detect import as_rgb
 from gani_core.faces.ffhq import warp_quad
 from gani_core.images import load_image
 from gani_core.invert import method_config
-from gani_core.metric_registry import METRICS, names
+from gani_core.metric_registry import names
 from gani_core.run_folder import METRICS_SCHEMA, PREVIEW_CELL_MIN
 from tasks import mlflow_runs
 
@@ -91,10 +92,12 @@ def test_the_face_is_inverted_aligned_with_its_alignment_and_identity_in_the_row
         assert row["status"] == "ok" and row["align"] == "ffhq" and row["resolution"] == R
         assert row["faces_seen"] == 2                               # her face and the mission patch
         assert len(row["face_box"]) == 4 and np.array(row["face_quad"]).shape == (4, 2)
-        assert _in_range(row["id_similarity"]) and _in_range(row["id_similarity_pivot"]), row
-        assert row["id_note"] is None
-    w = aligned_run["rows"][("astronaut", "w")]
-    assert w["id_similarity"] == w["id_similarity_pivot"]          # w tunes nothing: its render is the pivot's
+        # The untrained generator renders a blob, no face: no identity, and why (never the blob read where an
+        # aligned face would be, which scored 0.82-0.97).
+        assert row["id_similarity"] is None and row["id_similarity_pivot"] is None, row
+        assert row["id_note"].startswith(f"the pivot render: {faces.NO_FACE} ("), row
+    assert "the tuned render: no face found" in aligned_run["rows"][("astronaut", "gani")]["id_note"]
+    assert "tuned" not in aligned_run["rows"][("astronaut", "w")]["id_note"]     # w tunes nothing: the pivot's
 
 
 @needs_dlib
@@ -210,47 +213,77 @@ def test_identity_on_faces_aligned_by_gani_align(tmp_path: Path, capsys: pytest.
     assert main(["align", str(photos), "--out", str(aligned), "--resolution", str(R), "--quiet"]) == 1   # coffee
     assert main(["invert", str(aligned), *INVERT, "--method", "w", "--identity", "--out", str(out)]) == 0
     row = _rows(out)[("astronaut", "w")]
-    assert _in_range(row["id_similarity"]) and row["id_similarity"] == row["id_similarity_pivot"]
+    # Measured, and null: the input's face is found, the untrained generator's render holds none (a blob).
+    assert row["id_similarity"] is None and row["id_similarity_pivot"] is None
+    assert row["id_note"].startswith(f"the pivot render: {faces.NO_FACE} (")
     assert row["align"] is None and row["image_sha256"] == _sha256((aligned / "astronaut.png").read_bytes())
     assert "aligned faces (id_similarity)" in capsys.readouterr().err
     assert main(["show", str(out)]) == 0
-    shown = capsys.readouterr().out
-    assert "aligned faces (id_similarity)" in shown                         # its configuration says so
-    lines = shown.splitlines()                                              # its rows and means show identity
-    means = lines.index("means over ok images:") + 1
-    for header, line in ((lines[1].split(), lines[2].split()), (lines[means].split(), lines[means + 1].split())):
-        for name in names("faces"):
-            assert line[header.index(name)] == METRICS[name].format(row[name]) != "-"
+    assert "aligned faces (id_similarity)" in capsys.readouterr().out       # its configuration says so
+
+
+def _aligned_faces() -> torch.Tensor:
+    """The astronaut and Grace Hopper aligned at R px, [2, 3, R, R] in [0, 1]."""
+    from matplotlib import cbook
+
+    hopper = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    return torch.stack([faces.align_face(skimage.data.astronaut(), R).tensor(), faces.align_file(hopper, R).tensor()])
+
+
+def _jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
+    """``images`` [K, 3, R, R] in [0, 1] through JPEG at ``quality``: the same faces, other pixels."""
+    from io import BytesIO
+
+    def one(image: torch.Tensor) -> torch.Tensor:
+        buffer = BytesIO()
+        Image.fromarray(as_rgb(image)).save(buffer, "JPEG", quality=quality)
+        return torch.from_numpy(np.array(Image.open(buffer).convert("RGB"))).permute(2, 0, 1).float() / 255
+
+    return torch.stack([one(image) for image in images])
 
 
 @needs_dlib
 def test_id_similarity_is_its_formula_for_each_image_of_a_batch() -> None:
-    """measure_images of two aligned faces (the astronaut, Grace Hopper) at once gives each the cosine of the
-    descriptors of its input and of its pivot's render, computed here one by one (at 64 px: an input's face must be
-    found by the detector, which misses aligned faces under about 64 px)."""
-    from matplotlib import cbook
+    """identity_metrics (what measure_images gives a face run) of two aligned faces whose renders are faces: each
+    gets the cosine of the descriptors of its input and of its render, computed here one by one. Renders of real
+    faces (their JPEG copies as the pivots', the other person as the tuned one) stand for a generator that draws
+    faces, which no generator of the tests does."""
+    from gani_core.faces.identity import cosine_similarity, face_embedding
+    from gani_core.metrics import identity_metrics
 
+    images = _aligned_faces()
+    pivots, tuned = _jpeg(images, 50), images.flip(0)
+    rows = identity_metrics(images, pivots, tuned)
+    for i, row in enumerate(rows):
+        e = [face_embedding(x, assume_aligned=True)[0] for x in (images[i], pivots[i], tuned[i])]
+        assert row["id_similarity_pivot"] == pytest.approx(cosine_similarity(e[0], e[1]), abs=1e-4)
+        assert row["id_similarity"] == pytest.approx(cosine_similarity(e[0], e[2]), abs=1e-4)
+        assert row["id_similarity_pivot"] > 0.95 > row["id_similarity"] and row["id_note"] is None, row
+    assert identity_metrics(images, pivots)[0]["id_similarity"] == rows[0]["id_similarity_pivot"]   # tunes nothing
+
+
+@needs_dlib
+def test_renders_without_a_face_have_no_identity_never_the_blob_where_a_face_would_be() -> None:
+    """measure_images of the two aligned faces with the untrained generator, whose renders are blobs: null values and
+    the reason in id_note. Read where an aligned face would be, the blob would have scored like a face."""
     from gani_core import build_builtin
     from gani_core.editing import random_directions
-    from gani_core.faces.identity import cosine_similarity, face_embedding
+    from gani_core.faces.identity import aligned_face_box, cosine_similarity, descriptor_at, face_embedding
     from gani_core.measure import measure_images
     from gani_core.metrics import to_unit
 
     g64 = build_builtin(R)
-    hopper = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-    images = torch.stack([faces.align_face(skimage.data.astronaut(), R).tensor(),
-                          faces.align_file(hopper, R).tensor()])
+    images = _aligned_faces()
     w = g64.mapping(torch.randn(2, g64.z_dim, generator=torch.Generator().manual_seed(0)), None)
     directions = random_directions(g64.w_dim, 2, seed=0)
     measured = measure_images(g64, images, w, [{}, {}], [{}, {}], directions=directions, strength=1.0,
                               preview_offset=directions[0], locality_count=4, seed=0, identity=True)
     for i, m in enumerate(measured):
-        render = to_unit(g64.synthesis(w[i : i + 1], noise_mode="const"))[0]
-        expected = cosine_similarity(face_embedding(images[i], assume_aligned=True)[0],
-                                     face_embedding(render, assume_aligned=True)[0])
-        assert m.metrics["id_similarity_pivot"] == pytest.approx(expected, abs=1e-4)
-        assert m.metrics["id_similarity"] == m.metrics["id_similarity_pivot"] and m.id_note is None
-    assert measured[0].metrics["id_similarity"] != pytest.approx(measured[1].metrics["id_similarity"], abs=1e-6)
+        assert m.metrics["id_similarity"] is None and m.metrics["id_similarity_pivot"] is None
+        assert m.id_note == f"the pivot render: {NO_FACE_REASON}"
+        blob = as_rgb(to_unit(g64.synthesis(w[i : i + 1], noise_mode="const"))[0])
+        face = face_embedding(images[i], assume_aligned=True)[0]
+        assert cosine_similarity(face, descriptor_at(blob, aligned_face_box(blob))) > 0.8     # what it was
 
 
 @needs_dlib
@@ -351,11 +384,12 @@ def test_invert_dataset_aligns_on_the_worker_and_logs_id_similarity(
     rows = _rows(out)
     face = rows[("astronaut", "w")]
     assert face["image_sha256"] == _sha256(faces.align_file(flow_photos / "astronaut.jpg", R).png())
-    assert face["align"] == "ffhq" and face["faces_seen"] == 2 and _in_range(face["id_similarity"])
+    assert face["align"] == "ffhq" and face["faces_seen"] == 2 and face["id_similarity"] is None
+    assert face["id_note"].startswith("the pivot render: no face found")       # the generator renders a blob
     assert rows[("coffee", "w")]["error"].startswith("NoFaceError: ")
 
     run = MlflowClient(tracking_uri=db).get_run(s["mlflow_run_id"])
-    assert run.data.metrics["id_similarity_mean"] == pytest.approx(face["id_similarity"])
+    assert "id_similarity_mean" not in run.data.metrics
     assert run.data.params["align"] == "ffhq"
     assert "id_similarity" in mlflow_runs.HEADLINE_METRICS and "id_similarity" in names("run")
 

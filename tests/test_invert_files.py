@@ -273,6 +273,51 @@ def test_images_with_one_name_in_two_folders_keep_their_source(tmp_path, capsys)
     assert f"{photos}/b/img.jpg" in capsys.readouterr().out
 
 
+def test_an_id_names_one_file_across_the_runs_into_a_folder(tmp_path, capsys):
+    """a/img.jpg inverted, then b/img.jpg alone into the same folder: b gets an id of its own (img-1), a's result
+    stays; the run of both folders then keeps both (each file under the id its rows hold); the same file by another
+    path (a copy) is the same image. Before, b took `img` and replaced a's result."""
+    photos = tmp_path / "photos"
+    for sub, name in (("a", "astronaut.jpg"), ("b", "coffee.jpg")):
+        (photos / sub).mkdir(parents=True)
+        shutil.copy(EXAMPLES / name, photos / sub / "img.jpg")
+    out = tmp_path / "out"
+    argv = ["--checkpoint", "builtin-random:32", "--method", "w", "--pivot-steps", "1", "--out", str(out), "--quiet"]
+
+    def sources() -> dict[str, str]:
+        return {r["image_id"]: r["source"] for r in pq.read_table(out / "metrics.parquet").to_pylist()}
+
+    assert cli_main(["invert", str(photos / "a" / "img.jpg"), *argv]) == 0
+    deltas = (out / "deltas" / "img.w.parquet").read_bytes()
+    assert cli_main(["invert", str(photos / "b" / "img.jpg"), *argv]) == 0
+    assert sources() == {"img": f"{photos}/a/img.jpg", "img-1": f"{photos}/b/img.jpg"}
+    assert (out / "deltas" / "img.w.parquet").read_bytes() == deltas
+    capsys.readouterr()
+    assert cli_main(["invert", str(photos / "b"), str(photos / "a"), *argv]) == 0
+    assert "2 kept from an earlier run" in capsys.readouterr().err
+    assert sources() == {"img": f"{photos}/a/img.jpg", "img-1": f"{photos}/b/img.jpg"}
+    (tmp_path / "moved").mkdir()
+    shutil.copy(photos / "a" / "img.jpg", tmp_path / "moved" / "img.jpg")       # another path, the same bytes
+    assert cli_main(["invert", str(tmp_path / "moved" / "img.jpg"), *argv]) == 0
+    assert "1 kept from an earlier run" in capsys.readouterr().err and set(sources()) == {"img", "img-1"}
+
+
+def test_a_run_kept_inside_its_input_folder_is_not_its_own_input(tmp_path, capsys):
+    """`gani invert photos --out photos/run` twice: the second run keeps the first's result and inverts none of its
+    previews (before: ids preview_grid and img.w, inverted as new images)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(EXAMPLES / "astronaut.jpg", photos / "img.jpg")
+    argv = ["invert", str(photos), "--checkpoint", "builtin-random:32", "--method", "w", "--pivot-steps", "1",
+            "--out", str(photos / "run"), "--quiet"]
+    assert cli_main(argv) == 0
+    assert (photos / "run" / "preview_grid.png").is_file()
+    capsys.readouterr()
+    assert cli_main(argv) == 0
+    assert "1 kept from an earlier run" in capsys.readouterr().err
+    assert [r["image_id"] for r in pq.read_table(photos / "run" / "metrics.parquet").to_pylist()] == ["img"]
+
+
 @pytest.mark.parametrize("under", ["", "sub"])
 def test_an_output_that_is_a_file_is_one_line_before_any_work(tmp_path, capsys, under):
     """`--out` an existing file, or a path under one (issue 22): exit 2 with one line naming the option, nothing

@@ -79,10 +79,11 @@ def resolve_device(requested: str | None, option: str = "--device") -> str:
     return requested
 
 
-def input_images(args: list[str]) -> list[ImageSource]:
+def input_images(args: list[str], exclude: str | None = None) -> list[ImageSource]:
     """`gani invert`'s IMAGES: a file is taken as given (a bad one becomes a failed row), a folder or prefix gives
-    the images under it (gani_core.dataset.list_images); a path that does not exist, or a folder without images,
-    is an error naming the path as given, before anything runs."""
+    the images under it (gani_core.dataset.list_images), but none under the folder ``exclude`` (the command's
+    output, when it lies inside an input); a path that does not exist, or a folder without images, is an error
+    naming the path as given, before anything runs."""
     from gani_core import storage
     from gani_core.dataset import image_sources, list_images
 
@@ -100,7 +101,7 @@ def input_images(args: list[str]) -> list[ImageSource]:
             stats.append(storage.fingerprint(fs.info(path)))
             continue
         try:
-            found = list_images(arg)
+            found = list_images(arg, exclude=exclude)
         except FileNotFoundError as exc:
             # list_images names the flows' parameter (input_uri); here the path is one of IMAGES, as typed.
             raise FileNotFoundError(str(exc).replace(f"input_uri {arg}", arg, 1)) from None

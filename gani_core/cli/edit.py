@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     bar = _Bar(f"edit [{method}]", disabled=args.quiet)
     try:
         result = run_edits(G, folder, out, rows, plan, batch_size, on_batch=bar.update, missing=missing,
-                           on_start=bar.start)
+                           on_start=bar.start, stored=p.stored)
     except KeyboardInterrupt:
         bar.close()
         raise Interrupted(kept_after_interrupt(lambda: strips_on_disk(out, rows, plan), "strip", out.uri)) from None

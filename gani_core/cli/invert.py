@@ -37,7 +37,7 @@ from gani_core.run_folder import RunFolder
 
 def run(args: argparse.Namespace) -> int:
     # Everything that can be refused is, before the generator loads: a mistyped path fails at once.
-    images = input_images(args.images)
+    images = input_images(args.images, exclude=args.out)     # a run kept inside its input: not its own input
     check_output_folder(args.out)
     configs = _configs(args)
     device = resolve_device(args.device)

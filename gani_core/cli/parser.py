@@ -45,6 +45,13 @@ def _positive_int(value: str) -> int:
     return int(value)
 
 
+def _resolution(value: str) -> int:
+    if not value.isdigit() or int(value) < 4 or int(value) & (int(value) - 1):
+        raise argparse.ArgumentTypeError(f"a generator's resolution: a power of two of at least 4 (4, 8, ..., 256, "
+                                         f"512, 1024), got {value!r}")
+    return int(value)
+
+
 def _batch_size(value: str) -> int | str:
     if value == "auto":
         return value
@@ -202,8 +209,9 @@ def _add_align(sub: argparse._SubParsersAction) -> None:
                    "local paths or fsspec URIs (s3://bucket/prefix)")
     p.add_argument("--out", required=True, help="output folder or URI (s3://bucket/prefix); outputs already there "
                    "for the same image bytes and resolution are kept")
-    p.add_argument("--resolution", type=_positive_int, default=1024,
-                   help="side of the aligned images in px: the generator's resolution (default: 1024, FFHQ's)")
+    p.add_argument("--resolution", type=_resolution, default=1024,
+                   help="side of the aligned images in px: the generator's resolution, a power of two of at least 4 "
+                        "(default: 1024, FFHQ's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -260,9 +268,11 @@ def _add_edit(sub: argparse._SubParsersAction) -> None:
                    help="factor:NAME (a factor direction the generator carries), pca:K (the K-th principal "
                         "direction of W) or FILE.npy (a path or URI); repeat for more (the same spec twice counts "
                         "once)")
-    p.add_argument("--strengths", nargs="+", required=True, metavar="S",
+    p.add_argument("--strengths", nargs="+", action="extend", required=True, metavar="S",
                    help="edit strengths in each direction's unit (factor: steps, pca: sigmas, .npy: W units), "
-                        "e.g. -3 -1.5 0 1.5 3")
+                        "e.g. -3 -1.5 0 1.5 3; at most 1000 either way; a set: repeats add up (--strengths -1 "
+                        "--strengths 1), the strip goes from the most negative to the most positive whatever the "
+                        "order given")
     p.add_argument("--method", default=None, choices=defaults.METHODS,
                    help=f"which method's results (default: {tuned}: the first with a successful result); w and "
                         "wplus edit the pivot through the original generator")

@@ -14,12 +14,15 @@ ENLARGED_SEARCH_SIDE px (Lanczos); the box found there, scaled back, gives the l
 image's own size (measured: docs/method.md). An image under MIN_SIDE px has no descriptor: there the same face and
 two different people score alike.
 
-``assume_aligned=True`` is for images the caller knows to be FFHQ-aligned faces (gani's aligned inputs and their
-renders): where the detector finds nothing, the face is taken to be at ALIGNED_FACE_BOX, where the detector puts it
-on aligned faces. Without it, an image without a detected face has no descriptor (None, and the reason).
-``id_similarity`` takes a face at ALIGNED_FACE_BOX in one image only when the detector found the other's: two
-images without a detected face have no similarity, aligned or not (noise read at that place scores 0.84 to 0.88
-against a real face, as high as another person does: the box alone does not make a face).
+A descriptor is only ever read from a face the detector finds (``face_embedding``: a run's inputs and renders, gani
+edit's renders): an image without one has none (None, and the reason), never the descriptor of whatever lies where a
+face would be (a blob rendered by a generator that cannot draw a face, read at ALIGNED_FACE_BOX, scored 0.82 to 0.97
+against the astronaut). ``assume_aligned=True`` (the caller knows the images are FFHQ-aligned) searches them at most
+ALIGNED_SEARCH_SIDE px wide. The one exception is ``id_similarity`` with ``assume_aligned`` (``gani metrics
+--aligned``: the user asserts both images are aligned faces): an image whose face the detector misses is read at
+ALIGNED_FACE_BOX, where the detector puts it on aligned faces, only when the detector found the other's: two images
+without a detected face have no similarity (noise read at that place scores 0.84 to 0.88 against a real face, as
+high as another person does: the box alone does not make a face).
 """
 
 from __future__ import annotations
@@ -57,20 +60,16 @@ ENLARGED_SEARCH_SIDE = 256
 MIN_SIDE = 40
 
 
-def face_embedding(image: FaceImage, assume_aligned: bool = False,
-                   fallback: bool = True) -> tuple[np.ndarray | None, str | None]:
-    """The face descriptor of the face in ``image`` (gani_core.faces.detect.FaceImage), [128] float32, and None;
-    or None and the reason there is none (no face found, or the image under MIN_SIDE px). ``assume_aligned``: the
-    module docstring; with ``fallback`` False the detector must find the face even then (searched at
-    ALIGNED_SEARCH_SIDE), no box is assumed: what a run's input needs, so that an image without a face never gets a
-    similarity."""
+def face_embedding(image: FaceImage, assume_aligned: bool = False) -> tuple[np.ndarray | None, str | None]:
+    """The face descriptor of the face the detector finds in ``image`` (gani_core.faces.detect.FaceImage), [128]
+    float32, and None; or None and the reason there is none (no face found, or the image under MIN_SIDE px).
+    ``assume_aligned``: an FFHQ-aligned image, searched at most ALIGNED_SEARCH_SIDE px wide; no box is ever assumed
+    (the module docstring)."""
     rgb = as_rgb(image)
     too_small = _too_small(rgb)
     if too_small is not None:
         return None, too_small
     box = detected_face_box(rgb, assume_aligned)
-    if box is None and assume_aligned and fallback:
-        box = aligned_face_box(rgb)
     if box is None:
         return None, NO_FACE_REASON
     return descriptor_at(rgb, box), None
