@@ -22,7 +22,7 @@ from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.states import Failed, State
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from flows.cli import BAD_INPUT, flow_main
 from flows.parameters import ClusterSettings, ImageLimit
@@ -31,7 +31,14 @@ from gani_core import storage
 from gani_core.checkout import LOCAL_OUT, PHOTO_EXAMPLES
 from gani_core.dataset import ImageSource
 
-Resolution = Annotated[int, Field(ge=1)]
+
+def _power_of_two(value: int) -> int:
+    if value & (value - 1):
+        raise ValueError(f"a generator's resolution is a power of two (4, 8, ..., 256, 512, 1024), got {value}")
+    return value
+
+
+Resolution = Annotated[int, Field(ge=4), AfterValidator(_power_of_two)]     # a generator's: as gani align's
 TaskImages = Annotated[int, Field(ge=1)]
 IMAGES_PER_TASK = 16        # about 1-15 s of alignment on a CPU core: a task's overhead is small beside it
 # One task's work: its images, and their stored rows by image id (what the task keeps when the bytes are the same).
