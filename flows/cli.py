@@ -374,16 +374,24 @@ def print_summary(flow: Flow, summary: dict) -> None:
         print(last)
     print("written: " + ", ".join(summary.get("written", {}).values()))
     if summary.get("aligned_faces"):        # align-dataset: faces to invert, no previews, no MLflow run
-        print(f"aligned faces under {summary['output']}; invert them with: .venv/bin/gani invert "
+        print(f"aligned faces under {summary['output']}; invert them with: {_script('gani')} invert "
               f"{summary['output']} --identity --checkpoint CHECKPOINT --out RUN")
     elif images and summary.get("ok"):
         print(f"previews under {storage.join(summary['output'], 'previews')}; see them with: "
-              f".venv/bin/gani show {summary['output']}")
+              f"{_script('gani')} show {summary['output']}")
     if "mlflow_run_id" not in summary:
         return
-    print(f"MLflow run {summary['mlflow_run_id']}: open the UI with .venv/bin/mlflow ui --backend-store-uri "
+    print(f"MLflow run {summary['mlflow_run_id']}: open the UI with {_script('mlflow')} ui --backend-store-uri "
           f"{summary['mlflow_tracking_uri']} --host 127.0.0.1 --port 5000 --workers 1")
     # MLflow 3 opens experiments in its GenAI view unless asked for the runs table (its "Model training" view).
     # The domain benchmark names two views: every run, and this run's children by method.
     for what, view in (summary.get("mlflow_views") or {"runs": RUNS_VIEW}).items():
         print(f"then the {what} of {flow.name}: {runs_url(summary['mlflow_experiment_id'], view=view)}")
+
+
+def _script(name: str) -> str:
+    """The command ``name`` of this environment (the gani and mlflow console scripts beside its Python), as a
+    person can run it from any folder: ``.venv/bin/NAME`` when that is where it is from here."""
+    path = Path(sys.executable).parent / name
+    relative = os.path.relpath(path)
+    return relative if not relative.startswith("..") else str(path)

@@ -716,7 +716,7 @@ def _write_outputs(out: EditFolder, x: _Loaded, direction: EditDirection, plan: 
     first = (_resized(x.input, size) if x.input is not None else torch.ones(3, size, size))[None]
     n = len(plan.strengths)
     columns = ["input" if x.input is not None else "input (no preview)",
-               *(f"{_signed(s)} {direction.unit}" for s in plan.strengths)]
+               *(f"{_signed(s)} {_units(direction.unit, s)}" for s in plan.strengths)]
     layers = f" at layers {direction.layers}" if direction.layers is not None else ""
     caption = f"{image_id} | {method} | {direction.spec}{layers} | {label}"
     bottom = f"{ROW_LABELS[1]} ({method})" if method in TUNING_METHODS else NOT_TUNED_LABEL.format(method=method)
@@ -745,6 +745,11 @@ def _resized(image: torch.Tensor, size: int) -> torch.Tensor:
         return image
     mode = "area" if image.shape[-1] > size else "nearest"
     return F.interpolate(image[None], size=(size, size), mode=mode)[0]
+
+
+def _units(unit: str, strength: float) -> str:
+    """``unit`` as a label of ``strength`` says it: "1 step", "-2 steps", "+0.5 sigmas" ("raw" as it is)."""
+    return unit if unit == "raw" or abs(strength) == 1 else f"{unit}s"
 
 
 def _signed(strength: float) -> str:

@@ -103,12 +103,12 @@ def test_every_ok_image_gets_a_labelled_strip_per_direction(edited: Said, run: P
         "astronaut.gani.factor-hue.png", "astronaut.gani.smile.png", "coffee.gani.factor-hue.png",
         "coffee.gani.smile.png"]
     with Image.open(strips / "astronaut.gani.smile.png") as strip:
-        assert strip.text["Columns"] == "input | -2 W unit | 0 W unit | +2 W unit"
+        assert strip.text["Columns"] == "input | -2 W units | 0 W units | +2 W units"
         assert strip.text["Rows"] == "original | tuned (gani)"
         assert strip.text["Description"].startswith(f"astronaut | gani | {smile_spec(run)}")
         assert strip.width > 4 * 192 and strip.height > 2 * 192      # 32 px cells, upscaled 6x, and the labels
     with Image.open(strips / "coffee.gani.factor-hue.png") as strip:
-        assert strip.text["Columns"] == "input | -2 step | 0 step | +2 step"
+        assert strip.text["Columns"] == "input | -2 steps | 0 steps | +2 steps"
 
 
 def smile_spec(run: Path) -> str:

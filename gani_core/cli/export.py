@@ -257,7 +257,11 @@ def export_all(args: argparse.Namespace, folder: RunFolder, rows: list[dict]) ->
     generator = all(has_tuning(m) for m in methods)     # w, wplus (--method): their latents alone (check_options)
     chosen = rows_to_export(rows, methods)
     if not chosen:
-        raise GaniError(f"{args.run}: no successful result of {methods} to export; see `gani show {args.run}`")
+        latents = "" if any(not has_tuning(m) for m in methods) else (
+            "; a run of w or wplus tunes no generator: export its latents with --method w --latent"
+            if any(r["status"] == "ok" and not has_tuning(r["method"]) for r in rows) else "")
+        raise GaniError(f"{args.run}: no successful result of {methods} to export{latents}; see "
+                        f"`gani show {args.run}`")
     names = storage.sizes_under(args.out)
     done = _read_sidecars(args.out, chosen, names)
     checkpoints = Checkpoints(args.format)
