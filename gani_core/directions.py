@@ -83,8 +83,9 @@ class EditDirection:
 def parse_directions(specs: Sequence[str], G: Generator, checkpoint_sha256: str, layers: range | None = None,
                      raw: bool = False) -> list[EditDirection]:
     """`parse_direction` of each distinct spec, in order (an exact repeat, spaces or relative paths aside, is
-    dropped: it would edit the same again), their names made unique ("smile", "smile-2"). Raises `DirectionsError`
-    for ``raw`` when no spec is a file (``raw`` concerns files only)."""
+    dropped: it would edit the same again). Raises `DirectionsError` for two specs of one name (``d1/smile.npy``,
+    ``d2/smile.npy``: a name is a direction's, in file names and in the resume rule, whichever call gives it) and for
+    ``raw`` when no spec is a file (``raw`` concerns files only)."""
     unique: dict[str, EditDirection] = {}
     for spec in dict.fromkeys(s.strip() for s in specs):
         parsed = parse_direction(spec, G, checkpoint_sha256, layers, raw)
@@ -94,9 +95,12 @@ def parse_directions(specs: Sequence[str], G: Generator, checkpoint_sha256: str,
         units = ", ".join(f"{d.spec} {'is ' if i == 0 else ''}in {NATIVE_UNITS[d.unit]}"
                           for i, d in enumerate(directions))
         raise DirectionsError(f"--raw applies to .npy directions only; {units}")
-    names = unique_names([d.name for d in directions])
-    return [EditDirection(d.spec, name, d.offset, d.unit, d.layers)
-            for d, name in zip(directions, names, strict=True)]
+    named: dict[str, EditDirection] = {}
+    for d in directions:        # one name, one direction: a name is in file names and resumes (never "smile-2")
+        if (other := named.setdefault(d.name, d)) is not d:
+            raise DirectionsError(f"{other.spec} and {d.spec} would both be the direction {d.name!r}: rename one "
+                                  "of the files")
+    return directions
 
 
 def parse_direction(spec: str, G: Generator, checkpoint_sha256: str, layers: range | None = None,
@@ -176,20 +180,6 @@ def local_spec(spec: str) -> str:
     """A file's spec as rows record it: a local path made absolute (another cwd names the same file), a URI as
     given."""
     return spec if "://" in spec else os.path.abspath(spec)
-
-
-def unique_names(names: Sequence[str]) -> list[str]:
-    """``names`` with repeats suffixed -2, -3, ... in order: ["smile", "smile"] -> ["smile", "smile-2"]."""
-    used: set[str] = set()
-    out = []
-    for name in names:
-        candidate, n = name, 1
-        while candidate in used:
-            n += 1
-            candidate = f"{name}-{n}"
-        used.add(candidate)
-        out.append(candidate)
-    return out
 
 
 def safe_name(text: str) -> str:

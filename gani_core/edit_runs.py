@@ -100,7 +100,14 @@ from gani_core.metric_registry import check_names, names, parquet_field
 from gani_core.metrics import aligned_face_descriptor, cosine_or_none, finite_or_none, to_unit
 from gani_core.networks import Generator
 from gani_core.render import PNG_COMPRESS_LEVEL, grid_png
-from gani_core.run_folder import CLOCK_MARGIN, PREVIEW_CELL_MAX, PREVIEW_CELL_MIN, RunFolder, result_key
+from gani_core.run_folder import (
+    CLOCK_MARGIN,
+    PREVIEW_CELL_MAX,
+    PREVIEW_CELL_MIN,
+    RUN_ENTRIES,
+    RunFolder,
+    result_key,
+)
 
 if TYPE_CHECKING:
     from gani_core.directions import EditDirection
@@ -284,7 +291,6 @@ def prepare_edit(run: RunFolder, run_rows: Sequence[dict], specs: Sequence[str] 
     return PreparedEdit(method, rows, ckpt, G, out, tuple(d.spec for d in plan.directions), plan, missing, stored)
 
 
-RUN_ENTRIES = frozenset({"metrics.parquet", "summary.json", "configs"})    # what only a run folder holds
 
 
 def check_out(out: EditFolder, option: str = "--out") -> dict[Group, list[dict]]:

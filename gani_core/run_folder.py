@@ -169,6 +169,8 @@ def _free_id(image_id: str, taken: Collection[str]) -> str:
     return f"{stem}-{n}"
 
 
+RUN_ENTRIES = frozenset({"metrics.parquet", "summary.json", "configs"})    # what only a run folder holds
+
 # What a command that reads a run wants, as its errors say it.
 RUN_FOLDER = "give a run folder (the --out of gani invert, or a flow's output_uri)"
 
@@ -290,12 +292,13 @@ class StoredRun:
 
     @property
     def incomplete_note(self) -> str | None:
-        """One line saying that the tables do not hold every result yet (None when they do)."""
+        """One line saying that the tables do not hold every result yet, or could not be read (None when whole)."""
         if self.complete:
             return None
-        what = (f"the tables of an earlier run lack {self.on_disk} of them" if self.tables
-                else f"{self.damaged}: made again from the rows on disk, and written anew by the next run"
-                if self.damaged else "tables not written yet")
+        if self.damaged:
+            return (f"{len(self.rows)} result(s) on disk; {self.damaged}: made again from the rows on disk, and "
+                    "written anew by the next run of the command that made it")
+        what = f"the tables of an earlier run lack {self.on_disk} of them" if self.tables else "tables not written yet"
         return (f"incomplete: {len(self.rows)} result(s) on disk, {what} (interrupted or still running; rerun the "
                 "same command to finish)")
 

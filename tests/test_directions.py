@@ -291,16 +291,19 @@ def test_a_spec_of_no_known_form_names_the_three_forms(G: Generator, spec: str) 
         parse(spec, G)
 
 
-def test_names_are_unique_within_a_list(G: Generator, tmp_path: Path) -> None:
+def test_one_name_one_direction_within_a_list(G: Generator, tmp_path: Path) -> None:
+    """Two files of one stem would be one name (in file names and the resume rule): refused, whichever order; names
+    that differ stay."""
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         save(tmp_path / folder, "smile.npy", np.ones(128))
     save(tmp_path, "my smile!.npy", np.ones(128))
-    specs = [str(tmp_path / "a/smile.npy"), str(tmp_path / "b/smile.npy"), "pca:0", str(tmp_path / "my smile!.npy")]
-    directions = parse_directions(specs, G, SHA32)
-    assert [d.name for d in directions] == ["smile", "smile-2", "pca-0", "my-smile"]
-    assert [d.spec for d in directions] == specs
-    assert torch.equal(directions[0].offset, directions[1].offset)     # other specs, the same offset: both stay
+    specs = [str(tmp_path / "a/smile.npy"), "pca:0", str(tmp_path / "my smile!.npy")]
+    assert [d.name for d in parse_directions(specs, G, SHA32)] == ["smile", "pca-0", "my-smile"]
+    for pair in ([specs[0], str(tmp_path / "b/smile.npy")], [str(tmp_path / "b/smile.npy"), specs[0]]):
+        with pytest.raises(DirectionsError, match=f"^{pair[0]} and {pair[1]} would both be the direction 'smile': "
+                                                  "rename one of the files$"):
+            parse_directions(pair, G, SHA32)
 
 
 def test_a_local_file_is_recorded_by_its_absolute_path(G: Generator, tmp_path: Path,

@@ -361,9 +361,9 @@ def test_tables_written_before_the_layers_column_still_read(run: Path, smile: Pa
 
 def test_two_files_of_one_stem_never_overwrite_each_others_edits(run: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """d1/dir.npy and d2/dir.npy are named dir and dir-2; d2's alone would be dir: refused (one line, exit 2,
-    nothing written) rather than overwrite d1's strip and rows. A spec is the file's absolute path: the same file
-    from another folder is the same direction (kept); new content in it is recomputed (replaces)."""
+    """d1/dir.npy and d2/dir.npy in one call are refused (one name, one direction); d2's after d1's is refused too
+    (one line, exit 2, nothing written) rather than overwrite d1's strip and rows. A spec is the file's absolute
+    path: the same file from another folder is the same direction (kept); new content in it is recomputed."""
     for folder, seed in (("d1", 1), ("d2", 2)):
         (tmp_path / folder).mkdir()
         np.save(tmp_path / folder / "dir.npy", np.random.default_rng(seed).standard_normal(128).astype(np.float32))
@@ -371,9 +371,10 @@ def test_two_files_of_one_stem_never_overwrite_each_others_edits(run: Path, tmp_
     out = tmp_path / "edits"
     said = _run(["edit", str(run), "astronaut", "--direction", "d1/dir.npy", "--direction", "d2/dir.npy",
                  "--strengths", "1", "--out", str(out), "--quiet"])
-    assert said.code == 0, said.err
+    assert said.code == 2 and "would both be the direction 'dir'" in said.err and not out.exists(), said.err
+    said = _edit_one(run, out, "d1/dir.npy", ["1"])
     assert {(r["direction"], r["spec"]) for r in _rows(out / "edits.parquet")} == {
-        ("dir", str(tmp_path / "d1/dir.npy")), ("dir-2", str(tmp_path / "d2/dir.npy"))}
+        ("dir", str(tmp_path / "d1/dir.npy"))}
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     said = _run(["edit", str(run), "astronaut", "--direction", "d2/dir.npy", "--strengths", "1", "--out", str(out)])
     lines = [line for line in said.err.splitlines() if line.strip()]

@@ -363,6 +363,8 @@ BAD = {     # {run}, {broken} (broken_run), {out} (an empty folder), {file} (a f
     "--all with --latent FILE": (["{run}", "--all", "--out", "{out}", "--latent", "{out}/w.npy"],
                                  "with --all, --latent takes no file name"),
     "--all into a file": (["{run}", "--all", "--out", "{file}"], "--out {file} is a file: give a folder"),
+    "--all into the run folder": (["{run}", "--all", "--out", "{run}"],
+                                  "--out {run} is a run folder; exports go to a folder of their own"),
     "--all of w without --latent": (["{run}", "--all", "--method", "w", "--out", "{out}"],
                                     "w does not tune the generator, so --all has no generator to export"),
 }

@@ -556,7 +556,8 @@ def test_gani_align_never_replaces_the_face_of_another_photo_of_the_same_name(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """a/face.jpg (the astronaut) then b/face.jpg (Grace Hopper) into one folder: b is refused in one line, face.png
     and its row stay a's, the others complete (exit 1); at another resolution too. The same photo from another path
-    is kept; a/face.jpg edited in place is aligned again; face.png removed frees the name."""
+    is kept (the face stays a's: c's copy changed later is refused); a/face.jpg edited in place is aligned again;
+    face.png removed frees the name."""
     monkeypatch.chdir(tmp_path)
     for folder in ("a", "b", "c"):
         Path(folder).mkdir()
@@ -582,7 +583,11 @@ def test_gani_align_never_replaces_the_face_of_another_photo_of_the_same_name(
     shutil.copy("a/face.jpg", "c/face.jpg")                         # the same photo from another path: kept
     assert main(["align", "c/face.jpg", "--out", "out", "--resolution", "64", "--quiet"]) == 0
     assert "gani align: 1 aligned (1 of them kept from before), 0 without" in capsys.readouterr().err
-    assert faces.read_table("out")["face"]["source"] == "c/face.jpg"
+    assert faces.read_table("out")["face"]["source"] == str(tmp_path / "a/face.jpg")   # the face is still a's
+    Path("c/face.jpg").write_bytes(_jpeg(_decoded(Path("c/face.jpg").read_bytes()), 60))     # c's copy changed
+    assert main(["align", "c/face.jpg", "--out", "out", "--resolution", "64", "--quiet"]) == 1
+    assert "would replace it" in capsys.readouterr().err
+    assert faces.read_table("out")["face"]["source"] == str(tmp_path / "a/face.jpg")
     Path("out/face.png").unlink()                                   # removed: the name is free
     assert main(["align", "b/face.jpg", "--out", "out", "--resolution", "64", "--quiet"]) == 0
     assert faces.read_table("out")["face"]["source"] == "b/face.jpg"

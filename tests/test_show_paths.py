@@ -49,6 +49,13 @@ def test_the_identity_columns_are_hidden_only_when_no_row_has_one(capsys: pytest
     hidden = capsys.readouterr().out
     assert "id_similarity" not in hidden and hidden.splitlines()[-1] == full.splitlines()[-1]
     assert hidden.splitlines()[0].split() == [c for c in full.splitlines()[0].split() if c not in names("faces")]
+    # A face run whose renders hold no face: the columns stay (`-`), and the reason is said under the table.
+    no_face = [{**_rows(None)[0], "id_note": "the tuned render: no face found"}, _rows(None)[1]]
+    assert common.hidden_columns(no_face) == ()
+    common.print_rows(no_face, with_config=True)
+    said = capsys.readouterr().out.splitlines()
+    assert "id_similarity" in said[0]
+    assert "no id_similarity: astronaut [w]: the tuned render: no face found" in said
 
 
 @pytest.mark.parametrize("command", ["show", "edit", "export"])

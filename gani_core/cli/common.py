@@ -112,12 +112,13 @@ def input_images(args: list[str], exclude: str | None = None) -> list[ImageSourc
 
 
 def hidden_columns(rows: list[dict]) -> tuple[str, ...]:
-    """The identity columns (the registry's ``faces`` group) when no row has a value of them (a run without faces
-    would show columns of ``-``); else none."""
+    """The identity columns (the registry's ``faces`` group) when the run did not measure identity: no row has a
+    value of them or a reason for none (``id_note``); a run without faces would show columns of ``-``."""
     from gani_core.metric_registry import names
 
     faces = names("faces")
-    return () if any(r.get(n) is not None for r in rows for n in faces) else faces
+    measured = any(r.get("id_note") or any(r.get(n) is not None for n in faces) for r in rows)
+    return () if measured else faces
 
 
 def print_rows(rows: list[dict], with_config: bool = False) -> None:
@@ -147,6 +148,8 @@ def print_rows(rows: list[dict], with_config: bool = False) -> None:
     for r in rows:
         if r.get("status") != "ok":
             print(f"failed: {r['image_id']} [{r['method']}]: {r.get('error')}")
+        elif r.get("id_note"):
+            print(f"no id_similarity: {r['image_id']} [{r['method']}]: {r['id_note']}")
 
 
 def note(text: str) -> None:

@@ -44,7 +44,7 @@ from gani_core.deltas import apply_deltas
 from gani_core.errors import DeltasError, GaniError, StorageAccessError
 from gani_core.invert import METHODS, has_tuning
 from gani_core.networks import Generator
-from gani_core.run_folder import RunFolder, result_key
+from gani_core.run_folder import RUN_ENTRIES, RunFolder, result_key
 
 # Each --format and the file suffixes it is written under (the first: the name --all gives its files).
 FORMATS: dict[str, tuple[str, ...]] = {"safetensors": (".safetensors",), "rosinality": (".pt", ".pth")}
@@ -263,6 +263,8 @@ def export_all(args: argparse.Namespace, folder: RunFolder, rows: list[dict]) ->
         raise GaniError(f"{args.run}: no successful result of {methods} to export{latents}; see "
                         f"`gani show {args.run}`")
     names = storage.sizes_under(args.out)
+    if not RUN_ENTRIES.isdisjoint(names):
+        raise GaniError(f"--out {args.out} is a run folder; exports go to a folder of their own")
     done = _read_sidecars(args.out, chosen, names)
     checkpoints = Checkpoints(args.format)
     counts = {"wrote": 0, "kept": 0, "failed": 0}

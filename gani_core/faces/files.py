@@ -219,6 +219,8 @@ def _align_one(image: ImageSource, out_uri: str, resolution: int, prior: dict | 
         return {**base, "status": "failed", "reason": str(exc), **({NOT_STORED: True} if other else {})}, False
     sha256 = hashlib.sha256(data).hexdigest()
     if prior is not None and prior["image_sha256"] == sha256:
+        if other is not None:       # the same bytes at another path: the face stays the first file's, and its row
+            return prior, True
         return {**prior, "source": image.source_path, "source_uri": base["source_uri"], "source_stat": image.stat}, True
     base["image_sha256"] = sha256
     if other is not None and other["image_sha256"] != sha256:
