@@ -284,7 +284,7 @@ def prepare_edit(run: RunFolder, run_rows: Sequence[dict], specs: Sequence[str] 
     out = EditFolder(out_uri or run.path("edits"))
     stored = check_out(out, out_option)
     G = load(ckpt)
-    chosen = tuple(dict.fromkeys(s.strip() for s in specs)) if specs else tuple(default_directions(G))  # once each
+    chosen = tuple(specs) if specs else tuple(default_directions(G))     # repeats: once each (parse_directions)
     plan = parse_plan(G, ckpt.sha256, chosen, values, layers, raw, gif)
     check_names_free(stored, plan, out, out_option)
     missing = check_outputs(run, rows, named=bool(image_ids))
@@ -513,11 +513,10 @@ def _newest(rows: Sequence[dict]) -> list[dict]:
 @torch.no_grad()
 def _edit_loaded(G: Generator, run: RunFolder, out: EditFolder, batch: list[dict], plan: EditPlan,
                  names: Mapping[str, list[str]], probe: FactorProbe | None, missing: set[str],
-                 finished: list[dict] | None = None) -> list[dict]:
+                 finished: list[dict]) -> list[dict]:
     """Each image of ``batch`` read (one that cannot be read fails alone), then edited along each direction; the
     rows, each image x direction's also added to ``finished`` as soon as its strip is written."""
     loaded, rows = [], []
-    finished = [] if finished is None else finished
     previews = storage.read_many([run.preview_uri(r["image_id"], r["method"]) for r in batch])   # one call
     for row in batch:
         try:

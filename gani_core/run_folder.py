@@ -531,10 +531,7 @@ class RunFolder:
         def whole(key: tuple[str, str], row: dict) -> bool:
             if row["status"] != "ok":
                 return True
-            name, recorded = f"{result_key(*key)}.parquet", row.get("deltas_file_bytes")
-            if name not in results or results[name] == 0:
-                return False
-            return recorded is None or results[name] in (None, recorded)   # None: a size not recorded, not listed
+            return storage.listed_whole(results, f"{result_key(*key)}.parquet", row.get("deltas_file_bytes"))
 
         # The same name may now hold other bytes: a row counts only for the image it was computed from.
         return {key: row for key, row in rows.items() if whole(key, row) and same_image(key[0], row)}

@@ -400,6 +400,15 @@ def sizes_under(uri: str) -> dict[str, int | None]:
     return {name: e.get("size") for name, e in _listing(uri).items()}
 
 
+def listed_whole(sizes: dict[str, int | None], name: str, recorded: int | None) -> bool:
+    """Whether ``name`` is in the listing ``sizes`` (:func:`sizes_under`) as the file written of ``recorded`` bytes:
+    listed, not empty, and at that size (a size not recorded, or not listed: listed and not empty is enough). What
+    tells a file cut short or overwritten from the one written, without reading it."""
+    if name not in sizes or sizes[name] == 0:
+        return False
+    return recorded is None or sizes[name] in (None, recorded)
+
+
 def _listing(uri: str) -> dict[str, dict]:
     """fsspec's details of each entry directly under the folder ``uri``, by name, as they are now."""
     fs, path = resolve(uri)

@@ -149,7 +149,8 @@ def recorded_checkpoint(spec: str, sha256: str) -> CheckpointRef:
     try:
         ckpt = resolve_checkpoint(spec)
     except CheckpointError as exc:
-        if parse_spec(spec)[0] == "file" and not Path(parse_spec(spec)[1]).is_absolute():
+        origin, location, _ = parse_spec(spec)
+        if origin == "file" and not Path(location).is_absolute():
             raise CheckpointError(f"{exc}: the run recorded this path relative to the folder it was run from; run "
                                   "this command from that folder") from None
         raise

@@ -327,8 +327,7 @@ def _exported(sidecar: dict, identity: dict, listing: dict[str, int | None]) -> 
     files, sizes = sidecar.get("files"), sidecar.get("sizes") or {}
     if sidecar.get("row") != identity or not isinstance(files, list) or not isinstance(sizes, dict):
         return set()
-    return {name for name in files if name in listing and listing[name] != 0
-            and listing[name] in (None, sizes.get(name, listing[name]))}     # None: the listing gives no size
+    return {name for name in files if storage.listed_whole(listing, name, sizes.get(name))}
 
 
 def _read_sidecars(out: str, rows: list[dict], names: Collection[str]) -> dict[str, dict]:
